@@ -1,0 +1,167 @@
+"""The experiment config: one nested dataclass tree, loaded from YAML.
+
+Every value has a default so ``medtransfer config show`` works without a file;
+``__post_init__`` rejects impossible values with the key that is wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transfer.configio import ConfigError
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "efficientnet_lite0"
+    #: scheme used when ``init: scratch`` (the seed compared all three)
+    scratch_init: Literal["gaussian", "xavier", "kaiming"] = "kaiming"
+    #: grayscale policy: copy gray to 3 channels, or sum the first conv's RGB filters
+    channels: Literal["replicate", "adapt"] = "replicate"
+    #: input channels of the images (1 for X-rays, 3 for fundus/microscopy)
+    in_chans: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.in_chans in (1, 3), "backbone.in_chans", f"must be 1 or 3, got {self.in_chans}")
+
+
+@dataclass
+class AugmentConfig:
+    """Geometric and intensity augmentation applied on the batch (kornia)."""
+
+    rotation: float = 0.0  #: max degrees
+    scale: float = 0.0  #: max relative zoom, e.g. 0.1 -> [0.9, 1.1]
+    translate: float = 0.0  #: max shift as a fraction of the size
+    hflip: bool = False  #: landmarks additionally need task.landmarks.flip_pairs
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    def __post_init__(self) -> None:
+        for k in ("rotation", "scale", "translate", "brightness", "contrast"):
+            _check(getattr(self, k) >= 0, f"data.augment.{k}", "must be >= 0")
+        _check(self.scale < 1, "data.augment.scale", "must be < 1")
+
+
+@dataclass
+class DataConfig:
+    #: dataset format; the task lists the valid ones (npz, folder, csv, landmark_csv)
+    format: str = "npz"
+    #: dataset root; ``${VAR:-default}`` is expanded
+    root: str = "${MEDTRANSFER_DATA:-../shared/data}"
+    train: str = ""  #: file or folder relative to root
+    val: str | None = None  #: None -> carve ``val_fraction`` from train (stratified)
+    test: str | None = None
+    image_dir: str | None = None  #: folder of images for CSV formats, relative to root
+    image_size: tuple[int, int] = (224, 224)  #: (height, width) the network sees
+    val_fraction: float = 0.2
+    label_fraction: float = 1.0
+    cache_dir: str = "${MEDTRANSFER_CACHE:-.cache/medtransfer}"
+    num_workers: int = 0
+    #: on an unreadable or invalid sample: stop with an error, or skip it and report it
+    on_bad: Literal["error", "skip"] = "error"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(0 < self.label_fraction <= 1, "data.label_fraction", f"must be in (0, 1], got {self.label_fraction}")
+        _check(all(s >= 8 for s in self.image_size), "data.image_size", f"must be >= 8 px, got {self.image_size}")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Stage-2 optimisation. Defaults follow Table II of Tajbakhsh et al. 2016."""
+
+    #: ``head``, ``<stage>-head`` (e.g. conv3-head), ``all`` or ``auto``
+    depth: str = "all"
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 1e-3  #: base rate of pretrained stages
+    head_lr_mult: float = 10.0  #: the new head learns 10x faster (Table II)
+    bias_lr_mult: float = 1.0  #: 2.0 is the Caffe convention
+    layer_decay: float | None = None  #: each stage below the top gets lr * decay^distance
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  #: never applied to 1-D tensors (biases, norms)
+    gamma: float = 0.95  #: lr multiplied by gamma every epoch
+    patience: int = 10  #: early stopping on the validation metric
+    auto_tolerance: float = 0.0  #: ``auto`` depth keeps unfreezing while val improves by more than this
+    auto_epochs: int | None = None  #: epochs per depth in ``auto`` (default: epochs)
+    grad_clip: float | None = None
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  #: only used on CUDA
+    channels_last: bool = True  #: only used on CUDA
+    compile: bool = False
+    max_steps: int | None = None  #: stop each epoch after this many steps (smoke runs)
+    eval_test: bool = True  #: score the selected model on the test split once, at the end
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(0 < self.gamma <= 1, "train.gamma", "must be in (0, 1]")
+        _check(self.head_lr_mult > 0 and self.bias_lr_mult > 0, "train.*_lr_mult", "must be > 0")
+        _check(self.layer_decay is None or 0 < self.layer_decay <= 1, "train.layer_decay", "must be in (0, 1]")
+        _check(self.patience >= 1, "train.patience", "must be >= 1")
+
+
+@dataclass
+class ClassificationConfig:
+    #: ``none`` or ``balanced`` (inverse class frequency, as in the pneumonia seed)
+    class_weights: Literal["none", "balanced"] = "none"
+    multilabel: bool = False
+    dropout: float = 0.0
+    bootstrap: int = 1000  #: resamples for the AUC confidence interval
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LandmarkConfig:
+    head: Literal["regression", "heatmap"] = "regression"
+    hidden: int = 512  #: width of the fully connected layer of the regression head
+    dropout: float = 0.0
+    heatmap_stage: str | None = None  #: feature map used by the heatmap head (default: stride-8 stage)
+    heatmap_weight: float = 0.0  #: optional heatmap term beside the Euclidean loss
+    heatmap_sigma: float = 2.0  #: in heatmap pixels
+    pixel_spacing: float = 0.1  #: mm per original pixel, when the file has none
+    names: list[str] = field(default_factory=list)
+    #: left-right landmark pairs (1-based) swapped by a horizontal flip
+    flip_pairs: list[tuple[int, int]] = field(default_factory=list)
+    sdr_radii: list[float] = field(default_factory=lambda: [2.0, 2.5, 3.0, 4.0])
+
+
+@dataclass
+class TaskConfig:
+    name: str = "classification"  #: a registered task (classification, landmarks)
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
+
+
+@dataclass
+class TrackingConfig:
+    out_dir: str = "runs"
+    name: str | None = None  #: run directory name (default: generated)
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "medtransfer"
+    wandb_entity: str | None = None
+    progress: bool = True
+    log_media: bool = True
+
+
+@dataclass
+class Config:
+    """A stage-2 fine-tuning experiment."""
+
+    #: ``imagenet``, ``scratch``, or a checkpoint path (stage 1 output, torchvision/timm state dict)
+    init: str = "imagenet"
+    seed: int = 0
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -1,0 +1,22 @@
+"""User-facing errors: each message names the file (and key or row) and what is wrong."""
+from __future__ import annotations
+
+
+class MedTransferError(Exception):
+    """Base of every error the CLI reports as a one-line message instead of a traceback."""
+
+
+class WeightsUnavailableError(MedTransferError):
+    """Pretrained weights are not in the cache and cannot be downloaded."""
+
+
+class CheckpointError(MedTransferError):
+    """A checkpoint does not fit the backbone (wrong architecture, channel policy, keys)."""
+
+
+class ImageReadError(MedTransferError):
+    """An image file cannot be decoded; the message names the path and the reason."""
+
+
+class DatasetError(MedTransferError):
+    """A dataset description is invalid (missing column, bad value, absent file...)."""
