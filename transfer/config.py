@@ -114,7 +114,6 @@ class TrainConfig:
 class ClassificationConfig:
     #: ``none`` or ``balanced`` (inverse class frequency, as in the pneumonia seed)
     class_weights: Literal["none", "balanced"] = "none"
-    multilabel: bool = False
     dropout: float = 0.0
     bootstrap: int = 1000  #: resamples for the AUC confidence interval
     class_names: list[str] = field(default_factory=list)

@@ -122,10 +122,15 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", prefix
         k = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"unknown key {k!r} in {source}; valid keys here: {names}")
     kwargs = {}
+    defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name in names:
+        key = f"{prefix}.{name}" if prefix else name
         if name in data:
-            key = f"{prefix}.{name}" if prefix else name
             kwargs[name] = _coerce(data[name], hints[name], key, source)
+        elif dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = from_dict(hints[name], {}, source=source, prefix=key)  # expands nested defaults
+        elif isinstance(defaults[name].default, str):
+            kwargs[name] = expand_env(defaults[name].default)
     try:
         return cls(**kwargs)
     except ConfigError as e:

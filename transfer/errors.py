@@ -20,3 +20,10 @@ class ImageReadError(MedTransferError):
 
 class DatasetError(MedTransferError):
     """A dataset description is invalid (missing column, bad value, absent file...)."""
+
+
+class UnknownNameError(MedTransferError, KeyError):
+    """A name (backbone, task, method, depth...) that is not registered; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -1,6 +1,8 @@
 """A tiny name -> object registry; an unknown name lists the valid ones."""
 from __future__ import annotations
 
+from transfer.errors import UnknownNameError
+
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,7 +26,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items)) or '(none registered)'}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items)) or '(none registered)'}")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -43,3 +43,132 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class Run:
+    """A run directory, mirrored to W&B (offline by default, ``disabled`` in tests).
+
+    The directory is complete without W&B: ``config.yaml``, ``metrics.jsonl``
+    (one row per epoch), ``summary.json``, predictions, plots, checkpoints.
+    """
+
+    def __init__(self, root: str | Path, name: str, config: dict[str, Any], *, wandb_mode: str = "offline",
+                 project: str = "medtransfer", entity: str | None = None, job_type: str = "finetune",
+                 tags: list[str] | None = None, resume: bool = True) -> None:
+        import yaml
+
+        self.dir = Path(root) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.warnings: list[str] = []
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        self._wandb = None
+        if wandb_mode != "disabled":
+            try:
+                import wandb
+
+                self._wandb = wandb.init(
+                    project=project, entity=entity, name=name, id=_wandb_id(self.dir), resume="allow" if resume else None,
+                    dir=str(self.dir), mode=wandb_mode, job_type=job_type, config=config, tags=tags or [],
+                    reinit="finish_previous",
+                )
+            except Exception as e:  # W&B problems must not lose the run; the run dir is the record
+                self.warn(f"W&B unavailable ({type(e).__name__}: {e}); results are in {self.dir}")
+
+    def warn(self, msg: str) -> None:
+        import sys
+
+        self.warnings.append(msg)
+        print(f"warning: {msg}", file=sys.stderr)
+
+    @property
+    def wandb_run(self) -> Any:
+        return self._wandb
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row, default=_json_default) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        if self.warnings:
+            summary = {**summary, "warnings": self.warnings}
+        atomic_write_json(self.dir / "summary.json", summary)
+        if self._wandb is not None:
+            for k, v in _flatten(summary).items():
+                if isinstance(v, (int, float, str)):
+                    self._wandb.summary[k] = v
+
+    def log_images(self, paths: list[Path], prefix: str = "") -> None:
+        if self._wandb is None or not paths:
+            return
+        import wandb
+
+        self._wandb.log({f"{prefix}{Path(p).stem}": wandb.Image(str(p)) for p in paths})
+
+    def log_media(self, items: dict[str, Any]) -> None:
+        """Arrays (H, W[, 3]) as images."""
+        if self._wandb is None or not items:
+            return
+        import wandb
+
+        self._wandb.log({k: wandb.Image(v) for k, v in items.items()})
+
+    def log_table(self, key: str, df: Any) -> None:
+        if self._wandb is None:
+            return
+        import wandb
+
+        self._wandb.log({key: wandb.Table(dataframe=df)})
+
+    def log_artifact(self, path: Path, name: str, type: str, metadata: dict[str, Any] | None = None) -> None:
+        if self._wandb is None:
+            return
+        import wandb
+
+        art = wandb.Artifact(_artifact_name(name), type=type, metadata=_flatten(metadata or {}))
+        art.add_file(str(path))
+        self._wandb.log_artifact(art)
+
+    def use_checkpoint(self, path: Path, provenance: dict[str, Any]) -> None:
+        """Record a stage-1 checkpoint as this run's input, so W&B shows pretrain -> finetune lineage."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        try:
+            art = wandb.Artifact(_artifact_name(provenance.get("artifact_name") or f"backbone-{Path(path).parent.name}"),
+                                 type="backbone", metadata=_flatten(provenance))
+            art.add_file(str(path))
+            self._wandb.use_artifact(art)
+        except Exception as e:  # offline use_artifact support varies across wandb versions
+            self.warn(f"could not record checkpoint lineage in W&B ({type(e).__name__}: {e})")
+
+    def finish(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _wandb_id(run_dir: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def _artifact_name(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:120]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,6 +1,8 @@
 """Backbone registry: ``@register("name")`` builders and where their ImageNet weights come from."""
 from __future__ import annotations
 
+from transfer.errors import UnknownNameError
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -67,4 +69,4 @@ def get_entry(name: str) -> BackboneEntry:
         from transfer.backbones.timm_adapters import generic_timm_entry
 
         return generic_timm_entry(name[len(_TIMM_PREFIX) :])
-    raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(sorted(_REGISTRY))}, or timm:<any timm model>")
+    raise UnknownNameError(f"unknown backbone {name!r}; registered: {', '.join(sorted(_REGISTRY))}, or timm:<any timm model>")

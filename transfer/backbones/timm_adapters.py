@@ -1,6 +1,8 @@
 """timm models as staged backbones: EfficientNet-Lite (offline ImageNet weights) and any timm model."""
 from __future__ import annotations
 
+from transfer.errors import UnknownNameError
+
 import importlib
 import os
 from collections import OrderedDict
@@ -186,7 +188,7 @@ def build_generic_timm(model_name: str) -> StagedBackbone:
 
 def generic_timm_entry(model_name: str) -> BackboneEntry:
     if model_name not in timm.list_models():
-        raise KeyError(f"unknown timm model {model_name!r} (see timm.list_models())")
+        raise UnknownNameError(f"unknown timm model {model_name!r} (see timm.list_models())")
     return BackboneEntry(
         f"timm:{model_name}",
         lambda: build_generic_timm(model_name),

@@ -1,0 +1,224 @@
+"""Image classification: class folders, CSV or MedMNIST ``.npz``; weighted cross-entropy; sklearn metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transfer.augment import BatchAugment
+from transfer.backbones import StagedBackbone
+from transfer.data.datasets import ImageDataset, load_images
+from transfer.errors import DatasetError
+from transfer.protocols import TASKS
+from transfer.task_api import EvalResult, Task, TaskModel, batched_forward
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom"}
+
+
+class ClassificationHead(nn.Module):
+    """Pooled features (B, D) -> logits (B, K): dropout + one linear layer (the new "fc8")."""
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if in_features < 1 or num_classes < 1 or not 0 <= dropout < 1:
+            raise ValueError(f"bad head arguments: in={in_features}, classes={num_classes}, dropout={dropout}")
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features))
+
+
+class ClassifierModel(TaskModel):
+    def __init__(self, backbone: StagedBackbone, num_classes: int, *, dropout: float, class_weights: torch.Tensor | None,
+                 augment: BatchAugment | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = ClassificationHead(backbone.num_features, num_classes, dropout)
+        self.augment = augment
+        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> logits (B, K)."""
+        return self.head(self.backbone(images))
+
+    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        if self.augment is not None and self.augment.active:
+            images, _ = self.augment(images)
+        logits = self(images)
+        y = batch["label"]
+        loss = F.cross_entropy(logits.float(), y, weight=self.class_weights)
+        acc = (logits.argmax(1) == y).float().mean()
+        return {"loss": loss, "acc": acc}
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    name = "classification"
+    formats = ("npz", "folder", "csv")
+    monitor = "roc_auc"
+    mode = "max"
+    stratify_key = "label"
+
+    # -- data ----------------------------------------------------------------
+    def load_split(self, spec: str, which: str) -> ImageDataset:
+        cfg = self.cfg
+        fmt = cfg.data.format
+        gray = cfg.backbone.in_chans == 1
+        if fmt == "npz":
+            return self._load_npz(spec, which, gray)
+        if fmt == "folder":
+            paths, labels, groups, names = self._scan_folder(self.resolve(spec))
+        else:
+            paths, labels, groups, names = self._read_csv(self.resolve(spec))
+        self._set_classes(names, str(spec))
+        loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=gray, on_bad=cfg.data.on_bad,
+                             progress=cfg.tracking.progress, desc=f"decoding {which}")
+        self.skipped += loaded.skipped
+        targets = {"label": labels[loaded.kept]}
+        ds = ImageDataset(loaded.images, targets, [str(paths[i]) for i in loaded.kept])
+        if groups is not None:
+            ds.meta["groups"] = [groups[i] for i in loaded.kept]
+        return ds
+
+    def _set_classes(self, names: list[str], source: str) -> None:
+        given = self.cfg.task.classification.class_names
+        if given and len(given) != len(names):
+            raise DatasetError(f"{source}: {len(names)} classes found, task.classification.class_names lists {len(given)}")
+        names = list(given) or names
+        if "class_names" in self.info and self.info["class_names"] != names:
+            raise DatasetError(f"{source}: classes {names} differ from the training split's {self.info['class_names']}")
+        self.info["class_names"] = names
+        self.info["num_classes"] = len(names)
+
+    def _load_npz(self, spec: str, which: str, gray: bool) -> ImageDataset:
+        from transfer.data.readers import read_npz_split
+
+        path = self.resolve(spec)
+        file, _, key = str(path).partition("#")
+        images, labels = read_npz_split(file, key or which)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        x = torch.from_numpy(images).float() / 255.0
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        if gray and x.shape[1] == 3:
+            x = x.mean(1, keepdim=True)
+        elif not gray and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1).contiguous()
+        h, w = self.cfg.data.image_size
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        n_classes = int(labels.max()) + 1
+        self._set_classes([str(i) for i in range(n_classes)] if "class_names" not in self.info else
+                          self.info["class_names"], f"{file}#{key or which}")
+        return ImageDataset(x, {"label": labels.astype(np.int64)}, [f"{Path(file).name}#{key or which}:{i}" for i in range(len(x))])
+
+    def _scan_folder(self, root: Path) -> tuple[list[Path], np.ndarray, None, list[str]]:
+        if not root.is_dir():
+            raise DatasetError(f"{root}: class folder root does not exist")
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not classes:
+            raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
+        if "class_names" in self.info:
+            known = self.info["class_names"]
+            if sorted(known) != classes:
+                raise DatasetError(f"{root}: class folders {classes} differ from the training split's {known}")
+            classes = known
+        paths, labels = [], []
+        for ci, c in enumerate(classes):
+            files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DatasetError(f"{root / c}: class folder {c!r} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += files
+            labels += [ci] * len(files)
+        return paths, np.asarray(labels, dtype=np.int64), None, classes
+
+    def _read_csv(self, path: Path) -> tuple[list[Path], np.ndarray, list[str] | None, list[str]]:
+        if not path.is_file():
+            raise DatasetError(f"{path}: CSV file not found")
+        df = pd.read_csv(path)
+        for col in ("path", "label"):
+            if col not in df.columns:
+                raise DatasetError(f"{path}: missing column {col!r} (columns: {list(df.columns)}; expected path, label[, group])")
+        base = Path(self.cfg.data.root) / self.cfg.data.image_dir if self.cfg.data.image_dir else path.parent
+        raw = df["label"].astype(str).tolist()
+        names = self.info.get("class_names") or sorted(set(raw))
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            row = raw.index(unknown[0]) + 2
+            raise DatasetError(f"{path}, line {row}: label {unknown[0]!r} is not a training class {names}")
+        labels = np.asarray([names.index(r) for r in raw], dtype=np.int64)
+        paths = []
+        for i, p in enumerate(df["path"].astype(str)):
+            full = Path(p) if Path(p).is_absolute() else base / p
+            if not full.is_file():
+                raise DatasetError(f"{path}, line {i + 2}: image {full} does not exist")
+            paths.append(full)
+        groups = df["group"].astype(str).tolist() if "group" in df.columns else None
+        return paths, labels, groups, names
+
+    # -- model -----------------------------------------------------------------
+    def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> ClassifierModel:
+        c = self.cfg.task.classification
+        k = self.info["num_classes"]
+        weights = None
+        if c.class_weights == "balanced" and train is not None:
+            counts = np.bincount(train.target_array("label"), minlength=k).astype(np.float64)
+            weights = torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32)
+            self.info["class_weights"] = weights.tolist()
+        elif c.class_weights == "balanced" and "class_weights" in self.info:
+            weights = torch.tensor(self.info["class_weights"], dtype=torch.float32)
+        aug = BatchAugment(self.cfg.data.augment)
+        return ClassifierModel(backbone, k, dropout=c.dropout, class_weights=weights, augment=aug)
+
+    # -- evaluation --------------------------------------------------------------
+    def _probs(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
+        logits = batched_forward(model, dataset.images, device, batch_size)
+        return torch.softmax(logits, 1).numpy()
+
+    def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
+                 *, with_ci: bool = False) -> EvalResult:
+        from tasks.classification_metrics import classification_metrics
+
+        prob = self._probs(model, dataset, device, batch_size)
+        y = dataset.target_array("label")
+        m = classification_metrics(y, prob, bootstrap=self.cfg.task.classification.bootstrap if with_ci else 0,
+                                   seed=self.cfg.seed)
+        m["loss"] = float(F.cross_entropy(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y)))
+        df = self._frame(dataset, prob)
+        df.insert(1, "label", [self.info["class_names"][i] for i in y])
+        return EvalResult(m, df, {"y": y, "prob": prob})
+
+    def _frame(self, dataset: ImageDataset, prob: np.ndarray) -> pd.DataFrame:
+        names = self.info["class_names"]
+        df = pd.DataFrame({"image": dataset.ids, "predicted": [names[i] for i in prob.argmax(1)]})
+        for i, n in enumerate(names):
+            df[f"prob_{n}"] = prob[:, i]
+        return df
+
+    def predict(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64) -> pd.DataFrame:
+        return self._frame(dataset, self._probs(model, dataset, device, batch_size))
+
+    def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
+        from tasks.classification_metrics import plot_confusion, plot_roc
+
+        out = []
+        y, prob = result.outputs["y"], result.outputs["prob"]
+        if len(np.unique(y)) == 2 and prob.shape[1] == 2:
+            out.append(plot_roc(y, prob, out_dir / f"{prefix}_roc.png"))
+        out.append(plot_confusion(np.asarray(result.metrics["confusion_matrix"]), self.info["class_names"],
+                                  out_dir / f"{prefix}_confusion.png"))
+        return out
+
+    def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
+        out = super().summary_metrics(metrics)
+        if "roc_auc_ci95" in metrics and metrics["roc_auc_ci95"] is not None:
+            lo, hi = metrics["roc_auc_ci95"]
+            out["roc_auc_ci95_lo"], out["roc_auc_ci95_hi"] = float(lo), float(hi)
+        return out

@@ -1,0 +1,252 @@
+"""Landmark regression with a Euclidean loss: direct coordinate regression or a soft-argmax heatmap head.
+
+Coordinates convention: a landmark at original pixel (x, y) (integer pixel
+index, origin top-left, as in the ISBI 2015 CSVs) is normalised to
+u = (x + 0.5) / W, v = (y + 0.5) / H, so pixel centres map consistently at
+every image size. Every metric is computed back in original pixels and mm.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from transfer.augment import BatchAugment
+from transfer.backbones import StagedBackbone
+from transfer.data.datasets import ImageDataset, load_images
+from transfer.errors import DatasetError
+from transfer.protocols import TASKS
+from transfer.task_api import EvalResult, Task, TaskModel, batched_forward
+
+_COL = re.compile(r"^(\d+)_([xy])$")
+_IMAGE_COLUMNS = ("image_path", "image", "path", "file")
+
+
+def to_normalised(px: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
+    """(N, L, 2) original pixel (x, y) -> normalised (u, v); sizes (N, 2) as (H, W)."""
+    wh = sizes_hw[:, None, ::-1].astype(np.float64)
+    return (px + 0.5) / wh
+
+
+def to_pixels(norm: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_normalised`."""
+    wh = sizes_hw[:, None, ::-1].astype(np.float64)
+    return norm * wh - 0.5
+
+
+class LandmarkModel(TaskModel):
+    """Backbone + regression head (pooled features) or heatmap head (one feature map)."""
+
+    def __init__(self, backbone: StagedBackbone, num_landmarks: int, *, head: str, hidden: int, dropout: float,
+                 heatmap_stage: str | None, heatmap_weight: float, heatmap_sigma: float,
+                 augment: BatchAugment | None) -> None:
+        super().__init__()
+        from tasks.landmark_heads import HeatmapHead, RegressionHead
+
+        self.backbone = backbone
+        self.kind = head
+        self.augment = augment
+        self.heatmap_weight = heatmap_weight
+        self.heatmap_sigma = heatmap_sigma
+        self.unused_stages: list[str] = []
+        if head == "regression":
+            self.head = RegressionHead(backbone.num_features, num_landmarks, hidden=hidden, dropout=dropout)
+            self.stage = None
+        else:
+            info = {f.stage: f for f in backbone.feature_info}
+            if heatmap_stage is None:
+                # the deepest stage at stride <= 16 keeps enough resolution for soft-argmax
+                cands = [f for f in backbone.feature_info if f.stride <= 16]
+                heatmap_stage = cands[-1].stage
+            if heatmap_stage not in info:
+                raise ValueError(f"task.landmarks.heatmap_stage {heatmap_stage!r} is not a spatial stage of "
+                                 f"{backbone.name}: {list(info)}")
+            f = info[heatmap_stage]
+            self.head = HeatmapHead(f.channels, num_landmarks, stride=f.stride)
+            self.stage = heatmap_stage
+            names = list(backbone.stage_names)
+            self.unused_stages = names[names.index(heatmap_stage) + 1 :]
+
+    def forward_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.stage is None:
+            return {"coords": self.head(self.backbone(images))}
+        feats = self.backbone.forward_stages(images, upto=self.stage)[self.stage]
+        return self.head(feats)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> normalised landmarks (B, L, 2) as (u, v)."""
+        return self.forward_all(images)["coords"]
+
+    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from tasks.landmark_heads import euclidean_loss, heatmap_loss
+
+        images, target = batch["image"], batch["landmarks"].float()
+        if self.augment is not None and self.augment.active:
+            h, w = images.shape[-2:]
+            scale = torch.tensor([w, h], device=images.device, dtype=target.dtype)
+            images, kp = self.augment(images, target * scale - 0.5)
+            target = (kp + 0.5) / scale
+        out = self.forward_all(images)
+        # isotropic units: normalised coordinates rescaled by the original aspect ratio,
+        # so an error along the long axis is not under-weighted
+        size_wh = batch["orig_size"].float().flip(-1)
+        iso = (size_wh / size_wh.max(dim=1, keepdim=True).values)[:, None, :]
+        loss = euclidean_loss(out["coords"].float() * iso, target * iso)
+        logs = {"euclidean": loss.detach()}
+        if self.heatmap_weight > 0 and "heatmaps" in out:
+            hl = heatmap_loss(out["heatmaps"].float(), target, self.heatmap_sigma)
+            loss = loss + self.heatmap_weight * hl
+            logs["heatmap"] = hl.detach()
+        return {"loss": loss, **logs}
+
+
+@TASKS.register("landmarks")
+class LandmarkTask(Task):
+    name = "landmarks"
+    formats = ("landmark_csv",)
+    monitor = "mre_mm"
+    mode = "min"
+    stratify_key = None
+
+    def load_split(self, spec: str, which: str) -> ImageDataset:
+        cfg = self.cfg
+        csv = self.resolve(spec)
+        if not csv.is_file():
+            raise DatasetError(f"{csv}: landmark CSV not found")
+        df = pd.read_csv(csv)
+        image_col = next((c for c in _IMAGE_COLUMNS if c in df.columns), None)
+        if image_col is None:
+            raise DatasetError(f"{csv}: no image column (one of {list(_IMAGE_COLUMNS)}); columns: {list(df.columns)[:6]}...")
+        idx: dict[int, dict[str, str]] = {}
+        for c in df.columns:
+            m = _COL.match(str(c))
+            if m:
+                idx.setdefault(int(m.group(1)), {})[m.group(2)] = c
+        if not idx:
+            raise DatasetError(f"{csv}: no landmark columns named <k>_x, <k>_y")
+        ks = sorted(idx)
+        if ks != list(range(1, len(ks) + 1)):
+            raise DatasetError(f"{csv}: landmark numbers {ks} are not 1..{len(ks)}")
+        for k in ks:
+            for axis in "xy":
+                if axis not in idx[k]:
+                    raise DatasetError(f"{csv}: missing column {k}_{axis}")
+        n_l = len(ks)
+        if "num_landmarks" in self.info and self.info["num_landmarks"] != n_l:
+            raise DatasetError(f"{csv}: {n_l} landmarks, the training split has {self.info['num_landmarks']}")
+        self.info["num_landmarks"] = n_l
+        names = cfg.task.landmarks.names
+        if names and len(names) != n_l:
+            raise DatasetError(f"task.landmarks.names lists {len(names)} names for {n_l} landmarks in {csv}")
+        self.info["landmark_names"] = list(names) or [str(k) for k in ks]
+        cols = [idx[k][a] for k in ks for a in "xy"]
+        coords = np.zeros((len(df), n_l, 2))
+        for j, c in enumerate(cols):
+            vals = pd.to_numeric(df[c], errors="coerce")
+            bad = np.flatnonzero(~np.isfinite(vals.to_numpy(dtype=float)))
+            if len(bad):
+                r = int(bad[0])
+                raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): column {c} has "
+                                   f"non-numeric or missing value {df[c].iloc[r]!r}")
+            coords[:, j // 2, j % 2] = vals.to_numpy(dtype=float)
+        base = Path(cfg.data.root) / cfg.data.image_dir if cfg.data.image_dir else csv.parent
+        paths = []
+        for r, p in enumerate(df[image_col].astype(str)):
+            full = Path(p) if Path(p).is_absolute() else base / p
+            if not full.is_file():
+                raise DatasetError(f"{csv}, line {r + 2}: image {full} does not exist")
+            paths.append(full)
+        loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1,
+                             on_bad=cfg.data.on_bad, progress=cfg.tracking.progress, desc=f"decoding {which}")
+        self.skipped += loaded.skipped
+        kept = loaded.kept
+        coords, sizes = coords[kept], loaded.original_sizes
+        for i, r in enumerate(kept):
+            h, w = sizes[i]
+            out = np.flatnonzero((coords[i, :, 0] < 0) | (coords[i, :, 0] >= w) | (coords[i, :, 1] < 0) | (coords[i, :, 1] >= h))
+            if len(out):
+                k = int(out[0])
+                raise DatasetError(f"{csv}, line {int(r) + 2} ({paths[r].name}): landmark {k + 1} at "
+                                   f"({coords[i, k, 0]:g}, {coords[i, k, 1]:g}) lies outside the {w}x{h} image")
+        spacing = np.full((len(kept), 2), cfg.task.landmarks.pixel_spacing, dtype=np.float64)
+        if "spacing" in df.columns:
+            spacing[:] = pd.to_numeric(df["spacing"], errors="coerce").to_numpy()[kept, None]
+        else:
+            for i, s in enumerate(loaded.spacings):
+                if s is not None:
+                    spacing[i] = (s[1], s[0])  # file spacing is (row, col) = (y, x)
+        targets = {
+            "landmarks": torch.from_numpy(to_normalised(coords, sizes)).float(),
+            "orig_size": torch.from_numpy(sizes.astype(np.float32)),
+            "spacing": torch.from_numpy(spacing.astype(np.float32)),
+        }
+        return ImageDataset(loaded.images, targets, [paths[r].name for r in kept])
+
+    def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> LandmarkModel:
+        c = self.cfg.task.landmarks
+        aug = BatchAugment(self.cfg.data.augment, flip_pairs=[tuple(p) for p in c.flip_pairs], landmarks=True)
+        return LandmarkModel(backbone, self.info["num_landmarks"], head=c.head, hidden=c.hidden, dropout=c.dropout,
+                             heatmap_stage=c.heatmap_stage, heatmap_weight=c.heatmap_weight,
+                             heatmap_sigma=c.heatmap_sigma, augment=aug)
+
+    def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
+        norm = batched_forward(model, dataset.images, device, batch_size).numpy().astype(np.float64)
+        return to_pixels(norm, dataset.target_array("orig_size"))
+
+    def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
+                 *, with_ci: bool = False) -> EvalResult:
+        from tasks.landmark_metrics import landmark_metrics, radial_errors_mm
+
+        pred = self._pixels(model, dataset, device, batch_size)
+        sizes = dataset.target_array("orig_size")
+        true = to_pixels(dataset.target_array("landmarks").astype(np.float64), sizes)
+        true = np.round(true, 3)
+        spacing = dataset.target_array("spacing").astype(np.float64)
+        m = landmark_metrics(pred, true, spacing, radii=tuple(self.cfg.task.landmarks.sdr_radii),
+                             names=self.info["landmark_names"])
+        err = radial_errors_mm(pred, true, spacing)
+        df = self._frame(dataset, pred)
+        for k in range(pred.shape[1]):
+            df[f"{k + 1}_x_true"] = true[:, k, 0]
+            df[f"{k + 1}_y_true"] = true[:, k, 1]
+            df[f"{k + 1}_err_mm"] = err[:, k]
+        return EvalResult(m, df, {"pred": pred, "true": true, "err": err})
+
+    def _frame(self, dataset: ImageDataset, pred: np.ndarray) -> pd.DataFrame:
+        df = pd.DataFrame({"image": dataset.ids})
+        for k in range(pred.shape[1]):
+            df[f"{k + 1}_x"] = pred[:, k, 0]
+            df[f"{k + 1}_y"] = pred[:, k, 1]
+        return df
+
+    def predict(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64) -> pd.DataFrame:
+        return self._frame(dataset, self._pixels(model, dataset, device, batch_size))
+
+    def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
+        from tasks.landmark_metrics import plot_landmark_overlay
+
+        out = []
+        err = result.outputs["err"].mean(1)
+        # the best, the median and the worst image
+        order = np.argsort(err)
+        for tag, i in (("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])):
+            img = dataset.images[i, 0].numpy()
+            h, w = dataset.target_array("orig_size")[i]
+            sx, sy = img.shape[1] / w, img.shape[0] / h
+            scale = np.array([sx, sy])
+            pred = (result.outputs["pred"][i] + 0.5) * scale - 0.5
+            true = (result.outputs["true"][i] + 0.5) * scale - 0.5
+            out.append(plot_landmark_overlay(img, pred, true, out_dir / f"{prefix}_overlay_{tag}.png",
+                                             title=f"{dataset.ids[i]}: MRE {err[i]:.2f} mm ({tag})"))
+        return out
+
+    def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
+        out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
+        for r, v in (metrics.get("sdr") or {}).items():
+            out[f"sdr_{r}mm"] = float(v)
+        return out
+

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from transfer.config import Config
+from transfer.configio import ConfigError, load_config, parse_overrides, to_dict
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  depth: conv3-head\n  epochs: 3\ndata:\n  image_size: [64, 48]\n")
+    cfg = load_config(Config, p, ["train.lr=0.01", "init=scratch", "data.augment.rotation=5"])
+    assert cfg.train.depth == "conv3-head" and cfg.train.epochs == 3 and cfg.train.lr == 0.01
+    assert cfg.init == "scratch" and cfg.data.image_size == (64, 48) and cfg.data.augment.rotation == 5.0
+    assert cfg.backbone.name == "efficientnet_lite0"  # the default backbone
+    assert to_dict(cfg)["data"]["image_size"] == [64, 48]
+
+
+def test_unknown_key_names_key_file_and_choices(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  epohcs: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Config, p)
+    msg = str(e.value)
+    assert "train.epohcs" in msg and str(p) in msg and "epochs" in msg
+
+
+def test_wrong_type_and_choice(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  epochs: three\n")
+    with pytest.raises(ConfigError, match="train.epochs.*integer"):
+        load_config(Config, p)
+    with pytest.raises(ConfigError, match=r"backbone.channels.*\['replicate', 'adapt'\]"):
+        load_config(Config, None, ["backbone.channels=stack"])
+
+
+def test_impossible_value_named():
+    with pytest.raises(ConfigError, match="data.label_fraction"):
+        load_config(Config, None, ["data.label_fraction=0"])
+    with pytest.raises(ConfigError, match="train.gamma"):
+        load_config(Config, None, ["train.gamma=1.5"])
+
+
+def test_env_expansion(monkeypatch):
+    monkeypatch.setenv("MEDTRANSFER_DATA", "/data/x")
+    assert load_config(Config, None).data.root == "/data/x"
+    monkeypatch.delenv("MEDTRANSFER_DATA")
+    assert load_config(Config, None).data.root == "../shared/data"
+
+
+def test_parse_overrides_nested():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+    with pytest.raises(ConfigError):
+        parse_overrides(["novalue"])

@@ -1,0 +1,83 @@
+"""Benchmark: the engine's training throughput against a bare PyTorch loop, and the data-wait share."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from transfer.config import Config
+from transfer.engine import Engine, make_loader, resolve_device, to_device
+from transfer.finetune import LRSpec, build_optimizer, freeze_stages, param_groups, set_train_mode, trainable_stages
+
+
+def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 3) -> dict[str, Any]:
+    """Images/s of ``Engine.train_epoch`` and of a bare loop on the same model, batch and in-memory tensors.
+
+    Rounds alternate bare and engine and keep each one's best, so a noisy
+    neighbour does not decide the ratio. The data-wait share is measured on
+    the real DataLoader over the (warm) decoded training set.
+    """
+    from transfer.run_finetune import load_plugins, prepare_data, seed_everything
+    from transfer.protocols import TASKS
+    from transfer.weights import build_backbone
+
+    load_plugins()
+    seed_everything(cfg.seed)
+    task = TASKS.get(cfg.task.name)(cfg)
+    splits = prepare_data(task, cfg)
+    device = resolve_device(cfg.train.device)
+    backbone, _ = build_backbone(cfg.backbone.name, cfg.init, cfg.backbone.scratch_init, cfg.backbone.in_chans,
+                                 cfg.backbone.channels)
+    model = task.build_model(backbone, splits.train).to(device)
+    depth = "all" if cfg.train.depth == "auto" else cfg.train.depth
+    stages = [s for s in trainable_stages(depth, backbone.stage_names) if s not in getattr(model, "unused_stages", [])]
+    freeze_stages(backbone, stages)
+    t = cfg.train
+    groups = param_groups(backbone, model.head, stages, LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay,
+                                                                t.weight_decay))
+    opt = build_optimizer(groups, t.optimizer, t.momentum)
+    bs = min(t.batch_size, len(splits.train))
+    loader = make_loader(splits.train, bs, shuffle=True, seed=cfg.seed, drop_last=True)
+    batch = to_device(next(iter(loader)), device)
+
+    def train_mode() -> None:
+        model.train()
+        set_train_mode(backbone, stages)
+
+    engine = Engine(model, opt, device=device, amp=t.amp, channels_last=t.channels_last, progress=False,
+                    train_mode=train_mode)
+
+    def bare(n: int) -> float:
+        train_mode()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = model.training_step(batch)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n * bs / (time.perf_counter() - t0)
+
+    def eng(n: int) -> float:
+        stats = engine.train_epoch([batch] * n, 0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return stats.images_per_s
+
+    bare(warmup)
+    eng(warmup)
+    bare_best = eng_best = 0.0
+    for _ in range(rounds):
+        bare_best = max(bare_best, bare(steps))
+        eng_best = max(eng_best, eng(steps))
+    stats = engine.train_epoch(loader, 0, max_steps=steps)
+    return {
+        "backbone": cfg.backbone.name, "task": cfg.task.name, "depth": depth, "batch_size": bs,
+        "image_size": list(cfg.data.image_size), "device": str(device), "steps": steps, "rounds": rounds,
+        "bare_images_per_s": round(bare_best, 2), "engine_images_per_s": round(eng_best, 2),
+        "ratio_engine_over_bare": round(eng_best / bare_best, 3),
+        "dataloader_images_per_s": round(stats.images_per_s, 2),
+        "data_wait_share": round(stats.data_wait_share, 4),
+    }

@@ -1,0 +1,57 @@
+"""Subcommands defined beside their modules: bench (data, finetune), pretrain, study."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable
+
+
+def register(sub: argparse._SubParsersAction, add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    bench = sub.add_parser("bench", help="speed benchmarks (print figures)")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+
+    bd = bsub.add_parser("data", help="decode cache: cold vs warm epoch of image loading")
+    bd.add_argument("--csv", default=None, help="landmark/classification CSV listing the images (first column)")
+    bd.add_argument("--image-dir", default=None, help="folder of images (all files, or those listed in --csv)")
+    bd.add_argument("--size", type=int, nargs=2, default=[256, 208], metavar=("H", "W"))
+    bd.add_argument("--cache-dir", default=".cache/bench-data")
+    bd.set_defaults(fn=cmd_bench_data)
+
+    bf = bsub.add_parser("finetune", help="engine vs a bare PyTorch loop, and the data-wait share")
+    add_config_args(bf)
+    bf.add_argument("--steps", type=int, default=20)
+    bf.add_argument("--warmup", type=int, default=3)
+    bf.set_defaults(fn=cmd_bench_finetune)
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from transfer.data.bench_data import bench_data
+    from transfer.errors import MedTransferError
+
+    if args.image_dir is None:
+        raise MedTransferError("bench data needs --image-dir (and optionally --csv listing the files)")
+    image_dir = Path(args.image_dir)
+    if args.csv:
+        names = pd.read_csv(args.csv).iloc[:, 0].astype(str).tolist()
+        paths = [image_dir / n for n in names]
+    else:
+        paths = sorted(p for p in image_dir.iterdir() if p.is_file())
+    res = bench_data(paths, tuple(args.size), Path(args.cache_dir))
+    print(json.dumps(res, indent=2))
+    print(f"{res['n']} images -> {args.size[0]}x{args.size[1]}: cold {res['cold_ms_per_image']:.1f} ms/image, "
+          f"warm {res['warm_ms_per_image']:.2f} ms/image ({res['speedup']:.0f}x)")
+    return 0
+
+
+def cmd_bench_finetune(args: argparse.Namespace) -> int:
+    from transfer.bench_finetune import bench_finetune
+    from transfer.config import Config
+    from transfer.configio import load_config
+
+    cfg = load_config(Config, args.config, args.overrides)
+    res = bench_finetune(cfg, steps=args.steps, warmup=args.warmup)
+    print(json.dumps(res, indent=2))
+    return 0

@@ -1,0 +1,317 @@
+"""The one training loop for every task and stage-1 method.
+
+Device-agnostic: CPU here; on CUDA it uses AMP (bf16 where supported, else
+fp16 with a gradient scaler), channels_last and optional ``torch.compile``;
+under ``torchrun`` it wraps the model in DistributedDataParallel and shards
+batches with a DistributedSampler.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from transfer.protocols import Batch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """Autocast dtype, or None for full precision. AMP is only used on CUDA."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
+                drop_last: bool = False, device: torch.device | None = None) -> DataLoader:
+    """A DataLoader that shards across processes under DDP and is reproducible per seed."""
+    sampler = None
+    if dist.is_available() and dist.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        shuffle = False
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+        drop_last=drop_last, generator=g, pin_memory=device is not None and device.type == "cuda",
+        persistent_workers=num_workers > 0,
+    )
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    out: Batch = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 4 and v.is_floating_point():
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+class _StepForward(nn.Module):
+    """Routes ``forward`` to ``training_step`` so DDP's gradient hooks see the step."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.inner.training_step(batch)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    steps: int
+    images: int
+    seconds: float
+    data_seconds: float  #: time spent waiting for the loader
+    logs: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.data_seconds / max(self.seconds, 1e-9)
+
+
+@dataclass
+class FitResult:
+    best_metric: float | None
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor] | None
+    stopped_early: bool
+
+
+class Engine:
+    """Trains a :class:`~transfer.protocols.StepModel` with an optimiser and a per-epoch schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        device: torch.device | str = "cpu",
+        amp: str = "auto",
+        channels_last: bool = True,
+        compile: bool = False,
+        grad_clip: float | None = None,
+        progress: bool = True,
+        train_mode: Callable[[], None] | None = None,
+    ) -> None:
+        self.device = torch.device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device)
+        self.channels_last = channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.dtype = amp_dtype(self.device, amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.grad_clip = grad_clip
+        self.progress = progress and is_main_process()
+        self.train_mode = train_mode or self.model.train
+        step: nn.Module = _StepForward(self.model)
+        if dist.is_available() and dist.is_initialized():
+            step = nn.parallel.DistributedDataParallel(
+                step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False,
+            )
+        self.step_module = torch.compile(step) if compile else step
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def train_epoch(self, loader: Iterable[Batch], epoch: int, *, max_steps: int | None = None,
+                    progress_total: int | None = None, total_steps: int | None = None,
+                    global_step: int = 0) -> EpochStats:
+        self.train_mode()
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        total = 0.0
+        steps = images = 0
+        data_s = 0.0
+        logs: dict[str, float] = {}
+        t0 = time.perf_counter()
+        it = iter(loader)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=progress_total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        while max_steps is None or steps < max_steps:
+            td = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            batch = to_device(batch, self.device, self.channels_last)
+            data_s += time.perf_counter() - td
+            with self.autocast():
+                out = self.step_module(batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch} step {steps}: loss is {loss.item()}")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            steps += 1
+            hook = getattr(self.model, "after_optimizer_step", None)
+            if hook is not None:
+                done = global_step + steps
+                hook(min(1.0, done / total_steps) if total_steps else 0.0)
+            n = _batch_size(batch)
+            images += n
+            total += loss.detach().float().item() * n
+            for k, v in out.items():
+                if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
+                    logs[k] = logs.get(k, 0.0) + v.detach().float().item() * n
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / max(images, 1):.4f}")
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        if steps == 0:
+            raise RuntimeError("the training loader produced no batch (empty training set?)")
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return EpochStats(epoch, total / images, steps, images, seconds, data_s,
+                          {k: v / images for k, v in logs.items()}, lr)
+
+    def fit(
+        self,
+        loader: Iterable[Batch],
+        epochs: int,
+        *,
+        evaluate: Callable[[int], dict[str, float]] | None = None,
+        monitor: str | None = None,
+        mode: str = "max",
+        patience: int | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        state_of: Callable[[], dict[str, torch.Tensor]] | None = None,
+        resume_path: Path | None = None,
+        max_steps: int | None = None,
+    ) -> FitResult:
+        """Train for ``epochs``; select the best epoch on ``monitor`` of ``evaluate(epoch)``.
+
+        ``state_of`` returns the state kept for the best epoch (default: the
+        model's state dict). With ``resume_path``, state is saved there after
+        every epoch and an interrupted fit continues from it.
+        """
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be min or max, got {mode!r}")
+        state_of = state_of or self.model.state_dict
+        history: list[dict[str, Any]] = []
+        best: float | None = None
+        best_epoch, best_state, bad_epochs, start = -1, None, 0, 0
+        if resume_path is not None and Path(resume_path).is_file():
+            ck = torch.load(resume_path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            if self.scheduler is not None and ck.get("scheduler"):
+                self.scheduler.load_state_dict(ck["scheduler"])
+            history, best, best_epoch = ck["history"], ck["best"], ck["best_epoch"]
+            best_state, bad_epochs, start = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
+        try:
+            n_batches = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            n_batches = None
+        per_epoch = min(n_batches, max_steps) if (n_batches and max_steps) else (n_batches or max_steps)
+        total_steps = per_epoch * epochs if per_epoch else None
+        stopped = False
+        for epoch in range(start, epochs):
+            stats = self.train_epoch(loader, epoch, max_steps=max_steps, progress_total=per_epoch,
+                                     total_steps=total_steps, global_step=(per_epoch or 0) * epoch)
+            row: dict[str, Any] = {
+                "epoch": epoch, "train_loss": stats.loss, "lr": stats.lr, "steps": stats.steps,
+                "images_per_s": stats.images_per_s, "data_wait_share": stats.data_wait_share,
+                **{f"train_{k}": v for k, v in stats.logs.items()},
+            }
+            if evaluate is not None:
+                row.update({f"val_{k}": v for k, v in evaluate(epoch).items()})
+            improved = False
+            if monitor is not None:
+                key = f"val_{monitor}" if f"val_{monitor}" in row else monitor
+                if key not in row:
+                    raise KeyError(f"monitored metric {monitor!r} not among {sorted(row)}")
+                value = float(row[key])
+                improved = best is None or (value > best if mode == "max" else value < best)
+                if math.isnan(value):
+                    improved = False
+            else:
+                improved = True  # without a monitor the last epoch is kept
+                value = None
+            if improved:
+                best, best_epoch, bad_epochs = value, epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state_of().items()})
+            else:
+                bad_epochs += 1
+            row["best_epoch"] = best_epoch
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            if resume_path is not None and is_main_process():
+                from transfer.tracking import atomic_torch_save
+
+                atomic_torch_save({
+                    "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                    "history": history, "best": best, "best_epoch": best_epoch, "best_state": best_state,
+                    "bad_epochs": bad_epochs, "epoch": epoch,
+                }, resume_path)
+            if patience is not None and bad_epochs >= patience:
+                stopped = True
+                break
+        return FitResult(best, best_epoch, len(history), history, best_state, stopped)
+
+
+def _batch_size(batch: Batch) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return 1
