@@ -65,6 +65,7 @@ class ClassificationTask(Task):
     monitor = "roc_auc"
     mode = "max"
     stratify_key = "label"
+    report_metrics = ("roc_auc", "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "g_mean")
 
     # -- data ----------------------------------------------------------------
     def load_split(self, spec: str, which: str) -> ImageDataset:
@@ -215,6 +216,18 @@ class ClassificationTask(Task):
         out.append(plot_confusion(np.asarray(result.metrics["confusion_matrix"]), self.info["class_names"],
                                   out_dir / f"{prefix}_confusion.png"))
         return out
+
+    def paired_comparison(self, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, Any]:
+        from transfer.stats import paired_bootstrap_auc
+
+        if list(a["image"]) != list(b["image"]):
+            raise DatasetError("paired comparison needs predictions on the same images in the same order")
+        names = [c[len("prob_"):] for c in a.columns if c.startswith("prob_")]
+        if len(names) != 2:
+            raise DatasetError(f"paired AUC comparison is implemented for binary tasks, got classes {names}")
+        y = np.asarray([names.index(v) for v in a["label"].astype(str)])
+        col = f"prob_{names[1]}"
+        return paired_bootstrap_auc(y, a[col].to_numpy(), b[col].to_numpy(), seed=self.cfg.seed)
 
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         out = super().summary_metrics(metrics)

@@ -111,6 +111,7 @@ class LandmarkTask(Task):
     monitor = "mre_mm"
     mode = "min"
     stratify_key = None
+    report_metrics = ("mre_mm", "sd_mm", "sdr_2.0mm", "sdr_2.5mm", "sdr_3.0mm", "sdr_4.0mm")
 
     def load_split(self, spec: str, which: str) -> ImageDataset:
         cfg = self.cfg
@@ -243,6 +244,15 @@ class LandmarkTask(Task):
             out.append(plot_landmark_overlay(img, pred, true, out_dir / f"{prefix}_overlay_{tag}.png",
                                              title=f"{dataset.ids[i]}: MRE {err[i]:.2f} mm ({tag})"))
         return out
+
+    def paired_comparison(self, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, Any]:
+        from transfer.stats import paired_errors
+
+        if list(a["image"]) != list(b["image"]):
+            raise DatasetError("paired comparison needs predictions on the same images in the same order")
+        cols = [c for c in a.columns if c.endswith("_err_mm")]
+        return paired_errors(a[cols].mean(1).to_numpy(), b[cols].mean(1).to_numpy(), metric="mre_mm",
+                             seed=self.cfg.seed)
 
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}

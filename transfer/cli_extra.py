@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction, add_config_args: Callable[[argpars
     bf.add_argument("--warmup", type=int, default=3)
     bf.set_defaults(fn=cmd_bench_finetune)
 
+    register_study(sub, add_config_args)
+
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
     import pandas as pd
@@ -54,4 +56,21 @@ def cmd_bench_finetune(args: argparse.Namespace) -> int:
     cfg = load_config(Config, args.config, args.overrides)
     res = bench_finetune(cfg, steps=args.steps, warmup=args.warmup)
     print(json.dumps(res, indent=2))
+    return 0
+
+
+def register_study(sub: argparse._SubParsersAction, add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    s = sub.add_parser("study", help="run the grid init x depth x label fraction x seed; write tables and a report")
+    add_config_args(s)
+    s.set_defaults(fn=cmd_study)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from transfer.config import Config
+    from transfer.configio import load_config
+    from transfer.study import run_study
+
+    cfg = load_config(Config, args.config, args.overrides)
+    out = run_study(cfg)
+    print(json.dumps(out, indent=2))
     return 0

@@ -148,8 +148,41 @@ class TrackingConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "medtransfer"
     wandb_entity: str | None = None
+    wandb_group: str | None = None  #: W&B group (a study sets it to its name)
     progress: bool = True
     log_media: bool = True
+
+
+@dataclass
+class Reference:
+    """A published result printed beside ours in study reports (never used for selection)."""
+
+    name: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class StudyConfig:
+    """The grid ``medtransfer study`` runs: initialisation x depth x label fraction x seed."""
+
+    name: str = "study"
+    title: str = ""
+    #: imagenet, scratch, a checkpoint path, or pretrain:<method> (stage 1 runs first, see pretrain)
+    inits: list[str] = field(default_factory=lambda: ["imagenet", "scratch"])
+    depths: list[str] = field(default_factory=lambda: ["head", "all"])
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    out_dir: str = "runs/studies"
+    report: str | None = None  #: write the markdown report here (plots beside it)
+    command: str = ""  #: the command that regenerates the report, printed in it
+    references: list[Reference] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.inits) and bool(self.depths) and bool(self.label_fractions) and bool(self.seeds),
+               "study", "inits, depths, label_fractions and seeds must be non-empty")
+        _check(all(0 < f <= 1 for f in self.label_fractions), "study.label_fractions", "each must be in (0, 1]")
 
 
 @dataclass
@@ -164,3 +197,4 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)

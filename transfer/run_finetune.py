@@ -139,7 +139,7 @@ def run_finetune(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
     name = name or cfg.tracking.name or default_run_name(cfg)
     run = Run(cfg.tracking.out_dir, name, to_dict(cfg), wandb_mode=cfg.tracking.wandb_mode,
               project=cfg.tracking.wandb_project, entity=cfg.tracking.wandb_entity, job_type="finetune",
-              tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
+              tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth], group=cfg.tracking.wandb_group)
     try:
         return _run(cfg, task, splits, device, run, t0)
     finally:

@@ -45,6 +45,7 @@ class Task(ABC):
     monitor: ClassVar[str]  #: validation metric used for early stopping and model selection
     mode: ClassVar[str]  #: "max" or "min"
     stratify_key: ClassVar[str | None] = None
+    report_metrics: ClassVar[tuple[str, ...]] = ()  #: test metrics tabulated in study reports
 
     def __init__(self, cfg: Config) -> None:
         if cfg.data.format not in self.formats:
@@ -86,6 +87,10 @@ class Task(ABC):
 
     def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
         return []
+
+    @abstractmethod
+    def paired_comparison(self, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, Any]:
+        """Compare two models' test predictions (same images, same order): difference a - b, CI, p-value."""
 
     def label_array(self, dataset: ImageDataset) -> np.ndarray | None:
         return dataset.target_array(self.stratify_key) if self.stratify_key else None

@@ -54,7 +54,7 @@ class Run:
 
     def __init__(self, root: str | Path, name: str, config: dict[str, Any], *, wandb_mode: str = "offline",
                  project: str = "medtransfer", entity: str | None = None, job_type: str = "finetune",
-                 tags: list[str] | None = None, resume: bool = True) -> None:
+                 tags: list[str] | None = None, resume: bool = True, group: str | None = None) -> None:
         import yaml
 
         self.dir = Path(root) / name
@@ -69,7 +69,7 @@ class Run:
 
                 self._wandb = wandb.init(
                     project=project, entity=entity, name=name, id=_wandb_id(self.dir), resume="allow" if resume else None,
-                    dir=str(self.dir), mode=wandb_mode, job_type=job_type, config=config, tags=tags or [],
+                    dir=str(self.dir), mode=wandb_mode, job_type=job_type, config=config, tags=tags or [], group=group,
                     reinit="finish_previous",
                 )
             except Exception as e:  # W&B problems must not lose the run; the run dir is the record
