@@ -12,11 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MEDTRANSFER_DATA", REPO.parent / "shared" / "data"))
 
 
-def real_data(sub: str) -> Path:
+def _real_data(sub: str) -> Path:
     p = DATA_ROOT / sub
     if not p.exists():
         pytest.skip(f"real dataset {p} not present (set MEDTRANSFER_DATA)")
     return p
+
+
+@pytest.fixture
+def real_data():
+    """``real_data("isbi2015_ceph")`` -> the folder, or skip the test when it is absent."""
+    return _real_data
 
 
 @pytest.fixture(autouse=True)
