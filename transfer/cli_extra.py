@@ -24,6 +24,19 @@ def register(sub: argparse._SubParsersAction, add_config_args: Callable[[argpars
     bf.add_argument("--warmup", type=int, default=3)
     bf.set_defaults(fn=cmd_bench_finetune)
 
+    bp = bsub.add_parser("pretrain", help="our stage-1 step vs lightly's reference loop and a bare loop")
+    bp.add_argument("--method", default="simclr")
+    bp.add_argument("--backbone", default="efficientnet_lite0")
+    bp.add_argument("--batch-size", type=int, default=32)
+    bp.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
+    bp.add_argument("--steps", type=int, default=10)
+    bp.set_defaults(fn=cmd_bench_pretrain)
+
+    p = sub.add_parser("pretrain", help="stage 1: adapt a backbone on unlabelled images; writes backbone.pt")
+    add_config_args(p)
+    p.add_argument("--name", help="run directory name")
+    p.set_defaults(fn=cmd_pretrain)
+
     register_study(sub, add_config_args)
 
 
@@ -73,4 +86,26 @@ def cmd_study(args: argparse.Namespace) -> int:
     cfg = load_config(Config, args.config, args.overrides)
     out = run_study(cfg)
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from transfer.config import Config
+    from transfer.configio import load_config
+    from transfer.run_pretrain import run_pretrain
+
+    cfg = load_config(Config, args.config, args.overrides)
+    s = run_pretrain(cfg, name=args.name)
+    final = {k: round(v, 4) for k, v in s["final"].items() if isinstance(v, float)}
+    print(f"run directory: {Path(s['checkpoint']).parent}")
+    print(f"checkpoint: {s['checkpoint']}  (fine-tune from it with --set init={s['checkpoint']})")
+    print(f"pool: {s['pool_size']} images, {len(s['skipped'])} skipped; last epoch: {final}")
+    return 0
+
+
+def cmd_bench_pretrain(args: argparse.Namespace) -> int:
+    from ssl_pretrain.bench_reference import bench_pretrain
+
+    res = bench_pretrain(args.method, args.backbone, args.batch_size, tuple(args.size), steps=args.steps)
+    print(json.dumps(res, indent=2))
     return 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from transfer.configio import ConfigError
+from transfer.pretrain_config import PretrainConfig
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -187,7 +188,7 @@ class StudyConfig:
 
 @dataclass
 class Config:
-    """A stage-2 fine-tuning experiment."""
+    """An experiment: stage-1 pretraining (``pretrain``), stage-2 fine-tuning, and the study grid."""
 
     #: ``imagenet``, ``scratch``, or a checkpoint path (stage 1 output, torchvision/timm state dict)
     init: str = "imagenet"
@@ -197,4 +198,5 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     study: StudyConfig = field(default_factory=StudyConfig)

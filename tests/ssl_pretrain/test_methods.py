@@ -219,7 +219,8 @@ def test_cae_output_matches_input(backbone, upto, size):
     torch.manual_seed(0)
     model = make("cae", backbone, size=size, cae=CAEConfig(encoder_upto=upto, decoder_width=8))
     x = smooth_images(2, *size)
-    y = model(x)
+    with torch.no_grad():
+        y = model(x)
     assert y.shape == x.shape
     assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
     # every decoder block is at most a x2.5 upsampling of the previous size
@@ -243,7 +244,7 @@ def test_cae_psnr_and_l1():
     out = model.training_step({"image": x})
     with torch.no_grad():
         recon = model(x)
-    assert float(out["loss"]) == pytest.approx(float((recon - x).abs().mean()), rel=1e-4)
+    assert float(out["loss"].detach()) == pytest.approx(float((recon - x).abs().mean()), rel=1e-4)
     assert 0 < float(out["psnr"]) < 60
 
 
@@ -284,3 +285,13 @@ def test_config_defaults_and_yaml_choices():
 def test_config_rejects_impossible_values(bad, key):
     with pytest.raises(ConfigError, match=key):
         bad()
+
+
+# -- benchmark smoke ------------------------------------------------------------------------------
+def test_bench_pretrain_smoke():
+    from ssl_pretrain.bench_reference import bench_pretrain
+
+    r = bench_pretrain("simclr", "tiny_resnet", 4, (32, 32), steps=1, warmup=1)
+    for k in ("ours_img_s", "lightly_img_s", "bare_img_s", "ours_vs_lightly", "ours_vs_bare"):
+        assert r[k] > 0 and math.isfinite(r[k]), k
+    assert r["init"] == "scratch"
