@@ -154,7 +154,18 @@ def write_report(cfg: Config, task: Any, df: pd.DataFrame, agg: pd.DataFrame, co
         plots.append(plot_metric_vs_fraction(agg, f"test_{monitor}", out.parent / f"{stem}_fraction.png",
                                              f"test {monitor}"))
     plots.append(plot_curves(root / "runs", list(df["run"]), monitor, out.parent / f"{stem}_curves.png"))
-    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    # the test plots of the run best on *validation* (never chosen on test)
+    vals = df[f"val_{monitor}"]
+    best = df.loc[vals.idxmax() if task.mode == "max" else vals.idxmin()]
+    import shutil
+
+    for f in sorted((root / "runs" / best["run"]).glob("test_*.png")):
+        dst = out.parent / f"{stem}_best_{f.name}"
+        shutil.copyfile(f, dst)
+        plots.append(dst)
+    lines += ["## Plots", "",
+              f"Test plots (`*_best_test_*`) are of `{best['run']}`, the run with the best validation {monitor}.", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
     per = _per_landmark_section(root / "runs", df)
     if per:
         lines += per
