@@ -9,8 +9,9 @@ resize-conv blocks (nearest upsampling + 3x3 conv, no checkerboard artefacts)
 climb through the encoder's feature-map sizes, at most x2 per block, to exactly
 the input size; a sigmoid puts the reconstruction in [0, 1].
 
-Stages above ``encoder_upto`` get no gradient (under DDP this needs
-``find_unused_parameters``); only ``encoder`` goes in the checkpoint.
+Stages above ``encoder_upto`` are frozen (they are not part of the autoencoder,
+and DDP needs every trainable parameter to get a gradient); only ``encoder``
+goes in the checkpoint.
 """
 from __future__ import annotations
 
@@ -129,6 +130,12 @@ class CAE(nn.Module):
         self.decoder = CAEDecoder(top, maps[-1], [s[1:] for s in maps], self.image_size, backbone.in_chans,
                                   c.decoder_width)
         self.loss_name = c.loss
+        # stages above the encoder are not part of the autoencoder: freeze them so every trainable
+        # parameter gets a gradient (DDP without find_unused_parameters) and they keep their weights
+        names = list(backbone.stage_names)
+        for stage in names[names.index(self.upto) + 1 :]:
+            for _, p in backbone.stage_parameters()[stage]:
+                p.requires_grad_(False)
 
     @torch.no_grad()
     def _probe_shapes(self) -> dict[str, tuple[int, ...]]:

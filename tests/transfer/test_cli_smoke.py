@@ -108,3 +108,17 @@ def test_bad_landmark_csv_names_file_and_line(tmp_path, tiny_landmarks, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "train.csv, line 4" in err and "landmark 1" in err and "outside" in err
+
+
+def test_bench_commands(tmp_path, tiny_npz, tiny_landmarks, capsys):
+    assert main(["bench", "data", "--image-dir", str(tiny_landmarks / "images"), "--size", "32", "32",
+                 "--cache-dir", str(tmp_path / "bc")]) == 0
+    out = capsys.readouterr().out
+    assert '"n": 12' in out and "warm" in out
+    assert main(["bench", "finetune", *_common(tmp_path)[:-2], "--set", "data.format=npz",
+                 "--set", f"data.root={tiny_npz.parent}", "--set", "data.train=tiny.npz#train",
+                 "--set", "data.val=tiny.npz#val", "--set", "data.image_size=[32, 32]", "--set", "backbone.in_chans=1",
+                 "--steps", "3", "--warmup", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["engine_images_per_s"] > 0 and res["bare_images_per_s"] > 0
+    assert 0 <= res["data_wait_share"] < 1
