@@ -73,3 +73,20 @@ def test_empty_pool_and_wrong_checkpoint(tmp_path, capsys):
     assert main(_args(tmp_path / "x", "simclr", "--set", f"init={ckpt}", "--set", "backbone.name=tiny_efficientnet")) == 2
     err = capsys.readouterr().err
     assert "tiny_resnet" in err and "tiny_efficientnet" in err
+
+
+def test_labelled_pool_with_representation_monitor(tmp_path, tiny_npz):
+    args = ["pretrain", "--name", "mon", "--set", "backbone.name=tiny_resnet", "--set", "init=scratch",
+            "--set", "backbone.in_chans=1", "--set", "pretrain.method=simclr", "--set", "pretrain.epochs=2",
+            "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=8", "--set", "train.max_steps=2",
+            "--set", "data.format=npz", "--set", f"data.root={tiny_npz.parent}", "--set", "data.train=tiny.npz#train",
+            "--set", "pretrain.pool_format=labelled", "--set", "pretrain.monitor_every=1",
+            "--set", "pretrain.monitor_data=tiny.npz#val", "--set", "data.image_size=[32, 32]",
+            "--set", f"tracking.out_dir={tmp_path / 'runs'}", "--set", "tracking.wandb_mode=disabled",
+            "--set", "tracking.progress=false"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "mon"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["val_knn_acc"] <= 1 and 0 <= r["val_linear_probe_acc"] <= 1 for r in rows)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["pool_size"] == 40 and "labels ignored" in s["pool"]
