@@ -31,7 +31,7 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
                                  cfg.backbone.channels)
     model = task.build_model(backbone, splits.train).to(device)
     depth = "all" if cfg.train.depth == "auto" else cfg.train.depth
-    stages = [s for s in trainable_stages(depth, backbone.stage_names) if s not in getattr(model, "unused_stages", [])]
+    stages = [s for s in trainable_stages(depth, backbone.stage_names) if s not in model.unused_stages]
     freeze_stages(backbone, stages)
     t = cfg.train
     groups = param_groups(backbone, model.head, stages, LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay,

@@ -158,9 +158,8 @@ class Engine:
                     progress_total: int | None = None, total_steps: int | None = None,
                     global_step: int = 0) -> EpochStats:
         self.train_mode()
-        sampler = getattr(loader, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
+        if isinstance(loader, DataLoader) and isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         total = 0.0
         steps = images = 0
         data_s = 0.0
@@ -199,10 +198,8 @@ class Engine:
             else:
                 self.optimizer.step()
             steps += 1
-            hook = getattr(self.model, "after_optimizer_step", None)
-            if hook is not None:
-                done = global_step + steps
-                hook(min(1.0, done / total_steps) if total_steps else 0.0)
+            done = global_step + steps
+            self.model.after_optimizer_step(min(1.0, done / total_steps) if total_steps else 0.0)
             n = _batch_size(batch)
             images += n
             total += loss.detach().float().item() * n

@@ -95,7 +95,7 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
     from transfer.engine import make_loader
 
     bb = model.backbone
-    stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in getattr(model, "unused_stages", [])]
+    stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in model.unused_stages]
     freeze_stages(bb, stages)
     for p in model.head.parameters():
         p.requires_grad_(True)
@@ -209,7 +209,7 @@ def _auto_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, devic
     best_depth, best_metric, best_epoch, best_state = None, None, -1, None
     for depth in names:
         stages = trainable_stages(depth, model.backbone.stage_names)
-        if stages and stages[0] in getattr(model, "unused_stages", []):
+        if stages and stages[0] in model.unused_stages:
             continue
         metric, epoch, _ = fit_depth(task, model, cfg, splits, depth, device, run, epochs,
                                      run.dir / f"last_{depth}.pt", tag=depth)

@@ -29,6 +29,8 @@ class TaskModel(nn.Module, ABC):
 
     backbone: StagedBackbone
     head: nn.Module
+    #: backbone stages the head never uses (e.g. above a heatmap head's feature map); kept frozen
+    unused_stages: list[str] = []
 
     @abstractmethod
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...

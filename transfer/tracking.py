@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -36,9 +37,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
+    if isinstance(o, np.generic):
         return o.item()
-    if hasattr(o, "tolist"):
+    if isinstance(o, (np.ndarray, torch.Tensor)):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
