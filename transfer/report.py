@@ -44,7 +44,7 @@ def plot_metric_vs_depth(agg: pd.DataFrame, metric: str, depths: list[str], path
     for (init, frac), g in agg.groupby(["init", "label_fraction"], sort=False):
         g = g.set_index("depth").reindex([d for d in depths if d in set(g["depth"])])
         ax.errorbar(range(len(g)), g[f"{metric}_mean"], yerr=g[f"{metric}_std"].fillna(0), marker="o", capsize=3,
-                    label=f"{init}, {frac:g} labels")
+                    label=f"{init}, {frac:.0%} of labels")
         ax.set_xticks(range(len(g)), list(g.index), rotation=20)
     ax.set_xlabel("fine-tuning depth (trained stages)")
     ax.set_ylabel(ylabel)
