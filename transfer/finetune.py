@@ -109,3 +109,20 @@ def build_optimizer(groups: list[dict], name: str, momentum: float = 0.9) -> tor
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=groups[0]["lr"])
     raise ValueError(f"unknown optimizer {name!r}; valid: sgd, adam, adamw")
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(backbone: StagedBackbone, images: torch.Tensor, device: torch.device,
+                          batch_size: int = 64) -> None:
+    """Estimate BatchNorm running statistics of a randomly initialised backbone on training images.
+
+    A scratch backbone's BatchNorm layers start with mean 0 / variance 1; a
+    frozen stage keeps them in eval mode, and through a deep random network
+    the activations then vanish (efficientnet_lite0: ~1e-10 at conv_head), so
+    a head on frozen random features sees a constant. One pass over the
+    training images (no labels, no gradient; torch's ``update_bn``) gives
+    frozen random stages real statistics.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    update_bn((images[i : i + batch_size] for i in range(0, len(images), batch_size)), backbone, device=device)

@@ -16,8 +16,8 @@ from transfer.data.datasets import ImageDataset
 from transfer.data.splits import nested_fraction, validation_split
 from transfer.engine import Engine, resolve_device
 from transfer.errors import CheckpointError
-from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups, set_train_mode,
-                               trainable_stages)
+from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups,
+                               recalibrate_batchnorm, set_train_mode, trainable_stages)
 from transfer.protocols import TASKS
 from transfer.task_api import Task, TaskModel
 from transfer.tracking import Run, atomic_torch_save, atomic_write_json
@@ -155,6 +155,9 @@ def _run(cfg: Config, task: Task, splits: Splits, device: torch.device, run: Run
     seed_everything(cfg.seed)  # the head's init does not depend on how many weights were loaded
     model = task.build_model(backbone, splits.train).to(device)
     t = cfg.train
+    if cfg.init == "scratch" and t.depth != "all":
+        # frozen random stages need BatchNorm statistics from data (see recalibrate_batchnorm)
+        recalibrate_batchnorm(backbone, splits.train.images, device, max(t.batch_size, 64))
     depth_curve: list[dict[str, Any]] = []
     if t.depth == "auto":
         chosen, best_metric, best_epoch = _auto_depth(task, model, cfg, splits, device, run, depth_curve)

@@ -83,3 +83,21 @@ def test_head_only_trains_only_head():
     groups = param_groups(bb, head, [], LRSpec(0.01))
     assert {g["name"].split("/")[0] for g in groups} == {"head"}
     assert not any(p.requires_grad for p in bb.parameters())
+
+
+def test_scratch_batchnorm_recalibration_keeps_frozen_random_features_alive():
+    from transfer.finetune import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    bb, _ = build_backbone("tiny_efficientnet", "scratch", in_chans=1)
+    x = torch.rand(16, 1, 32, 32)
+    bb.eval()
+    with torch.no_grad():
+        before = bb(x).std(0).mean()
+    recalibrate_batchnorm(bb, x, torch.device("cpu"), batch_size=8)
+    assert not bb.training  # mode restored
+    with torch.no_grad():
+        after = bb(x).std(0).mean()
+    assert after > 100 * before  # features vary across images again
+    bn = bb.model.bn1
+    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
