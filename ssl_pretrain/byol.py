@@ -9,15 +9,13 @@ each optimiser step.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import update_momentum
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_pretrain.augment import TwoViewAugment
-from ssl_pretrain.moco import momentum_copy, scheduled_momentum
+from ssl_pretrain.moco import MomentumTarget
 from ssl_pretrain.simclr import positive_pair_accuracy
 from transfer.backbones.staged import StagedBackbone
 from transfer.pretrain_config import PretrainConfig
@@ -25,7 +23,7 @@ from transfer.protocols import PRETRAIN_METHODS, Batch
 
 
 @PRETRAIN_METHODS.register("byol")
-class BYOL(nn.Module):
+class BYOL(MomentumTarget):
     """BYOL pre-training."""
 
     def __init__(self, backbone: StagedBackbone, cfg: PretrainConfig, image_size: tuple[int, int]) -> None:
@@ -35,20 +33,12 @@ class BYOL(nn.Module):
         self.augment = TwoViewAugment(c.views, image_size)
         self.projection_head = BYOLProjectionHead(backbone.num_features, c.proj_hidden, c.proj_dim)
         self.prediction_head = BYOLPredictionHead(c.proj_dim, c.pred_hidden, c.proj_dim)
-        self.backbone_momentum = momentum_copy(backbone)
-        self.projection_head_momentum = momentum_copy(self.projection_head)
+        self.init_momentum(c.momentum_start, c.momentum_end)
         self.criterion = NegativeCosineSimilarity()
-        self.momentum_start, self.momentum_end = c.momentum_start, c.momentum_end
-        self.current_momentum = c.momentum_start
 
     def forward(self, x: Tensor) -> Tensor:
         """Images -> online predictions (B, proj_dim)."""
         return self.prediction_head(self.projection_head(self.encoder(x)))
-
-    @torch.no_grad()
-    def forward_momentum(self, x: Tensor) -> Tensor:
-        """Images -> target projections (B, proj_dim), no gradient."""
-        return self.projection_head_momentum(self.backbone_momentum(x))
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         x0, x1 = self.augment(batch["image"])
@@ -57,16 +47,3 @@ class BYOL(nn.Module):
         loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
         return {"loss": loss, "pretext_acc": positive_pair_accuracy(p0, z1),
                 "momentum": torch.tensor(self.current_momentum, device=loss.device)}
-
-    def momentum_at(self, progress: float) -> float:
-        return scheduled_momentum(progress, self.momentum_start, self.momentum_end)
-
-    def after_optimizer_step(self, progress: float) -> None:
-        m = self.momentum_at(progress)
-        update_momentum(self.encoder, self.backbone_momentum, m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m)
-        self.current_momentum = m
-
-    @torch.no_grad()
-    def media(self, batch: Batch) -> dict[str, np.ndarray]:
-        return {"views": self.augment.media(batch["image"])}

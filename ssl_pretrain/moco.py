@@ -49,39 +49,25 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     return target
 
 
-@PRETRAIN_METHODS.register("moco")
-class MoCo(nn.Module):
-    """MoCo v2 pre-training."""
+class MomentumTarget(nn.Module):
+    """Online encoder + projection head, and their momentum copies (MoCo's key encoder, BYOL's target).
 
-    def __init__(self, backbone: StagedBackbone, cfg: PretrainConfig, image_size: tuple[int, int]) -> None:
-        super().__init__()
-        c = cfg.contrastive
-        self.encoder = backbone
-        self.augment = TwoViewAugment(c.views, image_size)
-        self.projection_head = MoCoProjectionHead(backbone.num_features, c.proj_hidden, c.proj_dim)
-        self.backbone_momentum = momentum_copy(backbone)
+    Subclasses set ``encoder``, ``projection_head``, then call :meth:`init_momentum`.
+    """
+
+    encoder: StagedBackbone
+    projection_head: nn.Module
+
+    def init_momentum(self, start: float, end: float) -> None:
+        self.backbone_momentum = momentum_copy(self.encoder)
         self.projection_head_momentum = momentum_copy(self.projection_head)
-        bank = (c.queue_size, c.proj_dim) if c.queue_size > 0 else 0
-        self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=bank)
-        self.momentum_start, self.momentum_end = c.momentum_start, c.momentum_end
-        self.current_momentum = c.momentum_start
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Images -> query projections (B, proj_dim)."""
-        return self.projection_head(self.encoder(x))
+        self.momentum_start, self.momentum_end = start, end
+        self.current_momentum = start
 
     @torch.no_grad()
     def forward_momentum(self, x: Tensor) -> Tensor:
-        """Images -> key projections (B, proj_dim), no gradient."""
+        """Images -> momentum projections (B, proj_dim), no gradient."""
         return self.projection_head_momentum(self.backbone_momentum(x))
-
-    def training_step(self, batch: Batch) -> dict[str, Tensor]:
-        x_q, x_k = self.augment(batch["image"])
-        q = self(x_q)
-        k = self.forward_momentum(x_k)
-        loss = self.criterion(q, k)  # enqueues k (q requires grad)
-        return {"loss": loss, "pretext_acc": positive_pair_accuracy(q, k),
-                "momentum": torch.tensor(self.current_momentum, device=loss.device)}
 
     def momentum_at(self, progress: float) -> float:
         return scheduled_momentum(progress, self.momentum_start, self.momentum_end)
@@ -95,3 +81,30 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def media(self, batch: Batch) -> dict[str, np.ndarray]:
         return {"views": self.augment.media(batch["image"])}
+
+
+@PRETRAIN_METHODS.register("moco")
+class MoCo(MomentumTarget):
+    """MoCo v2 pre-training."""
+
+    def __init__(self, backbone: StagedBackbone, cfg: PretrainConfig, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        c = cfg.contrastive
+        self.encoder = backbone
+        self.augment = TwoViewAugment(c.views, image_size)
+        self.projection_head = MoCoProjectionHead(backbone.num_features, c.proj_hidden, c.proj_dim)
+        self.init_momentum(c.momentum_start, c.momentum_end)
+        bank = (c.queue_size, c.proj_dim) if c.queue_size > 0 else 0
+        self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=bank)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images -> query projections (B, proj_dim)."""
+        return self.projection_head(self.encoder(x))
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        x_q, x_k = self.augment(batch["image"])
+        q = self(x_q)
+        k = self.forward_momentum(x_k)
+        loss = self.criterion(q, k)  # enqueues k (q requires grad)
+        return {"loss": loss, "pretext_acc": positive_pair_accuracy(q, k),
+                "momentum": torch.tensor(self.current_momentum, device=loss.device)}

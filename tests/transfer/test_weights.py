@@ -5,7 +5,7 @@ import pytest
 
 from transfer.backbones import get_entry
 from transfer.errors import CheckpointError, WeightsUnavailableError
-from transfer.weights import backbone_checkpoint, build_backbone, init_scratch, load_checkpoint_into
+from transfer.weights import backbone_checkpoint, build_backbone, init_scratch
 
 
 def _no_network(*a, **k):
