@@ -133,17 +133,27 @@ class Run:
         self._wandb.log_artifact(art)
 
     def use_checkpoint(self, path: Path, provenance: dict[str, Any]) -> None:
-        """Record a stage-1 checkpoint as this run's input, so W&B shows pretrain -> finetune lineage."""
+        """Record a stage-1 checkpoint as this run's input (pretrain -> finetune lineage).
+
+        The run's config always gets the checkpoint's artifact name and provenance. Online, the checkpoint is also
+        declared an input artifact, so the W&B lineage graph shows the edge; W&B cannot declare inputs offline
+        ("Cannot use artifact when in offline mode"), so offline runs keep the reference in their config only.
+        """
         if self._wandb is None:
             return
         import wandb
 
+        meta = _flatten({k: v for k, v in provenance.items() if k != "config"})  # W&B allows 100 metadata keys
+        name = _artifact_name(provenance.get("artifact_name") or f"backbone-{Path(path).parent.name}")
+        self._wandb.config.update({"init_checkpoint": {"artifact": name, "path": str(path), **meta}},
+                                  allow_val_change=True)
+        if self._wandb.settings.mode != "online":
+            return
         try:
-            art = wandb.Artifact(_artifact_name(provenance.get("artifact_name") or f"backbone-{Path(path).parent.name}"),
-                                 type="backbone", metadata=_flatten(provenance))
+            art = wandb.Artifact(name, type="backbone", metadata=meta)
             art.add_file(str(path))
             self._wandb.use_artifact(art)
-        except Exception as e:  # offline use_artifact support varies across wandb versions
+        except Exception as e:  # a W&B server problem must not lose the run
             self.warn(f"could not record checkpoint lineage in W&B ({type(e).__name__}: {e})")
 
     def finish(self) -> None:
