@@ -99,6 +99,9 @@ class TrainConfig:
     channels_last: bool = True  #: only used on CUDA
     compile: bool = False
     max_steps: int | None = None  #: stop each epoch after this many steps (smoke runs)
+    #: fixed optimiser steps per epoch, drawn from consecutive shuffled passes over the training set, so that
+    #: runs at different label fractions get the same training budget (None: one pass per epoch)
+    steps_per_epoch: int | None = None
     eval_test: bool = True  #: score the selected model on the test split once, at the end
 
     def __post_init__(self) -> None:
@@ -109,6 +112,7 @@ class TrainConfig:
         _check(self.head_lr_mult > 0 and self.bias_lr_mult > 0, "train.*_lr_mult", "must be > 0")
         _check(self.layer_decay is None or 0 < self.layer_decay <= 1, "train.layer_decay", "must be in (0, 1]")
         _check(self.patience >= 1, "train.patience", "must be >= 1")
+        _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1")
 
 
 @dataclass

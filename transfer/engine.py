@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from transfer.protocols import Batch
 
@@ -45,14 +45,24 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
-                drop_last: bool = False, device: torch.device | None = None) -> DataLoader:
-    """A DataLoader that shards across processes under DDP and is reproducible per seed."""
+                drop_last: bool = False, device: torch.device | None = None,
+                num_samples: int | None = None) -> DataLoader:
+    """A DataLoader that shards across processes under DDP and is reproducible per seed.
+
+    ``num_samples``: samples per epoch drawn from consecutive shuffled passes (torch's RandomSampler without
+    replacement), for a fixed number of steps per epoch whatever the dataset size.
+    """
     sampler = None
-    if dist.is_available() and dist.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        shuffle = False
     g = torch.Generator()
     g.manual_seed(seed)
+    if dist.is_available() and dist.is_initialized():
+        if num_samples is not None:
+            raise ValueError("train.steps_per_epoch is not supported under DistributedDataParallel")
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        shuffle = False
+    elif num_samples is not None:
+        sampler = RandomSampler(dataset, replacement=False, num_samples=num_samples, generator=g)
+        shuffle = False
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
         drop_last=drop_last, generator=g, pin_memory=device is not None and device.type == "cuda",

@@ -111,8 +111,10 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
     engine = Engine(model, opt, scheduler=_scheduler(opt, t.gamma), device=device, amp=t.amp,
                     channels_last=t.channels_last, compile=t.compile, grad_clip=t.grad_clip,
                     progress=cfg.tracking.progress, train_mode=train_mode)
+    num_samples = t.steps_per_epoch * t.batch_size if t.steps_per_epoch else None
     loader = make_loader(splits.train, t.batch_size, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                         drop_last=len(splits.train) > t.batch_size, device=device)
+                         drop_last=len(splits.train) > t.batch_size or num_samples is not None, device=device,
+                         num_samples=num_samples)
 
     def evaluate(epoch: int) -> dict[str, float]:
         res = task.evaluate(model, splits.val, device, batch_size=max(t.batch_size, 64))

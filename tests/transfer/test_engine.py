@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -74,15 +71,9 @@ def test_resume_continues_from_last_epoch(tmp_path):
     assert len(m2.steps_seen) == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    # a file store, not a TCP port: no race for a free port between tests
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # same init on every rank, as torchrun users do
         m = _Model()
@@ -95,7 +86,21 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_ddp_gloo_keeps_replicas_in_sync(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(r0["w"], r1["w"])  # gradients were all-reduced
     assert r0["n"] == 4  # 32 samples / 2 ranks / batch 4: the sampler shards the data
+
+
+def test_fixed_steps_per_epoch_cycles_small_datasets():
+    loader = make_loader(_Data(6), 4, shuffle=True, drop_last=True, num_samples=5 * 4)
+    batches = list(loader)
+    assert len(batches) == 5 and all(len(b["x"]) == 4 for b in batches)
+    seen = torch.cat([b["x"] for b in batches])
+    # consecutive passes without replacement: each of the 6 items appears 3 or 4 times in 20 draws
+    counts = [(seen == x).all(1).sum().item() for x in _Data(6).x]
+    assert sorted(counts) == [3, 3, 3, 3, 4, 4]
+    # with num_samples = len(dataset) it is the same permutation as shuffle=True
+    a = [b["y"] for b in make_loader(_Data(8), 4, shuffle=True, seed=3)]
+    b = [b["y"] for b in make_loader(_Data(8), 4, shuffle=True, seed=3, num_samples=8)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
