@@ -8,7 +8,6 @@ import torch
 
 from transfer.config import Config
 from transfer.engine import Engine, make_loader, resolve_device, to_device
-from transfer.finetune import LRSpec, build_optimizer, freeze_stages, param_groups, set_train_mode, trainable_stages
 
 
 def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 3) -> dict[str, Any]:
@@ -18,7 +17,7 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
     neighbour does not decide the ratio. The data-wait share is measured on
     the real DataLoader over the (warm) decoded training set.
     """
-    from transfer.run_finetune import load_plugins, prepare_data, seed_everything
+    from transfer.run_finetune import load_plugins, prepare_data, seed_everything, setup_depth
     from transfer.protocols import TASKS
     from transfer.weights import build_backbone
 
@@ -31,19 +30,11 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
                                  cfg.backbone.channels)
     model = task.build_model(backbone, splits.train).to(device)
     depth = "all" if cfg.train.depth == "auto" else cfg.train.depth
-    stages = [s for s in trainable_stages(depth, backbone.stage_names) if s not in model.unused_stages]
-    freeze_stages(backbone, stages)
+    _, opt, train_mode = setup_depth(model, cfg, depth)
     t = cfg.train
-    groups = param_groups(backbone, model.head, stages, LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay,
-                                                                t.weight_decay))
-    opt = build_optimizer(groups, t.optimizer, t.momentum)
     bs = min(t.batch_size, len(splits.train))
     loader = make_loader(splits.train, bs, shuffle=True, seed=cfg.seed, drop_last=True)
     batch = to_device(next(iter(loader)), device)
-
-    def train_mode() -> None:
-        model.train()
-        set_train_mode(backbone, stages)
 
     engine = Engine(model, opt, device=device, amp=t.amp, channels_last=t.channels_last, progress=False,
                     train_mode=train_mode)

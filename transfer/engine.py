@@ -81,6 +81,10 @@ def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -
     return out
 
 
+#: steps between host reads of the running loss (finiteness check, progress bar); each read syncs a GPU
+SYNC_EVERY = 20
+
+
 class _StepForward(nn.Module):
     """Routes ``forward`` to ``training_step`` so DDP's gradient hooks see the step."""
 
@@ -170,10 +174,11 @@ class Engine:
         self.train_mode()
         if isinstance(loader, DataLoader) and isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
-        total = 0.0
+        # running sums stay on the device; they are read (a host sync) only every SYNC_EVERY steps
+        total = torch.zeros((), device=self.device)
         steps = images = 0
         data_s = 0.0
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
         it = iter(loader)
         bar = None
@@ -192,8 +197,6 @@ class Engine:
             with self.autocast():
                 out = self.step_module(batch)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch} step {steps}: loss is {loss.item()}")
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -212,13 +215,16 @@ class Engine:
             self.model.after_optimizer_step(min(1.0, done / total_steps) if total_steps else 0.0)
             n = _batch_size(batch)
             images += n
-            total += loss.detach().float().item() * n
+            total = total + loss.detach().float() * n
             for k, v in out.items():
                 if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
-                    logs[k] = logs.get(k, 0.0) + v.detach().float().item() * n
+                    logs[k] = logs.get(k, 0.0) + v.detach().float().reshape(()) * n
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{total / max(images, 1):.4f}")
+            if steps % SYNC_EVERY == 0:
+                mean = self._check_finite(total, images, epoch, steps)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean:.4f}")
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -227,8 +233,16 @@ class Engine:
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step()
-        return EpochStats(epoch, total / images, steps, images, seconds, data_s,
-                          {k: v / images for k, v in logs.items()}, lr)
+        mean = self._check_finite(total, images, epoch, steps)
+        return EpochStats(epoch, mean, steps, images, seconds, data_s,
+                          {k: float(v) / images for k, v in logs.items()}, lr)
+
+    @staticmethod
+    def _check_finite(total: torch.Tensor, images: int, epoch: int, steps: int) -> float:
+        mean = float(total) / max(images, 1)
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"epoch {epoch}, by step {steps}: the training loss is {mean}")
+        return mean
 
     def fit(
         self,

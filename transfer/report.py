@@ -38,6 +38,14 @@ def _mean_std(row: pd.Series, m: str, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _save(fig: Figure, ax, path: Path, legend_size: int = 8) -> Path:  # noqa: ANN001 (matplotlib Axes)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_metric_vs_depth(agg: pd.DataFrame, metric: str, depths: list[str], path: Path, ylabel: str) -> Path:
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
@@ -48,11 +56,7 @@ def plot_metric_vs_depth(agg: pd.DataFrame, metric: str, depths: list[str], path
         ax.set_xticks(range(len(g)), list(g.index), rotation=20)
     ax.set_xlabel("fine-tuning depth (trained stages)")
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_metric_vs_fraction(agg: pd.DataFrame, metric: str, path: Path, ylabel: str) -> Path:
@@ -65,11 +69,7 @@ def plot_metric_vs_fraction(agg: pd.DataFrame, metric: str, path: Path, ylabel: 
     ax.set_xscale("log")
     ax.set_xlabel("label fraction of the training set")
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_curves(runs_dir: Path, runs: list[str], monitor: str, path: Path) -> Path:
@@ -84,11 +84,7 @@ def plot_curves(runs_dir: Path, runs: list[str], monitor: str, path: Path) -> Pa
         ax.plot(range(len(ys)), ys, label=r, lw=1.2)
     ax.set_xlabel("epoch (consecutive across depths for auto)")
     ax.set_ylabel(f"validation {monitor}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, ax, path, legend_size=6)
 
 
 def write_report(cfg: Config, task: Any, df: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame,

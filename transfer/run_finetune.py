@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -89,11 +89,9 @@ def _scheduler(opt: torch.optim.Optimizer, gamma: float) -> torch.optim.lr_sched
     return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
 
 
-def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: str, device: torch.device,
-              run: Run, epochs: int, resume_path: Path | None, tag: str = "") -> tuple[float, int, list[dict]]:
-    """Train ``model`` at ``depth``; leaves the best validation state loaded. Returns (best, best_epoch, history)."""
-    from transfer.engine import make_loader
-
+def setup_depth(model: TaskModel, cfg: Config, depth: str
+                ) -> tuple[list[str], torch.optim.Optimizer, Callable[[], None]]:
+    """Freeze for ``depth``; return the trained stages, the optimiser over their LR groups, and the train-mode hook."""
     bb = model.backbone
     stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in model.unused_stages]
     freeze_stages(bb, stages)
@@ -106,8 +104,18 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
 
     def train_mode() -> None:
         model.train()
-        set_train_mode(bb, stages)
+        set_train_mode(bb, stages)  # frozen stages keep BatchNorm in eval mode
 
+    return stages, opt, train_mode
+
+
+def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: str, device: torch.device,
+              run: Run, epochs: int, resume_path: Path | None, tag: str = "") -> tuple[float, int, list[dict]]:
+    """Train ``model`` at ``depth``; leaves the best validation state loaded. Returns (best, best_epoch, history)."""
+    from transfer.engine import make_loader
+
+    stages, opt, train_mode = setup_depth(model, cfg, depth)
+    t = cfg.train
     engine = Engine(model, opt, scheduler=_scheduler(opt, t.gamma), device=device, amp=t.amp,
                     channels_last=t.channels_last, compile=t.compile, grad_clip=t.grad_clip,
                     progress=cfg.tracking.progress, train_mode=train_mode)

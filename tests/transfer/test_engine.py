@@ -104,3 +104,14 @@ def test_fixed_steps_per_epoch_cycles_small_datasets():
     a = [b["y"] for b in make_loader(_Data(8), 4, shuffle=True, seed=3)]
     b = [b["y"] for b in make_loader(_Data(8), 4, shuffle=True, seed=3, num_samples=8)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_non_finite_loss_stops_training():
+    class _Nan(_Model):
+        def training_step(self, batch):
+            return {"loss": self.lin(batch["x"]).sum() * float("nan")}
+
+    m = _Nan()
+    eng = Engine(m, torch.optim.SGD(m.parameters(), lr=0.05), progress=False)
+    with pytest.raises(FloatingPointError, match="epoch 0"):
+        eng.train_epoch(make_loader(_Data(), 8, shuffle=False), 0)
