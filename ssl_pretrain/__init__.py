@@ -1,13 +1,6 @@
-"""Stage-1 methods: importing this package registers them in ``transfer.protocols.PRETRAIN_METHODS``.
+"""Stage-1 methods, one module each, on the core's ``transfer.api.PretrainMethod``.
 
-Each method is an ``nn.Module`` built as ``cls(backbone, cfg: PretrainConfig, image_size)`` with
-``training_step``, ``after_optimizer_step``, ``media`` and an ``encoder`` attribute (the backbone;
-only it goes in the checkpoint).
+They are registered through the entry-point group ``medtransfer.pretrain_methods`` (``pyproject.toml``);
+``base.py`` holds what the contrastive methods share, ``config.py`` their option sections, ``augment.py``
+the views and the augmentation-prediction transforms.
 """
-from ssl_pretrain import augpred, byol, cae, moco, simclr  # noqa: F401  (registration)
-from ssl_pretrain.augment import AUGPRED_TRANSFORMS, TwoViewAugment  # noqa: F401
-from ssl_pretrain.augpred import AugPred  # noqa: F401
-from ssl_pretrain.byol import BYOL  # noqa: F401
-from ssl_pretrain.cae import CAE  # noqa: F401
-from ssl_pretrain.moco import MoCo  # noqa: F401
-from ssl_pretrain.simclr import SimCLR  # noqa: F401

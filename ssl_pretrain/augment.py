@@ -25,7 +25,7 @@ from kornia.geometry.transform import elastic_transform2d
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from transfer.pretrain_config import ViewAugConfig
+from ssl_pretrain.config import ViewAugConfig
 from transfer.registry import Registry
 
 ImageTransform = Callable[[Tensor], Tensor]

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from ssl_pretrain.augment import get_transforms, image_grid
 from transfer.backbones.staged import StagedBackbone
-from transfer.configio import ConfigError
-from transfer.pretrain_config import PretrainConfig
-from transfer.protocols import PRETRAIN_METHODS, Batch
+from transfer.config.io import ConfigError
+from ssl_pretrain.config import AugPredConfig
+from transfer.api import Batch, PretrainMethod
 
 _NEEDS_SQUARE = ("rot90", "rot270")
 
@@ -30,20 +30,21 @@ def balanced_labels(batch_size: int, num_classes: int, device: torch.device | st
     return labels[torch.randperm(batch_size, device=device)]
 
 
-@PRETRAIN_METHODS.register("augpred")
-class AugPred(nn.Module):
+class AugPred(PretrainMethod):
     """Augmentation-prediction pre-training (RotNet-style, any registered transforms)."""
 
-    def __init__(self, backbone: StagedBackbone, cfg: PretrainConfig, image_size: tuple[int, int]) -> None:
-        super().__init__()
-        self.names = list(cfg.augpred.transforms)
+    config_section = "augpred"
+    config_class = AugPredConfig
+
+    def __init__(self, backbone: StagedBackbone, options: AugPredConfig, image_size: tuple[int, int]) -> None:
+        super().__init__(backbone, image_size)
+        self.names = list(options.transforms)
         square = [n for n in self.names if n in _NEEDS_SQUARE]
         if square and image_size[0] != image_size[1]:
             raise ConfigError(
                 f"augpred.transforms: {square} need square images but the image size is "
                 f"{image_size[0]}x{image_size[1]}; use a square size or drop them (see ssl_pretrain.augment)")
         self.transforms = get_transforms(self.names)
-        self.encoder = backbone
         self.head = nn.Linear(backbone.num_features, len(self.names))
 
     @torch.no_grad()
@@ -68,9 +69,6 @@ class AugPred(nn.Module):
         loss = F.cross_entropy(logits, labels)
         acc = (logits.detach().argmax(1) == labels).float().mean()
         return {"loss": loss, "pretext_acc": acc}
-
-    def after_optimizer_step(self, progress: float) -> None:
-        pass
 
     @torch.no_grad()
     def media(self, batch: Batch) -> dict[str, np.ndarray]:

@@ -14,23 +14,18 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor
 
-from ssl_pretrain.augment import TwoViewAugment
-from ssl_pretrain.moco import MomentumTarget
-from ssl_pretrain.simclr import positive_pair_accuracy
+from ssl_pretrain.base import MomentumTarget, positive_pair_accuracy
+from ssl_pretrain.config import ContrastiveConfig
+from transfer.api import Batch
 from transfer.backbones.staged import StagedBackbone
-from transfer.pretrain_config import PretrainConfig
-from transfer.protocols import PRETRAIN_METHODS, Batch
 
 
-@PRETRAIN_METHODS.register("byol")
 class BYOL(MomentumTarget):
     """BYOL pre-training."""
 
-    def __init__(self, backbone: StagedBackbone, cfg: PretrainConfig, image_size: tuple[int, int]) -> None:
-        super().__init__()
-        c = cfg.contrastive
-        self.encoder = backbone
-        self.augment = TwoViewAugment(c.views, image_size)
+    def __init__(self, backbone: StagedBackbone, options: ContrastiveConfig, image_size: tuple[int, int]) -> None:
+        super().__init__(backbone, options, image_size)
+        c = options
         self.projection_head = BYOLProjectionHead(backbone.num_features, c.proj_hidden, c.proj_dim)
         self.prediction_head = BYOLPredictionHead(c.proj_dim, c.pred_hidden, c.proj_dim)
         self.init_momentum(c.momentum_start, c.momentum_end)

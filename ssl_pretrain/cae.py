@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from ssl_pretrain.augment import image_grid
 from transfer.backbones.staged import StagedBackbone
-from transfer.configio import ConfigError
-from transfer.pretrain_config import PretrainConfig
-from transfer.protocols import PRETRAIN_METHODS, Batch
+from transfer.config.io import ConfigError
+from ssl_pretrain.config import CAEConfig
+from transfer.api import Batch, PretrainMethod
 
 _MAX_WIDTH = 512
 
@@ -108,15 +108,15 @@ class CAEDecoder(nn.Module):
         return y
 
 
-@PRETRAIN_METHODS.register("cae")
-class CAE(nn.Module):
+class CAE(PretrainMethod):
     """Convolutional autoencoder pre-training; logs ``psnr`` (dB, images in [0, 1])."""
 
-    def __init__(self, backbone: StagedBackbone, cfg: PretrainConfig, image_size: tuple[int, int]) -> None:
-        super().__init__()
-        c = cfg.cae
-        self.encoder = backbone
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+    config_section = "cae"
+    config_class = CAEConfig
+
+    def __init__(self, backbone: StagedBackbone, options: CAEConfig, image_size: tuple[int, int]) -> None:
+        super().__init__(backbone, image_size)
+        c = options
         spatial = [fi.stage for fi in backbone.feature_info]
         self.upto = c.encoder_upto or spatial[-1]
         if self.upto not in backbone.stage_names:
@@ -166,9 +166,6 @@ class CAE(nn.Module):
             mse = (recon.float() - x.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
             psnr = (10 * torch.log10(1.0 / mse)).mean()
         return {"loss": loss, "psnr": psnr}
-
-    def after_optimizer_step(self, progress: float) -> None:
-        pass
 
     @torch.no_grad()
     def media(self, batch: Batch) -> dict[str, np.ndarray]:

@@ -8,35 +8,22 @@ positive.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
-from torch import Tensor, nn
+from torch import Tensor
 
-from ssl_pretrain.augment import TwoViewAugment
+from ssl_pretrain.base import TwoViewMethod, positive_pair_accuracy
+from ssl_pretrain.config import ContrastiveConfig
+from transfer.api import Batch
 from transfer.backbones.staged import StagedBackbone
-from transfer.pretrain_config import PretrainConfig
-from transfer.protocols import PRETRAIN_METHODS, Batch
 
 
-@torch.no_grad()
-def positive_pair_accuracy(a: Tensor, b: Tensor) -> Tensor:
-    """a, b: (B, D) embeddings of two views -> fraction of rows i whose most cosine-similar row of b is i."""
-    sim = F.normalize(a.detach().float(), dim=1) @ F.normalize(b.detach().float(), dim=1).T
-    return (sim.argmax(1) == torch.arange(a.shape[0], device=a.device)).float().mean()
-
-
-@PRETRAIN_METHODS.register("simclr")
-class SimCLR(nn.Module):
+class SimCLR(TwoViewMethod):
     """SimCLR pre-training: encoder + ``SimCLRProjectionHead``, ``NTXentLoss``."""
 
-    def __init__(self, backbone: StagedBackbone, cfg: PretrainConfig, image_size: tuple[int, int]) -> None:
-        super().__init__()
-        c = cfg.contrastive
-        self.encoder = backbone
-        self.augment = TwoViewAugment(c.views, image_size)
+    def __init__(self, backbone: StagedBackbone, options: ContrastiveConfig, image_size: tuple[int, int]) -> None:
+        super().__init__(backbone, options, image_size)
+        c = options
         self.projection_head = SimCLRProjectionHead(backbone.num_features, c.proj_hidden, c.proj_dim)
         self.criterion = NTXentLoss(temperature=c.temperature)
 
@@ -49,10 +36,3 @@ class SimCLR(nn.Module):
         z0, z1 = self(x0), self(x1)
         loss = self.criterion(z0, z1)
         return {"loss": loss, "pretext_acc": positive_pair_accuracy(z0, z1)}
-
-    def after_optimizer_step(self, progress: float) -> None:
-        pass
-
-    @torch.no_grad()
-    def media(self, batch: Batch) -> dict[str, np.ndarray]:
-        return {"views": self.augment.media(batch["image"])}

@@ -20,7 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from transfer.protocols import Batch
+from transfer.api import Batch
+from transfer.config import RuntimeConfig
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -127,7 +128,7 @@ class FitResult:
 
 
 class Engine:
-    """Trains a :class:`~transfer.protocols.StepModel` with an optimiser and a per-epoch schedule."""
+    """Trains a :class:`~transfer.api.StepModel` with an optimiser and a per-epoch schedule."""
 
     def __init__(
         self,
@@ -162,6 +163,15 @@ class Engine:
                 find_unused_parameters=False,
             )
         self.step_module = torch.compile(step) if compile else step
+
+    @classmethod
+    def from_config(cls, model: nn.Module, optimizer: torch.optim.Optimizer, runtime: RuntimeConfig, *,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, grad_clip: float | None = None,
+                    progress: bool = True, train_mode: Callable[[], None] | None = None) -> "Engine":
+        """An engine on the device, precision and memory format of the ``runtime`` section."""
+        return cls(model, optimizer, scheduler=scheduler, device=resolve_device(runtime.device), amp=runtime.amp,
+                   channels_last=runtime.channels_last, compile=runtime.compile, grad_clip=grad_clip,
+                   progress=progress, train_mode=train_mode)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from transfer.config import TrackingConfig
+
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,13 @@ class Run:
                 )
             except Exception as e:  # W&B problems must not lose the run; the run dir is the record
                 self.warn(f"W&B unavailable ({type(e).__name__}: {e}); results are in {self.dir}")
+
+    @classmethod
+    def from_config(cls, tracking: TrackingConfig, name: str, config: dict[str, Any], *, job_type: str,
+                    tags: list[str]) -> "Run":
+        """The run directory ``tracking.out_dir/name`` and its W&B mirror, as the ``tracking`` section says."""
+        return cls(tracking.out_dir, name, config, wandb_mode=tracking.wandb_mode, project=tracking.wandb_project,
+                   entity=tracking.wandb_entity, job_type=job_type, tags=tags, group=tracking.wandb_group)
 
     def warn(self, msg: str) -> None:
         import sys

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from transfer.backbones import StagedBackbone, get_entry
+from transfer.config import BackboneConfig
 from transfer.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "medtransfer-backbone/1"
@@ -92,6 +93,11 @@ def _load_prefixed(backbone: StagedBackbone, sd: dict[str, torch.Tensor], source
     res = backbone.load_state_dict(usable, strict=False)
     unexpected = [k for k in mapped if k not in own] + [f"{k} (shape)" for k in wrong_shape]
     return LoadReport(source, list(res.missing_keys), unexpected)
+
+
+def backbone_from_config(cfg: BackboneConfig, init: str) -> tuple[StagedBackbone, LoadReport]:
+    """The backbone of the ``backbone`` section with weights ``init`` (imagenet | scratch | checkpoint path)."""
+    return build_backbone(cfg.name, init, cfg.scratch_init, cfg.in_chans, cfg.channels)
 
 
 def build_backbone(

@@ -11,15 +11,9 @@ import torch.nn.functional as F
 import ssl_pretrain  # noqa: F401  (registers the methods)
 from ssl_pretrain.augment import AUGPRED_TRANSFORMS
 from ssl_pretrain.augpred import balanced_labels
-from transfer.configio import ConfigError, from_dict
-from transfer.pretrain_config import (
-    AugPredConfig,
-    CAEConfig,
-    ContrastiveConfig,
-    PretrainConfig,
-    ViewAugConfig,
-)
-from transfer.protocols import PRETRAIN_METHODS, StepModel
+from ssl_pretrain.config import AugPredConfig, CAEConfig, ContrastiveConfig, ViewAugConfig
+from transfer.api import PRETRAIN_METHODS, PretrainMethod, StepModel
+from transfer.config import ConfigError, PretrainConfig, from_dict
 from transfer.weights import build_backbone
 
 METHODS = ["cae", "augpred", "simclr", "moco", "byol"]
@@ -33,11 +27,13 @@ def smooth_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def make(method: str, backbone: str = "tiny_resnet", size=(32, 32), **overrides):
+def make(method: str, backbone: str = "tiny_resnet", size=(32, 32), **sections):
+    """The method built from its option section: ``sections[config_section]`` or that section's defaults."""
     bb, _ = build_backbone(backbone, "scratch", in_chans=1)
-    overrides.setdefault("contrastive", ContrastiveConfig(**SMALL_HEADS))
-    cfg = PretrainConfig(method=method, batch_size=8, **overrides)
-    return PRETRAIN_METHODS.get(method)(bb, cfg, size)
+    sections.setdefault("contrastive", ContrastiveConfig(**SMALL_HEADS))
+    cls = PRETRAIN_METHODS.get(method)
+    options = sections.get(cls.config_section) or cls.config_class()
+    return cls.from_config(bb, options, size)
 
 
 def run_steps(model, x: torch.Tensor, steps: int, lr: float = 1e-3) -> list[dict[str, float]]:
@@ -58,6 +54,7 @@ def run_steps(model, x: torch.Tensor, steps: int, lr: float = 1e-3) -> list[dict
 # -- registration and smoke ----------------------------------------------------------------------
 def test_all_methods_registered():
     assert set(METHODS) <= set(PRETRAIN_METHODS.names())
+    assert all(issubclass(PRETRAIN_METHODS.get(m), PretrainMethod) for m in METHODS)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -256,10 +253,11 @@ def test_cae_rejects_unknown_stage():
 # -- config ---------------------------------------------------------------------------------------
 def test_config_defaults_and_yaml_choices():
     cfg = PretrainConfig()
-    assert cfg.contrastive.views.crop_scale == (0.4, 1.0) and cfg.contrastive.views.hflip is False
-    assert cfg.augpred.transforms == ["rot0", "rot90", "rot180", "rot270"]
+    views = cfg.section("contrastive").views
+    assert views.crop_scale == (0.4, 1.0) and views.hflip is False
+    assert cfg.section("augpred").transforms == ["rot0", "rot90", "rot180", "rot270"]
     cfg = from_dict(PretrainConfig, {"method": "augpred", "augpred": {"transforms": ["rot0", "blur", "elastic"]}})
-    assert cfg.augpred.transforms == ["rot0", "blur", "elastic"]
+    assert cfg.section("augpred").transforms == ["rot0", "blur", "elastic"]
     with pytest.raises(ConfigError, match="augpred.transforms"):
         from_dict(PretrainConfig, {"augpred": {"transforms": ["rot0", "hue"]}})
     with pytest.raises(ConfigError, match="optimizer"):
@@ -289,7 +287,7 @@ def test_config_rejects_impossible_values(bad, key):
 
 # -- benchmark smoke ------------------------------------------------------------------------------
 def test_bench_pretrain_smoke():
-    from ssl_pretrain.bench_reference import bench_pretrain
+    from transfer.bench.pretrain import bench_pretrain
 
     r = bench_pretrain("simclr", "tiny_resnet", 4, (32, 32), steps=1, warmup=1)
     for k in ("ours_img_s", "lightly_img_s", "bare_img_s", "ours_vs_lightly", "ours_vs_bare"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tasks.classification_metrics import classification_metrics, plot_confusion, plot_roc, roc_curve_points
+from tasks.classification.metrics import classification_metrics, plot_confusion, plot_roc, roc_curve_points
 
 
 def _random_probs(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.landmark_heads import (
+from tasks.landmarks.heads import (
     EuclideanLoss,
     HeatmapHead,
     RegressionHead,

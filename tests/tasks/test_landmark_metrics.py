@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.landmark_metrics import (
+from tasks.landmarks.metrics import (
     ISBI2015_LANDMARKS,
     landmark_metrics,
     per_landmark_table,

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from transfer.config import Config
-from transfer.configio import load_config
-from transfer.run_finetune import load_plugins, prepare_data
-from transfer.protocols import TASKS
+from transfer.config.io import load_config
+from transfer.runs.splits import prepare_data
+from transfer.api import TASKS
 
 pytestmark = pytest.mark.realdata
 
@@ -18,7 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _task(root: Path, config: str, *overrides: str):
-    load_plugins()
     cfg = load_config(Config, REPO / "configs" / config, [f"data.root={root}", "tracking.progress=false", *overrides])
     return cfg, TASKS.get(cfg.task.name)(cfg)
 
@@ -32,7 +31,7 @@ def test_isbi_csvs_load_as_they_are(real_data):
     sizes = splits.test.target_array("orig_size")
     assert (sizes == [2400, 1935]).all()
     # normalised coordinates map back to the CSV's integer pixels
-    from tasks.landmarks import to_pixels
+    from tasks.landmarks.task import to_pixels
 
     import pandas as pd
 

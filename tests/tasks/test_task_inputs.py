@@ -6,16 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from transfer.augment import BatchAugment
+from transfer.data.augment import BatchAugment
 from transfer.config import AugmentConfig, Config
-from transfer.configio import load_config
+from transfer.config.io import load_config
 from transfer.errors import DatasetError
-from transfer.run_finetune import load_plugins
-from transfer.protocols import TASKS
+from transfer.api import TASKS
 
 
 def _task(tmp_path, *overrides):
-    load_plugins()
     cfg = load_config(Config, None, [f"data.root={tmp_path}", "data.image_size=[16, 16]", "backbone.in_chans=1",
                                      "tracking.progress=false", *overrides])
     return TASKS.get(cfg.task.name)(cfg)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from transfer.config import Config
-from transfer.configio import ConfigError, load_config, parse_overrides, to_dict
+from transfer.config.io import ConfigError, load_config, parse_overrides, to_dict
 
 
 def test_defaults_and_overrides(tmp_path):

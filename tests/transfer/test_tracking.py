@@ -5,7 +5,7 @@ import json
 import torch
 
 from transfer.config import Config
-from transfer.configio import to_dict
+from transfer.config.io import to_dict
 from transfer.tracking import Run
 
 

@@ -86,6 +86,16 @@ def supported_suffixes() -> list[str]:
     return IMAGE_DECODERS.names()
 
 
+def is_image_file(path: Path) -> bool:
+    """A file whose suffix a registered decoder reads (the one list of image suffixes)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_DECODERS
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every readable image under ``folder`` (recursive), sorted."""
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer.data.bench_data import bench_data, main_bench_data
+from transfer.bench.data import bench_data, main_bench_data
 from transfer.data.cache import DecodeCache, content_hash, resize_image
 from transfer.data.readers import read_image
 from transfer.errors import DatasetError, ImageReadError

@@ -1,24 +1,14 @@
-"""The stage-1 (self-supervised pre-training) config: nested dataclasses loaded from YAML.
+"""Option sections of the stage-1 methods: ``pretrain.cae``, ``pretrain.augpred``, ``pretrain.contrastive``.
 
-Every value has a default; ``__post_init__`` rejects impossible values with the
-key that is wrong (``transfer.configio.ConfigError("key: message")``). Values
-that need the backbone to check (e.g. ``cae.encoder_upto`` names a stage) are
-checked when the method is built.
+Each method declares its section (``PretrainMethod.config_section`` / ``config_class``); the core config
+reads them from the method registry, so it lists no method by name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal
 
-from transfer.configio import ConfigError
-
-#: names of the augmentation-prediction transforms (``ssl_pretrain.augment.AUGPRED_TRANSFORMS``
-#: registers one function per name; a test keeps the two in step)
-AugPredTransform = Literal[
-    "rot0", "rot90", "rot180", "rot270", "hflip", "vflip",
-    "blur", "sharpen", "contrast", "gamma", "noise", "elastic",
-]
-AUGPRED_TRANSFORM_NAMES: tuple[str, ...] = get_args(AugPredTransform)
+from transfer.config.io import ConfigError
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -79,11 +69,13 @@ class AugPredConfig:
     """Augmentation prediction: classify which of K transforms was applied to each image."""
 
     #: the K classes; rot90/rot270 need square images (see ssl_pretrain.augment)
-    transforms: list[AugPredTransform] = field(default_factory=lambda: ["rot0", "rot90", "rot180", "rot270"])
+    transforms: list[str] = field(default_factory=lambda: ["rot0", "rot90", "rot180", "rot270"])
 
     def __post_init__(self) -> None:
-        bad = [t for t in self.transforms if t not in AUGPRED_TRANSFORM_NAMES]
-        _check(not bad, "pretrain.augpred.transforms", f"unknown {bad}; valid: {list(AUGPRED_TRANSFORM_NAMES)}")
+        from ssl_pretrain.augment import AUGPRED_TRANSFORMS  # the registry of transforms is the list of names
+
+        bad = [t for t in self.transforms if t not in AUGPRED_TRANSFORMS]
+        _check(not bad, "pretrain.augpred.transforms", f"unknown {bad}; valid: {AUGPRED_TRANSFORMS.names()}")
         _check(len(self.transforms) >= 2, "pretrain.augpred.transforms", f"need at least 2 classes, got {self.transforms}")
         dup = sorted({t for t in self.transforms if self.transforms.count(t) > 1})
         _check(not dup, "pretrain.augpred.transforms", f"listed twice: {dup}")
@@ -109,36 +101,3 @@ class ContrastiveConfig:
         _check(self.queue_size >= 0, "pretrain.contrastive.queue_size", f"must be >= 0, got {self.queue_size}")
         _check(0 <= self.momentum_start <= self.momentum_end <= 1, "pretrain.contrastive.momentum_start",
                f"need 0 <= momentum_start <= momentum_end <= 1, got {self.momentum_start} -> {self.momentum_end}")
-
-
-@dataclass
-class PretrainConfig:
-    """A stage-1 run: method, optimisation, method sections and the unlabelled pool."""
-
-    method: str = "simclr"  #: a registered method: cae, augpred, simclr, moco, byol
-    epochs: int = 100  #: passes over the unlabelled pool
-    batch_size: int = 64  #: >= 2 (contrastive negatives, BatchNorm in the heads)
-    optimizer: Literal["adamw", "sgd"] = "adamw"  #: optimiser of encoder + method heads
-    lr: float = 1e-3  #: peak learning rate (after warm-up)
-    weight_decay: float = 1e-4  #: not applied to 1-D tensors (biases, norms)
-    sgd_momentum: float = 0.9  #: only used with optimizer: sgd
-    warmup_epochs: int = 5  #: linear warm-up, then cosine decay
-    cae: CAEConfig = field(default_factory=CAEConfig)
-    augpred: AugPredConfig = field(default_factory=AugPredConfig)
-    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
-    pool: str = ""  #: unlabelled images: a folder or a CSV (relative to data root)
-    pool_format: Literal["folder", "csv", "labelled"] = "folder"  #: labelled = a labelled dataset, labels ignored
-    on_bad: Literal["error", "skip"] = "error"  #: on an unreadable image: stop, or skip it and report it
-    monitor_every: int = 0  #: epochs between representation checks (0 = off)
-    monitor_data: str | None = None  #: labelled data for the representation check
-
-    def __post_init__(self) -> None:
-        _check(self.method.strip() != "", "pretrain.method", "must name a method (cae, augpred, simclr, moco, byol)")
-        _check(self.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 2, "pretrain.batch_size", f"must be >= 2, got {self.batch_size}")
-        _check(self.lr > 0, "pretrain.lr", f"must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, "pretrain.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(0 <= self.sgd_momentum < 1, "pretrain.sgd_momentum", f"must be in [0, 1), got {self.sgd_momentum}")
-        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
-               f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
-        _check(self.monitor_every >= 0, "pretrain.monitor_every", f"must be >= 0, got {self.monitor_every}")

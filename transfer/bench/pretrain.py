@@ -18,13 +18,11 @@ images/s come from the median step time (``*_img_s_mean`` from the total,
 For a method other than simclr, (b) and (c) are still the SimCLR reference:
 the ratio then compares methods, not implementations.
 
-Run: ``python -m ssl_pretrain.bench_reference --method simclr --backbone efficientnet_lite0``.
+Run: ``medtransfer bench pretrain --method simclr --backbone efficientnet_lite0``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
 import time
 from typing import Any, Callable
@@ -35,12 +33,12 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
-import ssl_pretrain  # noqa: F401  (registers the methods)
 from ssl_pretrain.augment import TwoViewAugment
-from transfer.engine import Engine
+from ssl_pretrain.config import ViewAugConfig
+from transfer.api import PRETRAIN_METHODS
 from transfer.backbones import get_entry
-from transfer.pretrain_config import PretrainConfig
-from transfer.protocols import PRETRAIN_METHODS
+from transfer.config import PretrainConfig
+from transfer.engine import Engine
 from transfer.weights import build_backbone
 
 
@@ -82,7 +80,9 @@ def bench_pretrain(method: str, backbone_name: str, batch_size: int, image_size:
     batches = [data[i:i + batch_size] for i in range(0, data.shape[0], batch_size)]
 
     # (a) ours
-    ours = PRETRAIN_METHODS.get(method)(copy.deepcopy(backbone), cfg, image_size).train()
+    method_cls = PRETRAIN_METHODS.get(method)
+    options = cfg.section(method_cls.config_section) if method_cls.config_section else None
+    ours = method_cls.from_config(copy.deepcopy(backbone), options, image_size).train()
     opt_a = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=0.06)
     total = warmup + steps
 
@@ -93,7 +93,7 @@ def bench_pretrain(method: str, backbone_name: str, batch_size: int, image_size:
         engine.train_epoch([{"image": batches[i % len(batches)]}], 0, total_steps=total, global_step=i)
 
     # (b) lightly's example loop, with our augmentation on the in-memory batch
-    augment = TwoViewAugment(cfg.contrastive.views, image_size)
+    augment = TwoViewAugment(ViewAugConfig(), image_size)  # the default views of our contrastive methods
     model_b = SimCLR(copy.deepcopy(backbone), backbone.num_features).train()
     criterion_b = NTXentLoss()
     opt_b = torch.optim.SGD(model_b.parameters(), lr=0.06)
@@ -145,18 +145,3 @@ def bench_pretrain(method: str, backbone_name: str, batch_size: int, image_size:
     result["ours_vs_lightly"] = result["ours_img_s"] / result["lightly_img_s"]
     result["ours_vs_bare"] = result["ours_img_s"] / result["bare_img_s"]
     return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", default="simclr")
-    ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
-    ap.add_argument("--steps", type=int, default=5)
-    a = ap.parse_args(argv)
-    print(json.dumps(bench_pretrain(a.method, a.backbone, a.batch_size, tuple(a.size), a.steps), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,15 @@ Why not OmegaConf/Hydra: they would give us merging, but their errors for an
 unknown key or a wrong type name neither the YAML file nor the valid choices,
 and Literal choices are not checked. This module is small and only does what
 the configs need: str/int/float/bool, Optional, Literal, tuple/list, nested
-dataclasses.
+dataclasses, and *plug-in sections*.
+
+Plug-in sections: a section owned by a plug-in (``task.landmarks``,
+``pretrain.contrastive``) is declared by the plug-in, not by the core. A
+dataclass field marked with :func:`plugin_sections` holds them as a dict
+``{section name: dataclass instance}``; in YAML they sit beside the section's
+own keys (``task: {name: landmarks, landmarks: {head: heatmap}}``), and the
+valid names come from a callable, so a new task adds its section without
+editing the core.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -113,15 +121,50 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {tp}")
 
 
+SectionTypes = Callable[[], dict[str, type]]
+_SECTIONS = "medtransfer_plugin_sections"
+
+
+def plugin_sections(types_of: SectionTypes) -> Any:
+    """A dataclass field holding plug-in sections; ``types_of()`` -> {section name: dataclass} (read lazily)."""
+    return dataclasses.field(default_factory=dict, metadata={_SECTIONS: types_of})
+
+
+def _sections_field(cls: type) -> tuple[str, SectionTypes] | None:
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if _SECTIONS in f.metadata:
+            return f.name, f.metadata[_SECTIONS]
+    return None
+
+
+def section_of(sections: dict[str, Any], name: str, types_of: SectionTypes, where: str) -> Any:
+    """The section ``name`` from a plug-in sections dict, its defaults when the file did not set it."""
+    if name not in sections:
+        types = types_of()
+        if name not in types:
+            raise ConfigError(f"{where}: no option section {name!r}; sections: {sorted(types)}")
+        sections[name] = from_dict(types[name], {}, source="<defaults>", prefix=f"{where}.{name}")
+    return sections[name]
+
+
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys are an error."""
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = [k for k in data if k not in names]
+    plugin = _sections_field(cls)
+    names = [f.name for f in dataclasses.fields(cls) if plugin is None or f.name != plugin[0]]  # type: ignore[arg-type]
+    section_types = plugin[1]() if plugin else {}
+    unknown = [k for k in data if k not in names and k not in section_types]
     if unknown:
         k = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"unknown key {k!r} in {source}; valid keys here: {names}")
-    kwargs = {}
+        raise ConfigError(f"unknown key {k!r} in {source}; valid keys here: {names + sorted(section_types)}")
+    kwargs: dict[str, Any] = {}
+    if plugin:
+        kwargs[plugin[0]] = {
+            name: from_dict(tp, data.get(name) or {}, source=source, prefix=f"{prefix}.{name}" if prefix else name)
+            for name, tp in section_types.items()}
+        for name, value in data.items():
+            if name in section_types and value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{prefix}.{name!r} in {source}: expected a mapping for section {name}, got {value!r}")
     defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name in names:
         key = f"{prefix}.{name}" if prefix else name
@@ -142,7 +185,13 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", prefix
 def to_dict(obj: Any) -> Any:
     """Dataclass -> plain YAML-able dict (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            if _SECTIONS in f.metadata:  # plug-in sections sit beside the section's own keys
+                out.update({k: to_dict(v) for k, v in sorted(getattr(obj, f.name).items())})
+            else:
+                out[f.name] = to_dict(getattr(obj, f.name))
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -1,8 +1,9 @@
 """Image classification: class folders, CSV or MedMNIST ``.npz``; weighted cross-entropy; sklearn metrics."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -10,14 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transfer.augment import BatchAugment
+from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, load_images
 from transfer.errors import DatasetError
-from transfer.protocols import TASKS
-from transfer.task_api import EvalResult, Task, TaskModel, batched_forward
+from transfer.api import EvalResult, Task, TaskModel, batched_forward
+from transfer.data.readers import list_images, supported_suffixes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom"}
+
+
+@dataclass
+class ClassificationConfig:
+    """``task.classification``."""
+
+    #: ``none`` or ``balanced`` (inverse class frequency, as in the pneumonia seed)
+    class_weights: Literal["none", "balanced"] = "none"
+    dropout: float = 0.0
+    bootstrap: int = 1000  #: resamples for the AUC confidence interval
+    class_names: list[str] = field(default_factory=list)
 
 
 class ClassificationHead(nn.Module):
@@ -58,9 +69,9 @@ class ClassifierModel(TaskModel):
         return {"loss": loss, "acc": acc}
 
 
-@TASKS.register("classification")
 class ClassificationTask(Task):
     name = "classification"
+    options_class = ClassificationConfig
     formats = ("npz", "folder", "csv")
     monitor = "roc_auc"
     mode = "max"
@@ -89,7 +100,7 @@ class ClassificationTask(Task):
         return ds
 
     def _set_classes(self, names: list[str], source: str) -> None:
-        given = self.cfg.task.classification.class_names
+        given = self.options.class_names
         if given and len(given) != len(names):
             raise DatasetError(f"{source}: {len(names)} classes found, task.classification.class_names lists {len(given)}")
         names = list(given) or names
@@ -133,9 +144,9 @@ class ClassificationTask(Task):
             classes = known
         paths, labels = [], []
         for ci, c in enumerate(classes):
-            files = sorted(p for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = list_images(root / c)
             if not files:
-                raise DatasetError(f"{root / c}: class folder {c!r} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DatasetError(f"{root / c}: class folder {c!r} holds no image ({', '.join(supported_suffixes())})")
             paths += files
             labels += [ci] * len(files)
         return paths, np.asarray(labels, dtype=np.int64), None, classes
@@ -147,7 +158,7 @@ class ClassificationTask(Task):
         for col in ("path", "label"):
             if col not in df.columns:
                 raise DatasetError(f"{path}: missing column {col!r} (columns: {list(df.columns)}; expected path, label[, group])")
-        base = Path(self.cfg.data.root) / self.cfg.data.image_dir if self.cfg.data.image_dir else path.parent
+        base = self.cfg.data.image_base(path)
         raw = df["label"].astype(str).tolist()
         names = self.info.get("class_names") or sorted(set(raw))
         unknown = sorted(set(raw) - set(names))
@@ -166,7 +177,7 @@ class ClassificationTask(Task):
 
     # -- model -----------------------------------------------------------------
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> ClassifierModel:
-        c = self.cfg.task.classification
+        c = self.options
         k = self.info["num_classes"]
         weights = None
         if c.class_weights == "balanced" and train is not None:
@@ -185,11 +196,11 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
                  *, with_ci: bool = False) -> EvalResult:
-        from tasks.classification_metrics import classification_metrics
+        from tasks.classification.metrics import classification_metrics
 
         prob = self._probs(model, dataset, device, batch_size)
         y = dataset.target_array("label")
-        m = classification_metrics(y, prob, bootstrap=self.cfg.task.classification.bootstrap if with_ci else 0,
+        m = classification_metrics(y, prob, bootstrap=self.options.bootstrap if with_ci else 0,
                                    seed=self.cfg.seed)
         m["loss"] = float(F.cross_entropy(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y)))
         df = self._frame(dataset, prob)
@@ -207,7 +218,7 @@ class ClassificationTask(Task):
         return self._frame(dataset, self._probs(model, dataset, device, batch_size))
 
     def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
-        from tasks.classification_metrics import plot_confusion, plot_roc
+        from tasks.classification.metrics import plot_confusion, plot_roc
 
         out = []
         y, prob = result.outputs["y"], result.outputs["prob"]

@@ -10,12 +10,12 @@ from typing import Any, Callable
 import pandas as pd
 
 from transfer.config import Config
-from transfer.configio import to_dict
-from transfer.protocols import TASKS
+from transfer.config.io import to_dict
+from transfer.api import TASKS
 from transfer.stats import seed_aggregate
 from transfer.tracking import Run, atomic_write_json
 
-#: resolves ``pretrain:<method>`` inits to a checkpoint path; set by transfer.run_pretrain when imported
+#: resolves ``pretrain:<method>`` inits to a checkpoint path; set by transfer.runs.pretrain when imported
 PretrainResolver = Callable[[Config, str, Path], Path]
 
 
@@ -34,9 +34,8 @@ def _flat_metrics(task: Any, summary: dict[str, Any], split: str) -> dict[str, f
 def run_study(cfg: Config, *, resolve_pretrain: PretrainResolver | None = None,
               progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every grid cell (skipping cells already complete on disk), then write results and the report."""
-    from transfer.run_finetune import load_plugins, run_finetune
+    from transfer.runs.finetune import run_finetune
 
-    load_plugins()
     st = cfg.study
     root = Path(st.out_dir) / st.name
     root.mkdir(parents=True, exist_ok=True)
@@ -51,7 +50,7 @@ def run_study(cfg: Config, *, resolve_pretrain: PretrainResolver | None = None,
         init_value = init
         if init.startswith("pretrain:"):
             if resolve_pretrain is None:
-                from transfer.run_pretrain import resolve_pretrain_init
+                from transfer.runs.pretrain import resolve_pretrain_init
 
                 resolve_pretrain = resolve_pretrain_init
             init_value = str(resolve_pretrain(cfg, init.split(":", 1)[1], root))
@@ -83,7 +82,7 @@ def run_study(cfg: Config, *, resolve_pretrain: PretrainResolver | None = None,
     out = {"root": str(root), "n_runs": len(df), "seconds": round(time.time() - t0, 1)}
     atomic_write_json(root / "study.json", {**out, "config": to_dict(cfg)})
     if st.report:
-        from transfer.report import write_report
+        from transfer.studies.report import write_report
 
         out["report"] = str(write_report(cfg, task, df, agg, comparisons, root))
     _log_study_wandb(cfg, root, df, comparisons)

@@ -6,8 +6,13 @@ from typing import Any
 
 import torch
 
+from transfer.api import TASKS
 from transfer.config import Config
 from transfer.engine import Engine, make_loader, resolve_device, to_device
+from transfer.runs.depth import setup_depth
+from transfer.runs.seeding import seed_everything
+from transfer.runs.splits import prepare_data
+from transfer.weights import backbone_from_config
 
 
 def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 3) -> dict[str, Any]:
@@ -17,17 +22,11 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
     neighbour does not decide the ratio. The data-wait share is measured on
     the real DataLoader over the (warm) decoded training set.
     """
-    from transfer.run_finetune import load_plugins, prepare_data, seed_everything, setup_depth
-    from transfer.protocols import TASKS
-    from transfer.weights import build_backbone
-
-    load_plugins()
     seed_everything(cfg.seed)
     task = TASKS.get(cfg.task.name)(cfg)
     splits = prepare_data(task, cfg)
-    device = resolve_device(cfg.train.device)
-    backbone, _ = build_backbone(cfg.backbone.name, cfg.init, cfg.backbone.scratch_init, cfg.backbone.in_chans,
-                                 cfg.backbone.channels)
+    device = resolve_device(cfg.runtime.device)
+    backbone, _ = backbone_from_config(cfg.backbone, cfg.init)
     model = task.build_model(backbone, splits.train).to(device)
     depth = "all" if cfg.train.depth == "auto" else cfg.train.depth
     _, opt, train_mode = setup_depth(model, cfg, depth)
@@ -36,8 +35,7 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
     loader = make_loader(splits.train, bs, shuffle=True, seed=cfg.seed, drop_last=True)
     batch = to_device(next(iter(loader)), device)
 
-    engine = Engine(model, opt, device=device, amp=t.amp, channels_last=t.channels_last, progress=False,
-                    train_mode=train_mode)
+    engine = Engine.from_config(model, opt, cfg.runtime, progress=False, train_mode=train_mode)
 
     def bare(n: int) -> float:
         train_mode()

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from transfer.augment import BatchAugment
+from tasks.landmarks.config import LandmarkConfig
+from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, load_images
 from transfer.errors import DatasetError
-from transfer.protocols import TASKS
-from transfer.task_api import EvalResult, Task, TaskModel, batched_forward
+from transfer.api import EvalResult, Task, TaskModel, batched_forward
 
 _COL = re.compile(r"^(\d+)_([xy])$")
 _IMAGE_COLUMNS = ("image_path", "image", "path", "file")
@@ -45,7 +45,7 @@ class LandmarkModel(TaskModel):
                  heatmap_stage: str | None, heatmap_weight: float, heatmap_sigma: float,
                  augment: BatchAugment | None) -> None:
         super().__init__()
-        from tasks.landmark_heads import HeatmapHead, RegressionHead
+        from tasks.landmarks.heads import HeatmapHead, RegressionHead
 
         self.backbone = backbone
         self.kind = head
@@ -82,7 +82,7 @@ class LandmarkModel(TaskModel):
         return self.forward_all(images)["coords"]
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        from tasks.landmark_heads import euclidean_loss, heatmap_loss
+        from tasks.landmarks.heads import euclidean_loss, heatmap_loss
 
         images, target = batch["image"], batch["landmarks"].float()
         if self.augment is not None and self.augment.active:
@@ -104,9 +104,9 @@ class LandmarkModel(TaskModel):
         return {"loss": loss, **logs}
 
 
-@TASKS.register("landmarks")
 class LandmarkTask(Task):
     name = "landmarks"
+    options_class = LandmarkConfig
     formats = ("landmark_csv",)
     monitor = "mre_mm"
     mode = "min"
@@ -140,7 +140,7 @@ class LandmarkTask(Task):
         if "num_landmarks" in self.info and self.info["num_landmarks"] != n_l:
             raise DatasetError(f"{csv}: {n_l} landmarks, the training split has {self.info['num_landmarks']}")
         self.info["num_landmarks"] = n_l
-        names = cfg.task.landmarks.names
+        names = self.options.names
         if names and len(names) != n_l:
             raise DatasetError(f"task.landmarks.names lists {len(names)} names for {n_l} landmarks in {csv}")
         self.info["landmark_names"] = list(names) or [str(k) for k in ks]
@@ -154,7 +154,7 @@ class LandmarkTask(Task):
                 raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): column {c} has "
                                    f"non-numeric or missing value {df[c].iloc[r]!r}")
             coords[:, j // 2, j % 2] = vals.to_numpy(dtype=float)
-        base = Path(cfg.data.root) / cfg.data.image_dir if cfg.data.image_dir else csv.parent
+        base = cfg.data.image_base(csv)
         paths = []
         for r, p in enumerate(df[image_col].astype(str)):
             full = Path(p) if Path(p).is_absolute() else base / p
@@ -173,7 +173,7 @@ class LandmarkTask(Task):
                 k = int(out[0])
                 raise DatasetError(f"{csv}, line {int(r) + 2} ({paths[r].name}): landmark {k + 1} at "
                                    f"({coords[i, k, 0]:g}, {coords[i, k, 1]:g}) lies outside the {w}x{h} image")
-        spacing = np.full((len(kept), 2), cfg.task.landmarks.pixel_spacing, dtype=np.float64)
+        spacing = np.full((len(kept), 2), self.options.pixel_spacing, dtype=np.float64)
         if "spacing" in df.columns:
             spacing[:] = pd.to_numeric(df["spacing"], errors="coerce").to_numpy()[kept, None]
         else:
@@ -188,7 +188,7 @@ class LandmarkTask(Task):
         return ImageDataset(loaded.images, targets, [paths[r].name for r in kept])
 
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> LandmarkModel:
-        c = self.cfg.task.landmarks
+        c = self.options
         aug = BatchAugment(self.cfg.data.augment, flip_pairs=[tuple(p) for p in c.flip_pairs], landmarks=True)
         return LandmarkModel(backbone, self.info["num_landmarks"], head=c.head, hidden=c.hidden, dropout=c.dropout,
                              heatmap_stage=c.heatmap_stage, heatmap_weight=c.heatmap_weight,
@@ -200,14 +200,14 @@ class LandmarkTask(Task):
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
                  *, with_ci: bool = False) -> EvalResult:
-        from tasks.landmark_metrics import landmark_metrics, radial_errors_mm
+        from tasks.landmarks.metrics import landmark_metrics, radial_errors_mm
 
         pred = self._pixels(model, dataset, device, batch_size)
         sizes = dataset.target_array("orig_size")
         true = to_pixels(dataset.target_array("landmarks").astype(np.float64), sizes)
         true = np.round(true, 3)
         spacing = dataset.target_array("spacing").astype(np.float64)
-        m = landmark_metrics(pred, true, spacing, radii=tuple(self.cfg.task.landmarks.sdr_radii),
+        m = landmark_metrics(pred, true, spacing, radii=tuple(self.options.sdr_radii),
                              names=self.info["landmark_names"])
         err = radial_errors_mm(pred, true, spacing)
         df = self._frame(dataset, pred)
@@ -228,7 +228,7 @@ class LandmarkTask(Task):
         return self._frame(dataset, self._pixels(model, dataset, device, batch_size))
 
     def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
-        from tasks.landmark_metrics import plot_landmark_overlay
+        from tasks.landmarks.metrics import plot_landmark_overlay
 
         out = []
         err = result.outputs["err"].mean(1)

@@ -1,13 +1,20 @@
-"""Subcommands defined beside their modules: bench (data, finetune), pretrain, study."""
+"""``medtransfer bench data|finetune|pretrain``: speed benchmarks that print figures."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Callable
+
+import pandas as pd
+
+from transfer.bench.data import bench_data
+from transfer.bench.finetune import bench_finetune
+from transfer.bench.pretrain import bench_pretrain
+from transfer.cli.common import add_config_args, load
+from transfer.errors import MedTransferError
 
 
-def register(sub: argparse._SubParsersAction, add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="speed benchmarks (print figures)")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -32,20 +39,8 @@ def register(sub: argparse._SubParsersAction, add_config_args: Callable[[argpars
     bp.add_argument("--steps", type=int, default=10)
     bp.set_defaults(fn=cmd_bench_pretrain)
 
-    p = sub.add_parser("pretrain", help="stage 1: adapt a backbone on unlabelled images; writes backbone.pt")
-    add_config_args(p)
-    p.add_argument("--name", help="run directory name")
-    p.set_defaults(fn=cmd_pretrain)
-
-    register_study(sub, add_config_args)
-
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from transfer.data.bench_data import bench_data
-    from transfer.errors import MedTransferError
-
     if args.image_dir is None:
         raise MedTransferError("bench data needs --image-dir (and optionally --csv listing the files)")
     image_dir = Path(args.image_dir)
@@ -62,50 +57,11 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_finetune(args: argparse.Namespace) -> int:
-    from transfer.bench_finetune import bench_finetune
-    from transfer.config import Config
-    from transfer.configio import load_config
-
-    cfg = load_config(Config, args.config, args.overrides)
-    res = bench_finetune(cfg, steps=args.steps, warmup=args.warmup)
-    print(json.dumps(res, indent=2))
-    return 0
-
-
-def register_study(sub: argparse._SubParsersAction, add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    s = sub.add_parser("study", help="run the grid init x depth x label fraction x seed; write tables and a report")
-    add_config_args(s)
-    s.set_defaults(fn=cmd_study)
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from transfer.config import Config
-    from transfer.configio import load_config
-    from transfer.study import run_study
-
-    cfg = load_config(Config, args.config, args.overrides)
-    out = run_study(cfg)
-    print(json.dumps(out, indent=2))
-    return 0
-
-
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from transfer.config import Config
-    from transfer.configio import load_config
-    from transfer.run_pretrain import run_pretrain
-
-    cfg = load_config(Config, args.config, args.overrides)
-    s = run_pretrain(cfg, name=args.name)
-    final = {k: round(v, 4) for k, v in s["final"].items() if isinstance(v, float)}
-    print(f"run directory: {Path(s['checkpoint']).parent}")
-    print(f"checkpoint: {s['checkpoint']}  (fine-tune from it with --set init={s['checkpoint']})")
-    print(f"pool: {s['pool_size']} images, {len(s['skipped'])} skipped; last epoch: {final}")
+    print(json.dumps(bench_finetune(load(args), steps=args.steps, warmup=args.warmup), indent=2))
     return 0
 
 
 def cmd_bench_pretrain(args: argparse.Namespace) -> int:
-    from ssl_pretrain.bench_reference import bench_pretrain
-
     res = bench_pretrain(args.method, args.backbone, args.batch_size, tuple(args.size), steps=args.steps)
     print(json.dumps(res, indent=2))
     return 0

@@ -6,10 +6,11 @@ Every value has a default so ``medtransfer config show`` works without a file;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from transfer.configio import ConfigError
-from transfer.pretrain_config import PretrainConfig
+from transfer.config.io import ConfigError, plugin_sections, section_of
+from transfer.config.pretrain import PretrainConfig
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -73,6 +74,18 @@ class DataConfig:
         _check(all(s >= 8 for s in self.image_size), "data.image_size", f"must be >= 8 px, got {self.image_size}")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
 
+    def resolve(self, rel: str) -> Path:
+        """A path named in the config: relative to ``root`` unless absolute (a ``#key`` suffix is kept)."""
+        path, _, key = rel.partition("#")
+        p = Path(path)
+        if not p.is_absolute():
+            p = Path(self.root) / p
+        return Path(f"{p}#{key}") if key else p
+
+    def image_base(self, listing: Path) -> Path:
+        """Where the image paths of a CSV ``listing`` are relative to: ``image_dir`` if set, else its folder."""
+        return self.resolve(self.image_dir) if self.image_dir else listing.parent
+
 
 @dataclass
 class TrainConfig:
@@ -94,10 +107,6 @@ class TrainConfig:
     auto_tolerance: float = 0.0  #: ``auto`` depth keeps unfreezing while val improves by more than this
     auto_epochs: int | None = None  #: epochs per depth in ``auto`` (default: epochs)
     grad_clip: float | None = None
-    device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  #: only used on CUDA
-    channels_last: bool = True  #: only used on CUDA
-    compile: bool = False
     max_steps: int | None = None  #: stop each epoch after this many steps (smoke runs)
     #: fixed optimiser steps per epoch, drawn from consecutive shuffled passes over the training set, so that
     #: runs at different label fractions get the same training budget (None: one pass per epoch)
@@ -115,35 +124,31 @@ class TrainConfig:
         _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1")
 
 
-@dataclass
-class ClassificationConfig:
-    #: ``none`` or ``balanced`` (inverse class frequency, as in the pneumonia seed)
-    class_weights: Literal["none", "balanced"] = "none"
-    dropout: float = 0.0
-    bootstrap: int = 1000  #: resamples for the AUC confidence interval
-    class_names: list[str] = field(default_factory=list)
+def _task_sections() -> dict[str, type]:
+    from transfer.api import TASKS  # read when a config is loaded, so the registry sees every installed task
 
-
-@dataclass
-class LandmarkConfig:
-    head: Literal["regression", "heatmap"] = "regression"
-    hidden: int = 512  #: width of the fully connected layer of the regression head
-    dropout: float = 0.0
-    heatmap_stage: str | None = None  #: feature map used by the heatmap head (default: stride-8 stage)
-    heatmap_weight: float = 0.0  #: optional heatmap term beside the Euclidean loss
-    heatmap_sigma: float = 2.0  #: in heatmap pixels
-    pixel_spacing: float = 0.1  #: mm per original pixel, when the file has none
-    names: list[str] = field(default_factory=list)
-    #: left-right landmark pairs (1-based) swapped by a horizontal flip
-    flip_pairs: list[tuple[int, int]] = field(default_factory=list)
-    sdr_radii: list[float] = field(default_factory=lambda: [2.0, 2.5, 3.0, 4.0])
+    return {name: cls.options_class for name, cls in TASKS.items() if cls.options_class is not None}
 
 
 @dataclass
 class TaskConfig:
-    name: str = "classification"  #: a registered task (classification, landmarks)
-    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
-    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
+    name: str = "classification"  #: a registered task (``medtransfer tasks`` lists them)
+    #: one option section per registered task, declared by the task (``Task.options_class``): ``task.<name>.<key>``
+    options: dict[str, Any] = plugin_sections(_task_sections)
+
+    def section(self, name: str) -> Any:
+        """The option section of task ``name`` (its defaults when the config does not set it)."""
+        return section_of(self.options, name, _task_sections, "task")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how both stages compute: device, mixed precision, memory format, compilation."""
+
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  #: only used on CUDA
+    channels_last: bool = True  #: only used on CUDA
+    compile: bool = False  #: torch.compile the training step
 
 
 @dataclass
@@ -201,6 +206,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     study: StudyConfig = field(default_factory=StudyConfig)

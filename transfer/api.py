@@ -1,10 +1,17 @@
-"""The task contract: what a downstream task supplies to the shared fine-tuning pipeline."""
+"""The contracts between the core and its plug-ins, and the registries plug-ins fill.
+
+- :class:`Task` + :class:`TaskModel`: what a downstream task supplies to the shared fine-tuning pipeline.
+- :class:`PretrainMethod`: what a stage-1 method supplies to the shared pretraining run.
+- :data:`TASKS`, :data:`PRETRAIN_METHODS`: filled from the entry-point groups ``medtransfer.tasks`` and
+  ``medtransfer.pretrain_methods`` (``pyproject.toml``), so the core never imports a plug-in by name and another
+  installed package can add a task or a method.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -15,6 +22,24 @@ from transfer.backbones import StagedBackbone
 from transfer.config import Config
 from transfer.data.datasets import ImageDataset, Skipped
 from transfer.errors import DatasetError
+from transfer.registry import Registry
+
+Batch = dict[str, Any]
+
+
+@runtime_checkable
+class StepModel(Protocol):
+    """What the training engine drives (an ``nn.Module``).
+
+    ``training_step`` returns a dict with a scalar ``loss`` plus anything worth
+    logging (scalars) under other keys.
+    """
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]: ...
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Hook after each optimiser step (momentum encoders); ``progress`` in [0, 1]."""
+        ...
 
 
 @dataclass
@@ -40,9 +65,14 @@ class TaskModel(nn.Module, ABC):
 
 
 class Task(ABC):
-    """A downstream task: dataset formats, head, loss, metrics, plots."""
+    """A downstream task: dataset formats, head, loss, metrics, plots.
+
+    Register a subclass under the entry-point group ``medtransfer.tasks`` (or with ``@TASKS.register``).
+    """
 
     name: ClassVar[str]
+    #: the dataclass of the task's option section ``task.<name>`` (None: no options)
+    options_class: ClassVar[type | None] = None
     formats: ClassVar[tuple[str, ...]]
     monitor: ClassVar[str]  #: validation metric used for early stopping and model selection
     mode: ClassVar[str]  #: "max" or "min"
@@ -57,13 +87,14 @@ class Task(ABC):
         self.skipped: list[Skipped] = []
         self.info: dict[str, Any] = {}
 
+    @property
+    def options(self) -> Any:
+        """This task's option section, ``task.<name>`` (an instance of ``options_class``)."""
+        return self.cfg.task.section(self.name)
+
     def resolve(self, rel: str) -> Path:
         """A path from the config, relative to ``data.root`` unless absolute (``#key`` suffix kept)."""
-        path, _, key = rel.partition("#")
-        p = Path(path)
-        if not p.is_absolute():
-            p = Path(self.cfg.data.root) / p
-        return Path(f"{p}#{key}") if key else p
+        return self.cfg.data.resolve(rel)
 
     @abstractmethod
     def load_split(self, spec: str, which: str) -> ImageDataset:
@@ -114,3 +145,48 @@ def batched_forward(model: nn.Module, images: torch.Tensor, device: torch.device
     if isinstance(outs[0], dict):
         return {k: torch.cat([o[k].float().cpu() for o in outs]) for k in outs[0]}
     return torch.cat([o.float().cpu() for o in outs])
+
+
+class PretrainMethod(nn.Module, ABC):
+    """A stage-1 method: trains ``encoder`` (the staged backbone) on unlabelled images.
+
+    Only ``encoder`` is kept (written as a backbone checkpoint); heads, decoders
+    and momentum copies are the method's own. Register a subclass under the
+    entry-point group ``medtransfer.pretrain_methods`` (or with
+    ``@PRETRAIN_METHODS.register``). A method reads one option section,
+    ``pretrain.<config_section>`` of type ``config_class``, and is built from
+    that section alone (:meth:`from_config`).
+    """
+
+    #: name of the option section the method reads (several methods may share one), or None
+    config_section: ClassVar[str | None] = None
+    config_class: ClassVar[type | None] = None
+
+    encoder: StagedBackbone
+
+    def __init__(self, encoder: StagedBackbone, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+
+    @classmethod
+    def from_config(cls, encoder: StagedBackbone, options: Any, image_size: tuple[int, int]) -> "PretrainMethod":
+        """Build from the method's option section (``None`` when it declares none)."""
+        return cls(encoder, options, image_size) if cls.config_section else cls(encoder, image_size)  # type: ignore[call-arg]
+
+    @abstractmethod
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, ...}`` plus scalar logs (e.g. ``pretext_acc``) for one batch of ``batch["image"]``."""
+
+    def after_optimizer_step(self, progress: float) -> None:  # noqa: B027 - optional hook
+        """After each optimiser step (momentum updates); ``progress`` in [0, 1] over the whole run."""
+
+    def media(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Images (uint8 arrays) that show what the method does on ``batch``: views, reconstructions..."""
+        return {}
+
+
+#: downstream tasks: name -> Task subclass
+TASKS: Registry[type[Task]] = Registry("task", "medtransfer.tasks")
+#: stage-1 methods: name -> PretrainMethod subclass
+PRETRAIN_METHODS: Registry[type[PretrainMethod]] = Registry("pretrain method", "medtransfer.pretrain_methods")

@@ -1,0 +1,26 @@
+"""Stage 1 command: ``pretrain``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from transfer.api import PRETRAIN_METHODS
+from transfer.cli.common import add_config_args, load
+from transfer.runs.pretrain import run_pretrain
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="stage 1: adapt a backbone on unlabelled images; writes backbone.pt",
+                       description=f"Methods (pretrain.method): {', '.join(PRETRAIN_METHODS.names())}.")
+    add_config_args(p)
+    p.add_argument("--name", help="run directory name")
+    p.set_defaults(fn=cmd_pretrain)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    s = run_pretrain(load(args), name=args.name)
+    final = {k: round(v, 4) for k, v in s["final"].items() if isinstance(v, float)}
+    print(f"run directory: {Path(s['checkpoint']).parent}")
+    print(f"checkpoint: {s['checkpoint']}  (fine-tune from it with --set init={s['checkpoint']})")
+    print(f"pool: {s['pool_size']} images, {len(s['skipped'])} skipped; last epoch: {final}")
+    return 0

@@ -1,0 +1,74 @@
+"""Stage 2 commands: ``finetune``, ``evaluate``, ``predict``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from transfer.api import TASKS
+from transfer.cli.common import add_config_args, load
+from transfer.runs.evaluate import evaluate_run
+from transfer.runs.finetune import run_finetune
+from transfer.runs.predict import predict_images
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("finetune", help="stage 2: fine-tune one model and write a run directory",
+                       description=f"Tasks (task.name): {', '.join(TASKS.names())}.")
+    add_config_args(f)
+    f.add_argument("--name", help="run directory name (default: derived from the config)")
+    f.set_defaults(fn=cmd_finetune)
+
+    e = sub.add_parser("evaluate", help="score a trained model on a labelled set")
+    e.add_argument("run", help="run directory or its model.pt")
+    e.add_argument("--data", required=True, help="labelled split: CSV, class folder, or file.npz#key (relative to --root)")
+    e.add_argument("--format", help="dataset format, if not the run's")
+    e.add_argument("--root", help="dataset root (default: the run's data.root)")
+    e.add_argument("--image-dir", help="image folder for CSV formats, relative to the root")
+    e.add_argument("--out", help="write predictions CSV here (metrics beside it as .metrics.json)")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict on new, unlabelled images")
+    pr.add_argument("run", help="run directory or its model.pt")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="predictions CSV")
+    pr.add_argument("--on-bad", choices=["error", "skip"], default="error")
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(fn=cmd_predict)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    summary = run_finetune(cfg, name=args.name)
+    _print_summary(summary, Path(cfg.tracking.out_dir) / summary["run"])
+    return 0
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    def scalars(m: dict) -> str:
+        keys = [k for k in ("roc_auc", "accuracy", "f1", "g_mean", "mre_mm", "sd_mm") if k in m]
+        s = ", ".join(f"{k}={m[k]:.4f}" for k in keys)
+        if "sdr" in m:
+            s += ", SDR " + "/".join(f"{v:.1f}" for v in m["sdr"].values()) + " %"
+        return s
+
+    print(f"run directory: {run_dir}")
+    print(f"selected depth: {summary['selected_depth']}  (best epoch {summary['best_epoch']})")
+    print(f"val:  {scalars(summary['val'])}")
+    if "test" in summary:
+        print(f"test: {scalars(summary['test'])}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    res = evaluate_run(args.run, args.data, device=args.device, data_format=args.format, root=args.root,
+                       image_dir=args.image_dir, out=Path(args.out) if args.out else None)
+    print(json.dumps(res.metrics, indent=2, default=float))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    df, skipped = predict_images(args.run, args.images, out, device=args.device, on_bad=args.on_bad)
+    print(f"wrote {len(df)} predictions to {out}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    return 0

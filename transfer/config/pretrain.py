@@ -1,0 +1,67 @@
+"""The stage-1 (self-supervised pre-training) config: nested dataclasses loaded from YAML.
+
+Every value has a default; ``__post_init__`` rejects impossible values with the
+key that is wrong (``transfer.config.io.ConfigError("key: message")``). The methods' own
+sections live with the methods (``ssl_pretrain/config.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transfer.config.io import ConfigError, plugin_sections, section_of
+
+
+def _method_sections() -> dict[str, type]:
+    """{section name: dataclass} of the registered methods; methods may share one (SimCLR, MoCo, BYOL)."""
+    from transfer.api import PRETRAIN_METHODS  # read when a config is loaded, after plug-ins are installed
+
+    out: dict[str, type] = {}
+    for name, cls in PRETRAIN_METHODS.items():
+        if cls.config_section is None:
+            continue
+        if out.setdefault(cls.config_section, cls.config_class) is not cls.config_class:
+            raise ConfigError(f"pretrain.{cls.config_section}: declared by two methods with different classes "
+                              f"({out[cls.config_section].__name__} and {cls.config_class.__name__}, method {name})")
+    return out
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class PretrainConfig:
+    """A stage-1 run: method, optimisation, method sections and the unlabelled pool."""
+
+    method: str = "simclr"  #: a registered stage-1 method (the built-in ones: cae, augpred, simclr, moco, byol)
+    epochs: int = 100  #: passes over the unlabelled pool
+    batch_size: int = 64  #: >= 2 (contrastive negatives, BatchNorm in the heads)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  #: optimiser of encoder + method heads
+    lr: float = 1e-3  #: peak learning rate (after warm-up)
+    weight_decay: float = 1e-4  #: not applied to 1-D tensors (biases, norms)
+    sgd_momentum: float = 0.9  #: only used with optimizer: sgd
+    warmup_epochs: int = 5  #: linear warm-up, then cosine decay
+    #: the methods' option sections (``pretrain.contrastive``, ``pretrain.cae``...), declared by each method
+    options: dict[str, Any] = plugin_sections(_method_sections)
+    pool: str = ""  #: unlabelled images: a folder or a CSV (relative to data root)
+    pool_format: Literal["folder", "csv", "labelled"] = "folder"  #: labelled = a labelled dataset, labels ignored
+    on_bad: Literal["error", "skip"] = "error"  #: on an unreadable image: stop, or skip it and report it
+    monitor_every: int = 0  #: epochs between representation checks (0 = off)
+    monitor_data: str | None = None  #: labelled data for the representation check
+
+    def __post_init__(self) -> None:
+        _check(self.method.strip() != "", "pretrain.method", "must name a registered method (medtransfer pretrain --help lists them)")
+        _check(self.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 2, "pretrain.batch_size", f"must be >= 2, got {self.batch_size}")
+        _check(self.lr > 0, "pretrain.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "pretrain.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.sgd_momentum < 1, "pretrain.sgd_momentum", f"must be in [0, 1), got {self.sgd_momentum}")
+        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+               f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        _check(self.monitor_every >= 0, "pretrain.monitor_every", f"must be >= 0, got {self.monitor_every}")
+
+    def section(self, name: str) -> Any:
+        """A method's option section (``contrastive``, ``cae``...), its defaults when the config does not set it."""
+        return section_of(self.options, name, _method_sections, "pretrain")

@@ -1,0 +1,94 @@
+"""Training at a fine-tuning depth: freezing and LR groups for a depth, one fit, and the ``auto`` depth search."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from transfer.api import Task, TaskModel
+from transfer.config import Config
+from transfer.engine import Engine, make_loader
+from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups, set_train_mode,
+                               trainable_stages)
+from transfer.runs.splits import Splits
+from transfer.tracking import Run, atomic_write_json
+
+
+def setup_depth(model: TaskModel, cfg: Config, depth: str
+                ) -> tuple[list[str], torch.optim.Optimizer, Callable[[], None]]:
+    """Freeze for ``depth``; return the trained stages, the optimiser over their LR groups, and the train-mode hook."""
+    bb = model.backbone
+    stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in model.unused_stages]
+    freeze_stages(bb, stages)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    t = cfg.train
+    groups = param_groups(bb, model.head, stages, LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay,
+                                                          t.weight_decay))
+    opt = build_optimizer(groups, t.optimizer, t.momentum)
+
+    def train_mode() -> None:
+        model.train()
+        set_train_mode(bb, stages)  # frozen stages keep BatchNorm in eval mode
+
+    return stages, opt, train_mode
+
+
+def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: str, run: Run, epochs: int,
+              resume_path: Path | None, tag: str = "") -> tuple[float, int, list[dict]]:
+    """Train ``model`` at ``depth``; leaves the best validation state loaded. Returns (best, best_epoch, history)."""
+    _, opt, train_mode = setup_depth(model, cfg, depth)
+    t = cfg.train
+    engine = Engine.from_config(model, opt, cfg.runtime, grad_clip=t.grad_clip, progress=cfg.tracking.progress,
+                                scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.gamma),
+                                train_mode=train_mode)
+    num_samples = t.steps_per_epoch * t.batch_size if t.steps_per_epoch else None
+    loader = make_loader(splits.train, t.batch_size, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                         drop_last=len(splits.train) > t.batch_size or num_samples is not None, device=engine.device,
+                         num_samples=num_samples)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        res = task.evaluate(model, splits.val, engine.device, batch_size=max(t.batch_size, 64))
+        return task.summary_metrics(res.metrics)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        run.log_epoch({"depth": depth, **row} if tag else row)
+
+    res = engine.fit(loader, epochs, evaluate=evaluate, monitor=task.monitor, mode=task.mode, patience=t.patience,
+                     on_epoch=on_epoch, resume_path=resume_path, max_steps=t.max_steps)
+    if res.best_metric is None:  # no finite validation value: nothing to select on, keep the last epoch
+        run.warn(f"every validation {task.monitor} at depth {depth} was NaN; kept the last epoch's weights")
+        return float("nan"), res.epochs_run - 1, res.history
+    model.load_state_dict(res.best_state)
+    return res.best_metric, res.best_epoch, res.history
+
+
+def auto_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, run: Run,
+               curve: list[dict[str, Any]]) -> tuple[str, float, int]:
+    """Tajbakhsh et al.'s incremental procedure: head only, then one more stage at a time while val improves.
+
+    Each depth continues from the best weights of the previous one; the best
+    model over all depths is kept.
+    """
+    t = cfg.train
+    epochs = t.auto_epochs or t.epochs
+    sign = 1.0 if task.mode == "max" else -1.0
+    names = [d for d in depth_names(model.backbone.stage_names) if d != "all"]
+    best_depth, best_metric, best_epoch, best_state = None, None, -1, None
+    for depth in names:
+        stages = trainable_stages(depth, model.backbone.stage_names)
+        if stages and stages[0] in model.unused_stages:
+            continue
+        metric, epoch, _ = fit_depth(task, model, cfg, splits, depth, run, epochs, run.dir / f"last_{depth}.pt",
+                                     tag=depth)
+        curve.append({"depth": depth, "val": metric, "best_epoch": epoch})
+        atomic_write_json(run.dir / "depth_curve.json", curve)
+        if best_metric is None or sign * (metric - best_metric) > t.auto_tolerance:
+            best_depth, best_metric, best_epoch = depth, metric, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            break
+    assert best_state is not None and best_depth is not None and best_metric is not None
+    model.load_state_dict(best_state)
+    return best_depth, best_metric, best_epoch

@@ -1,0 +1,107 @@
+"""One stage-2 run: data, backbone, depth (fixed or ``auto``), training, selection, test once, run directory."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transfer.api import TASKS, Task, TaskModel
+from transfer.config import Config, to_dict
+from transfer.engine import resolve_device
+from transfer.finetune import recalibrate_batchnorm, trainable_stages
+from transfer.runs.depth import auto_depth, fit_depth
+from transfer.runs.model_io import model_checkpoint
+from transfer.runs.seeding import seed_everything
+from transfer.runs.splits import Splits, prepare_data
+from transfer.tracking import Run, atomic_torch_save
+from transfer.weights import LoadReport, backbone_from_config
+
+
+def default_run_name(cfg: Config) -> str:
+    init = cfg.init if cfg.init in ("imagenet", "scratch") else Path(cfg.init).parent.name or "ckpt"
+    return (f"{cfg.task.name}-{cfg.backbone.name.replace(':', '_')}-{init}-{cfg.train.depth}"
+            f"-frac{cfg.data.label_fraction:g}-seed{cfg.seed}")
+
+
+def run_finetune(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
+    """Train, select on validation, test once; returns the summary written to ``summary.json``."""
+    seed_everything(cfg.seed)
+    t0 = time.time()
+    task = TASKS.get(cfg.task.name)(cfg)
+    splits = prepare_data(task, cfg)
+    run = Run.from_config(cfg.tracking, name or cfg.tracking.name or default_run_name(cfg), to_dict(cfg),
+                          job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
+    try:
+        model, report = _build_model(cfg, task, splits, run)
+        summary = _train_and_select(cfg, task, model, splits, run)
+        summary.update(_score(cfg, task, model, splits, run))
+        summary.update({"weights": report.source, "missing_keys": report.missing, "unused_keys": report.unexpected,
+                        "seconds": round(time.time() - t0, 1)})
+        return _finish(cfg, task, model, run, summary)
+    finally:
+        run.finish()
+
+
+def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:
+    """Backbone with its weights, the task's new head; BatchNorm statistics for frozen random stages."""
+    backbone, report = backbone_from_config(cfg.backbone, cfg.init)
+    print(report.summary())
+    if cfg.init not in ("imagenet", "scratch"):
+        run.use_checkpoint(Path(cfg.init), report.provenance)
+    seed_everything(cfg.seed)  # the head's init does not depend on how many weights were loaded
+    device = resolve_device(cfg.runtime.device)
+    model = task.build_model(backbone, splits.train).to(device)
+    if cfg.init == "scratch" and cfg.train.depth != "all":
+        # frozen random stages need BatchNorm statistics from data (see recalibrate_batchnorm)
+        recalibrate_batchnorm(backbone, splits.train.images, device, max(cfg.train.batch_size, 64))
+    return model, report
+
+
+def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) -> dict[str, Any]:
+    """Train at the configured depth (or search it); the selected model is left loaded."""
+    t = cfg.train
+    depth_curve: list[dict[str, Any]] = []
+    if t.depth == "auto":
+        chosen, best_metric, best_epoch = auto_depth(task, model, cfg, splits, run, depth_curve)
+    else:
+        trainable_stages(t.depth, model.backbone.stage_names)  # validates the name before training
+        best_metric, best_epoch, _ = fit_depth(task, model, cfg, splits, t.depth, run, t.epochs, run.dir / "last.pt")
+        chosen = t.depth
+    return {
+        "run": run.name, "task": cfg.task.name, "backbone": cfg.backbone.name, "init": cfg.init,
+        "depth": t.depth, "selected_depth": chosen,
+        "trainable_stages": trainable_stages(chosen, model.backbone.stage_names),
+        "label_fraction": cfg.data.label_fraction, "seed": cfg.seed, "image_size": list(cfg.data.image_size),
+        "channels": cfg.backbone.in_chans, "channel_policy": cfg.backbone.channels,
+        "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
+        "depth_curve": depth_curve,
+    }
+
+
+def _score(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) -> dict[str, Any]:
+    """Final scores of the selected model: validation, then the test split once; predictions and plots."""
+    device = resolve_device(cfg.runtime.device)
+    media = cfg.tracking.log_media
+    val = task.evaluate(model, splits.val, device, with_ci=True)
+    val.predictions.to_csv(run.dir / "predictions_val.csv", index=False)
+    plots = task.plots(val, splits.val, run.dir, "val") if media else []
+    out: dict[str, Any] = {"val": val.metrics}
+    if splits.test is not None and cfg.train.eval_test:
+        test = task.evaluate(model, splits.test, device, with_ci=True)
+        test.predictions.to_csv(run.dir / "predictions_test.csv", index=False)
+        out["test"] = test.metrics
+        plots += task.plots(test, splits.test, run.dir, "test") if media else []
+        run.log_table("test_predictions", test.predictions)
+    run.log_images(plots)
+    return out
+
+
+def _finish(cfg: Config, task: Task, model: TaskModel, run: Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write the model and the summary; drop the resume state a complete run no longer needs."""
+    ckpt = run.dir / "model.pt"
+    atomic_torch_save(model_checkpoint(model, cfg, task, summary["selected_depth"]), ckpt)
+    for resume_state in run.dir.glob("last*.pt"):
+        resume_state.unlink()
+    run.log_summary(summary)
+    run.log_artifact(ckpt, f"model-{run.name}", "model", {"task": cfg.task.name, "depth": summary["selected_depth"]})
+    return summary

@@ -1,0 +1,39 @@
+"""A trained stage-2 model on disk: ``model.pt`` (config, task info, depth, state dict) and its reloading."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transfer.api import TASKS, Task, TaskModel
+from transfer.config import Config, from_dict, to_dict
+from transfer.errors import CheckpointError
+from transfer.weights import backbone_from_config
+
+MODEL_FORMAT = "medtransfer-model/1"
+
+
+def model_checkpoint(model: TaskModel, cfg: Config, task: Task, depth: str) -> dict[str, Any]:
+    return {"format": MODEL_FORMAT, "config": to_dict(cfg), "task_info": task.info, "depth": depth,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_model(path: str | Path, device: torch.device | None = None) -> tuple[Config, Task, TaskModel]:
+    """Rebuild a trained model from a run directory or its ``model.pt``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no trained model here (expected a run directory with model.pt)")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path}: not a medtransfer model checkpoint")
+    cfg = from_dict(Config, ck["config"], source=str(path))
+    task = TASKS.get(cfg.task.name)(cfg)
+    task.info = dict(ck["task_info"])
+    backbone, _ = backbone_from_config(cfg.backbone, "scratch")  # the weights come from the state dict
+    model = task.build_model(backbone)
+    model.load_state_dict(ck["state_dict"])
+    model.to(device or torch.device("cpu")).eval()
+    return cfg, task, model

@@ -1,0 +1,48 @@
+"""Predictions of a trained model for new, unlabelled images (files or folders)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from transfer.data.datasets import ImageDataset, Skipped, load_images
+from transfer.data.readers import list_images, supported_suffixes
+from transfer.engine import resolve_device
+from transfer.errors import MedTransferError
+from transfer.runs.model_io import load_model
+
+
+def image_paths(items: list[str]) -> list[Path]:
+    """Files as given, folders expanded to the images under them."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += list_images(p)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise MedTransferError(f"{p}: no such file or folder")
+    if not paths:
+        raise MedTransferError(f"no image ({', '.join(supported_suffixes())}) found in {items}")
+    return paths
+
+
+def predict_images(run: str | Path, items: list[str], out: Path, *, device: str = "auto",
+                   on_bad: str = "error") -> tuple[pd.DataFrame, list[Skipped]]:
+    """Write one row per readable image to ``out`` (CSV); return it and the skipped files."""
+    dev = resolve_device(device)
+    cfg, task, model = load_model(run, dev)
+    paths = image_paths(items)
+    loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1,
+                         on_bad=on_bad, progress=False)
+    for s in loaded.skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    ds = ImageDataset(loaded.images, {"orig_size": torch.from_numpy(loaded.original_sizes.astype("float32"))},
+                      [str(paths[i]) for i in loaded.kept])
+    df = task.predict(model, ds, dev)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    return df, loaded.skipped

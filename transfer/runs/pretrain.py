@@ -1,0 +1,160 @@
+"""One stage-1 run: an unlabelled pool, a method from the registry, the engine, a backbone checkpoint with provenance."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from transfer.api import PRETRAIN_METHODS, PretrainMethod
+from transfer.config import Config, PretrainConfig, to_dict
+from transfer.data.datasets import ImageDataset
+from transfer.engine import Engine, make_loader
+from transfer.errors import DatasetError
+from transfer.runs.pool import Pool, load_pool
+from transfer.runs.probe import probe_data, representation_probe
+from transfer.runs.seeding import seed_everything
+from transfer.tracking import Run, atomic_write_json
+from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
+
+
+def default_pretrain_name(cfg: Config) -> str:
+    init = cfg.init if cfg.init in ("imagenet", "scratch") else Path(cfg.init).parent.name
+    return f"pretrain-{cfg.pretrain.method}-{cfg.backbone.name.replace(':', '_')}-{init}-seed{cfg.seed}"
+
+
+def run_pretrain(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
+    """Train one stage-1 method; write ``backbone.pt`` (loadable with ``init: <path>``) and a summary."""
+    p = cfg.pretrain
+    method_cls = PRETRAIN_METHODS.get(p.method)
+    seed_everything(cfg.seed)
+    t0 = time.time()
+    pool = load_pool(cfg)
+    if len(pool.images) < p.batch_size:
+        raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
+    name = name or cfg.tracking.name or default_pretrain_name(cfg)
+    run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
+                          tags=["pretrain", p.method, cfg.backbone.name])
+    try:
+        backbone, report = backbone_from_config(cfg.backbone, cfg.init)
+        print(report.summary())
+        if cfg.init not in ("imagenet", "scratch"):
+            run.use_checkpoint(Path(cfg.init), report.provenance)
+        options = p.section(method_cls.config_section) if method_cls.config_section else None
+        method = method_cls.from_config(backbone, options, tuple(cfg.data.image_size))
+        history = _train(cfg, method, pool, run)
+        ckpt, provenance = _save(cfg, method, pool, report, run)
+        summary = {
+            "run": name, "method": p.method, "backbone": cfg.backbone.name, "init": cfg.init,
+            "pool": pool.source, "pool_size": len(pool.images), "skipped": pool.skipped,
+            "data_fingerprint": pool.fingerprint, "epochs": len(history), "final": history[-1],
+            "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
+        }
+        (run.dir / "last.pt").unlink(missing_ok=True)  # resume state is no longer needed once the run is complete
+        run.log_summary(summary)
+        run.log_artifact(ckpt, f"backbone-{name}", "backbone", {k: v for k, v in provenance.items() if k != "config"})
+        return summary
+    finally:
+        run.finish()
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up over ``warmup`` epochs, then cosine decay to 0 by ``epochs`` (stepped per epoch)."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs - warmup))
+    if warmup == 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
+
+
+def build_pretrain_optimizer(model: torch.nn.Module, p: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the method's trainable parameters; no weight decay on 1-D tensors (biases, norms)."""
+    decay = [q for q in model.parameters() if q.requires_grad and q.ndim > 1]
+    no_decay = [q for q in model.parameters() if q.requires_grad and q.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=p.lr, momentum=p.sgd_momentum)
+    return torch.optim.AdamW(groups, lr=p.lr)
+
+
+def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run) -> list[dict[str, Any]]:
+    """The engine over the pool, with the optional representation check and media every few epochs."""
+    p = cfg.pretrain
+    opt = build_pretrain_optimizer(method, p)
+    engine = Engine.from_config(method, opt, cfg.runtime, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs),
+                                grad_clip=cfg.train.grad_clip, progress=cfg.tracking.progress)
+    loader = make_loader(ImageDataset(pool.images, ids=pool.ids), p.batch_size, shuffle=True,
+                         num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device)
+    sample = {"image": pool.images[: min(8, len(pool.images))].to(engine.device)}
+    res = engine.fit(loader, p.epochs, evaluate=_probe(cfg, method, engine.device),
+                     on_epoch=_media_logger(cfg, method, sample, run), resume_path=run.dir / "last.pt",
+                     max_steps=cfg.train.max_steps)
+    return res.history
+
+
+def _probe(cfg: Config, method: PretrainMethod, device: torch.device) -> Callable[[int], dict[str, float]] | None:
+    p = cfg.pretrain
+    if not (p.monitor_every and p.monitor_data):
+        return None
+    images, labels = probe_data(cfg)
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        if (epoch + 1) % p.monitor_every and epoch + 1 != p.epochs:
+            return {}
+        return representation_probe(method.encoder, images, labels, device)
+
+    return evaluate
+
+
+def _media_logger(cfg: Config, method: PretrainMethod, sample: dict[str, torch.Tensor], run: Run
+                  ) -> Callable[[dict[str, Any]], None]:
+    def on_epoch(row: dict[str, Any]) -> None:
+        run.log_epoch(row)
+        if cfg.tracking.log_media and (row["epoch"] + 1 == cfg.pretrain.epochs or row["epoch"] % 10 == 0):
+            run.log_media({f"pretrain/{k}": v for k, v in _media(method, sample).items()})
+
+    return on_epoch
+
+
+def _media(method: PretrainMethod, sample: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            return method.media(sample)
+    finally:
+        method.train(was_training)
+
+
+def _save(cfg: Config, method: PretrainMethod, pool: Pool, report: LoadReport, run: Run
+          ) -> tuple[Path, dict[str, Any]]:
+    """``backbone.pt`` with its provenance, and the method's media as PNGs beside it."""
+    ckpt = run.dir / "backbone.pt"
+    provenance = {
+        "method": cfg.pretrain.method, "source_weights": cfg.init, "weights_report": report.source,
+        "data_fingerprint": pool.fingerprint, "pool": pool.source, "pool_size": len(pool.images),
+        "input_size": list(cfg.data.image_size), "config": to_dict(cfg), "artifact_name": f"backbone-{run.name}",
+    }
+    save_backbone_checkpoint(method.encoder, ckpt, provenance)
+    sample = {"image": pool.images[: min(8, len(pool.images))].to(next(method.parameters()).device)}
+    for k, v in _media(method, sample).items():
+        Image.fromarray(v).save(run.dir / f"{k}.png")
+    return ckpt, provenance
+
+
+def resolve_pretrain_init(cfg: Config, method: str, root: Path) -> Path:
+    """For studies: the checkpoint of ``method`` pretrained with this config (run once, then reused)."""
+    out = root / "pretrain"
+    ckpt = out / method / "backbone.pt"
+    if not ckpt.is_file():
+        c = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, method=method),
+                                tracking=dataclasses.replace(cfg.tracking, out_dir=str(out), name=method,
+                                                             wandb_group=cfg.tracking.wandb_group or cfg.study.name))
+        print(f"pretraining {method} for the study ...")
+        s = run_pretrain(c, name=method)
+        atomic_write_json(out / method / "pretrain_summary.json", s)
+    return ckpt
