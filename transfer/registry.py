@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Callable, Generic, TypeVar
 
-from transfer.errors import UnknownNameError
+from transfer.errors import MedTransferError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class Registry(Generic[T]):
 
     def _add(self, name: str, obj: T, source: str) -> None:
         if name in self._items and self._items[name] is not obj:
-            raise UnknownNameError(f"{self.kind} {name!r} registered twice ({source} and {self._items[name]!r})")
+            raise MedTransferError(f"{self.kind} {name!r} registered twice ({source} and {self._items[name]!r})")
         self._items[name] = obj
 
     def load_entry_points(self) -> None:

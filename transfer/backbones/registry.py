@@ -1,8 +1,6 @@
 """Backbone registry: ``@register("name")`` builders and where their ImageNet weights come from."""
 from __future__ import annotations
 
-from transfer.errors import UnknownNameError
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -10,6 +8,8 @@ from typing import Callable, Protocol
 import torch
 
 from transfer.backbones.staged import StagedBackbone
+from transfer.errors import UnknownNameError
+from transfer.registry import Registry
 
 
 class WeightsSource(Protocol):
@@ -34,7 +34,9 @@ class BackboneEntry:
     description: str = ""
 
 
-_REGISTRY: dict[str, BackboneEntry] = {}
+#: name -> entry; the adapters register theirs, other packages through the entry-point group
+#: ``medtransfer.backbones`` (an entry point names a ``BackboneEntry``)
+BACKBONES: Registry[BackboneEntry] = Registry("backbone", "medtransfer.backbones")
 _TIMM_PREFIX = "timm:"
 
 
@@ -42,9 +44,7 @@ def register(
     name: str, imagenet: Callable[[], WeightsSource] | None = None, description: str = ""
 ) -> Callable[[Callable[[], StagedBackbone]], Callable[[], StagedBackbone]]:
     def deco(fn: Callable[[], StagedBackbone]) -> Callable[[], StagedBackbone]:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _REGISTRY[name] = BackboneEntry(name, fn, imagenet, description)
+        BACKBONES.register(name)(BackboneEntry(name, fn, imagenet, description))
         return fn
 
     return deco
@@ -57,16 +57,17 @@ def _ensure_loaded() -> None:
 
 def backbone_names() -> list[str]:
     _ensure_loaded()
-    return sorted(_REGISTRY)
+    return BACKBONES.names()
 
 
 def get_entry(name: str) -> BackboneEntry:
     """The registry entry for ``name``; ``timm:<model>`` builds any timm model generically."""
     _ensure_loaded()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
     if name.startswith(_TIMM_PREFIX):
         from transfer.backbones.timm_adapters import generic_timm_entry
 
         return generic_timm_entry(name[len(_TIMM_PREFIX) :])
-    raise UnknownNameError(f"unknown backbone {name!r}; registered: {', '.join(sorted(_REGISTRY))}, or timm:<any timm model>")
+    if name not in BACKBONES:
+        raise UnknownNameError(f"unknown backbone {name!r}; registered: {', '.join(BACKBONES.names())}, "
+                               f"or timm:<any timm model>")
+    return BACKBONES.get(name)

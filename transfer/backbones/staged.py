@@ -173,7 +173,6 @@ class StagedBackbone(nn.Module):
 
     def _check_partition(self) -> None:
         """Every parameter in exactly one stage (raises otherwise)."""
-        seen: dict[str, str] = {}
         for pname, _ in self.named_parameters():
             owners = [
                 s.name
@@ -183,7 +182,6 @@ class StagedBackbone(nn.Module):
             ]
             if len(owners) != 1:
                 raise RuntimeError(f"{self.name}: parameter {pname} is in stages {owners}, expected exactly one")
-            seen[pname] = owners[0]
 
     @torch.no_grad()
     def _probe(self, size: int = 64) -> "OrderedDict[str, torch.Tensor]":
