@@ -34,9 +34,8 @@ class BackboneEntry:
     description: str = ""
 
 
-#: name -> entry; the adapters register theirs, other packages through the entry-point group
-#: ``medtransfer.backbones`` (an entry point names a ``BackboneEntry``)
-BACKBONES: Registry[BackboneEntry] = Registry("backbone", "medtransfer.backbones")
+#: name -> entry; the adapter modules register theirs with ``@register``
+BACKBONES: Registry[BackboneEntry] = Registry("backbone")
 _TIMM_PREFIX = "timm:"
 
 
