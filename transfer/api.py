@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -78,6 +78,7 @@ class Task(ABC):
     mode: ClassVar[str]  #: "max" or "min"
     stratify_key: ClassVar[str | None] = None
     report_metrics: ClassVar[tuple[str, ...]] = ()  #: test metrics tabulated in study reports
+    report_digits: ClassVar[int] = 3  #: decimals of the metrics in study reports
 
     def __init__(self, cfg: Config) -> None:
         if cfg.data.format not in self.formats:
@@ -131,6 +132,14 @@ class Task(ABC):
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         """Scalar metrics for tables and dashboards."""
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer))}
+
+    def report_sections(self, runs: dict[str, dict[str, Any]], table: Callable[[pd.DataFrame], str]) -> list[str]:
+        """Task-specific sections of a study report, as markdown lines (default: none).
+
+        ``runs`` maps each run's name to its ``summary.json``, in grid order; ``table`` renders a DataFrame as
+        a markdown table in the report's style.
+        """
+        return []
 
 
 @torch.no_grad()

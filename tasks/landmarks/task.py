@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ import torch
 from tasks.landmarks.config import LandmarkConfig
 from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
-from transfer.data.datasets import ImageDataset, load_images
+from transfer.data.datasets import ImageDataset, LoadedImages, load_images
 from transfer.errors import DatasetError
 from transfer.api import EvalResult, Task, TaskModel, batched_forward
 
@@ -36,6 +36,70 @@ def to_pixels(norm: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
     """Inverse of :func:`to_normalised`."""
     wh = sizes_hw[:, None, ::-1].astype(np.float64)
     return norm * wh - 0.5
+
+
+def read_landmark_csv(csv: Path) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
+    """The CSV, its image column, and the (x, y) column names of landmarks 1..L; checks the header."""
+    if not csv.is_file():
+        raise DatasetError(f"{csv}: landmark CSV not found")
+    df = pd.read_csv(csv)
+    image_col = next((c for c in _IMAGE_COLUMNS if c in df.columns), None)
+    if image_col is None:
+        raise DatasetError(f"{csv}: no image column (one of {list(_IMAGE_COLUMNS)}); columns: {list(df.columns)[:6]}...")
+    idx: dict[int, dict[str, str]] = {}
+    for c in df.columns:
+        m = _COL.match(str(c))
+        if m:
+            idx.setdefault(int(m.group(1)), {})[m.group(2)] = c
+    if not idx:
+        raise DatasetError(f"{csv}: no landmark columns named <k>_x, <k>_y")
+    ks = sorted(idx)
+    if ks != list(range(1, len(ks) + 1)):
+        raise DatasetError(f"{csv}: landmark numbers {ks} are not 1..{len(ks)}")
+    for k in ks:
+        for axis in "xy":
+            if axis not in idx[k]:
+                raise DatasetError(f"{csv}: missing column {k}_{axis}")
+    return df, image_col, [(idx[k]["x"], idx[k]["y"]) for k in ks]
+
+
+def landmark_coordinates(df: pd.DataFrame, image_col: str, columns: list[tuple[str, str]], csv: Path) -> np.ndarray:
+    """(N, L, 2) original pixel (x, y) of every row; a missing or non-numeric value names its line and column."""
+    coords = np.zeros((len(df), len(columns), 2))
+    for k, pair in enumerate(columns):
+        for axis, c in enumerate(pair):
+            vals = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+            bad = np.flatnonzero(~np.isfinite(vals))
+            if len(bad):
+                r = int(bad[0])
+                raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): column {c} has "
+                                   f"non-numeric or missing value {df[c].iloc[r]!r}")
+            coords[:, k, axis] = vals
+    return coords
+
+
+def image_paths(images: pd.Series, csv: Path, base: Path) -> list[Path]:
+    """The image of every row, relative to ``base`` unless absolute; each must exist."""
+    paths = []
+    for r, p in enumerate(images.astype(str)):
+        full = Path(p) if Path(p).is_absolute() else base / p
+        if not full.is_file():
+            raise DatasetError(f"{csv}, line {r + 2}: image {full} does not exist")
+        paths.append(full)
+    return paths
+
+
+def check_inside_images(coords: np.ndarray, sizes_hw: np.ndarray, kept: np.ndarray, paths: list[Path],
+                        csv: Path) -> None:
+    """Every landmark (N, L, 2) of the kept rows lies inside its original (H, W) image."""
+    for i, r in enumerate(kept):
+        h, w = sizes_hw[i]
+        x, y = coords[i, :, 0], coords[i, :, 1]
+        out = np.flatnonzero((x < 0) | (x >= w) | (y < 0) | (y >= h))
+        if len(out):
+            k = int(out[0])
+            raise DatasetError(f"{csv}, line {int(r) + 2} ({paths[r].name}): landmark {k + 1} at "
+                               f"({coords[i, k, 0]:g}, {coords[i, k, 1]:g}) lies outside the {w}x{h} image")
 
 
 class LandmarkModel(TaskModel):
@@ -112,80 +176,55 @@ class LandmarkTask(Task):
     mode = "min"
     stratify_key = None
     report_metrics = ("mre_mm", "sd_mm", "sdr_2.0mm", "sdr_2.5mm", "sdr_3.0mm", "sdr_4.0mm")
+    report_digits = 2  # millimetres and percentages
 
     def load_split(self, spec: str, which: str) -> ImageDataset:
-        cfg = self.cfg
+        """A landmark CSV (an image column, ``<k>_x, <k>_y`` for k = 1..L in original pixels, optional
+        ``spacing`` in mm) and its images, decoded at the working size."""
         csv = self.resolve(spec)
-        if not csv.is_file():
-            raise DatasetError(f"{csv}: landmark CSV not found")
-        df = pd.read_csv(csv)
-        image_col = next((c for c in _IMAGE_COLUMNS if c in df.columns), None)
-        if image_col is None:
-            raise DatasetError(f"{csv}: no image column (one of {list(_IMAGE_COLUMNS)}); columns: {list(df.columns)[:6]}...")
-        idx: dict[int, dict[str, str]] = {}
-        for c in df.columns:
-            m = _COL.match(str(c))
-            if m:
-                idx.setdefault(int(m.group(1)), {})[m.group(2)] = c
-        if not idx:
-            raise DatasetError(f"{csv}: no landmark columns named <k>_x, <k>_y")
-        ks = sorted(idx)
-        if ks != list(range(1, len(ks) + 1)):
-            raise DatasetError(f"{csv}: landmark numbers {ks} are not 1..{len(ks)}")
-        for k in ks:
-            for axis in "xy":
-                if axis not in idx[k]:
-                    raise DatasetError(f"{csv}: missing column {k}_{axis}")
-        n_l = len(ks)
-        if "num_landmarks" in self.info and self.info["num_landmarks"] != n_l:
-            raise DatasetError(f"{csv}: {n_l} landmarks, the training split has {self.info['num_landmarks']}")
-        self.info["num_landmarks"] = n_l
+        df, image_col, columns = read_landmark_csv(csv)
+        self._set_landmarks(len(columns), csv)
+        coords = landmark_coordinates(df, image_col, columns, csv)
+        paths = image_paths(df[image_col], csv, self.cfg.data.image_base(csv))
+        loaded = self._load_images(paths, which)
+        coords = coords[loaded.kept]
+        check_inside_images(coords, loaded.original_sizes, loaded.kept, paths, csv)
+        spacing = self._spacing(df, loaded)
+        targets = {
+            "landmarks": torch.from_numpy(to_normalised(coords, loaded.original_sizes)).float(),
+            "orig_size": torch.from_numpy(loaded.original_sizes.astype(np.float32)),
+            "spacing": torch.from_numpy(spacing.astype(np.float32)),
+        }
+        return ImageDataset(loaded.images, targets, [paths[r].name for r in loaded.kept])
+
+    def _set_landmarks(self, n_landmarks: int, csv: Path) -> None:
+        """Record the number of landmarks and their names; every split must have as many as the first."""
+        if "num_landmarks" in self.info and self.info["num_landmarks"] != n_landmarks:
+            raise DatasetError(f"{csv}: {n_landmarks} landmarks, the training split has {self.info['num_landmarks']}")
+        self.info["num_landmarks"] = n_landmarks
         names = self.options.names
-        if names and len(names) != n_l:
-            raise DatasetError(f"task.landmarks.names lists {len(names)} names for {n_l} landmarks in {csv}")
-        self.info["landmark_names"] = list(names) or [str(k) for k in ks]
-        cols = [idx[k][a] for k in ks for a in "xy"]
-        coords = np.zeros((len(df), n_l, 2))
-        for j, c in enumerate(cols):
-            vals = pd.to_numeric(df[c], errors="coerce")
-            bad = np.flatnonzero(~np.isfinite(vals.to_numpy(dtype=float)))
-            if len(bad):
-                r = int(bad[0])
-                raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): column {c} has "
-                                   f"non-numeric or missing value {df[c].iloc[r]!r}")
-            coords[:, j // 2, j % 2] = vals.to_numpy(dtype=float)
-        base = cfg.data.image_base(csv)
-        paths = []
-        for r, p in enumerate(df[image_col].astype(str)):
-            full = Path(p) if Path(p).is_absolute() else base / p
-            if not full.is_file():
-                raise DatasetError(f"{csv}, line {r + 2}: image {full} does not exist")
-            paths.append(full)
+        if names and len(names) != n_landmarks:
+            raise DatasetError(f"task.landmarks.names lists {len(names)} names for {n_landmarks} landmarks in {csv}")
+        self.info["landmark_names"] = list(names) or [str(k) for k in range(1, n_landmarks + 1)]
+
+    def _load_images(self, paths: list[Path], which: str) -> LoadedImages:
+        """Decode (or read from the cache) at the working size; skipped files are recorded in ``self.skipped``."""
+        cfg = self.cfg
         loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1,
                              on_bad=cfg.data.on_bad, progress=cfg.tracking.progress, desc=f"decoding {which}")
         self.skipped += loaded.skipped
-        kept = loaded.kept
-        coords, sizes = coords[kept], loaded.original_sizes
-        for i, r in enumerate(kept):
-            h, w = sizes[i]
-            out = np.flatnonzero((coords[i, :, 0] < 0) | (coords[i, :, 0] >= w) | (coords[i, :, 1] < 0) | (coords[i, :, 1] >= h))
-            if len(out):
-                k = int(out[0])
-                raise DatasetError(f"{csv}, line {int(r) + 2} ({paths[r].name}): landmark {k + 1} at "
-                                   f"({coords[i, k, 0]:g}, {coords[i, k, 1]:g}) lies outside the {w}x{h} image")
-        spacing = np.full((len(kept), 2), self.options.pixel_spacing, dtype=np.float64)
+        return loaded
+
+    def _spacing(self, df: pd.DataFrame, loaded: LoadedImages) -> np.ndarray:
+        """(N, 2) mm per pixel as (x, y) of the kept images: the CSV's column, else the file's, else the option."""
+        spacing = np.full((len(loaded.kept), 2), self.options.pixel_spacing, dtype=np.float64)
         if "spacing" in df.columns:
-            spacing[:] = pd.to_numeric(df["spacing"], errors="coerce").to_numpy()[kept, None]
+            spacing[:] = pd.to_numeric(df["spacing"], errors="coerce").to_numpy()[loaded.kept, None]
         else:
             for i, s in enumerate(loaded.spacings):
                 if s is not None:
                     spacing[i] = (s[1], s[0])  # file spacing is (row, col) = (y, x)
-        targets = {
-            "landmarks": torch.from_numpy(to_normalised(coords, sizes)).float(),
-            "orig_size": torch.from_numpy(sizes.astype(np.float32)),
-            "spacing": torch.from_numpy(spacing.astype(np.float32)),
-        }
-        return ImageDataset(loaded.images, targets, [paths[r].name for r in kept])
+        return spacing
 
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> LandmarkModel:
         c = self.options
@@ -259,4 +298,25 @@ class LandmarkTask(Task):
         for r, v in (metrics.get("sdr") or {}).items():
             out[f"sdr_{r}mm"] = float(v)
         return out
+
+    def report_sections(self, runs: dict[str, dict[str, Any]], table: Callable[[pd.DataFrame], str]) -> list[str]:
+        """Per-landmark mean and SD (mm) on the test split, one column per run (the dental seed's Table I).
+
+        None when any run's summary lacks per-landmark test metrics.
+        """
+        from tasks.landmarks.metrics import per_landmark_table
+
+        cols: dict[str, list[str]] = {}
+        names: list[str] = []
+        for run, summary in runs.items():
+            test = summary.get("test") or {}
+            if not test.get("per_landmark"):
+                return []
+            per = per_landmark_table(test)
+            names = list(per["landmark"])
+            cols[run] = [f"{m:.2f} ± {sd:.2f}" for m, sd in zip(per["mean"], per["sd"])]
+        if not cols:
+            return []
+        return ["## Per-landmark radial error on the test split (mm, mean ± SD)", "",
+                table(pd.DataFrame({"landmark": names, **cols})), ""]
 

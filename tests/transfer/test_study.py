@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from transfer.cli import main
+from transfer.studies.report import cpu_count
 from transfer.stats import paired_bootstrap_auc, paired_errors
 
 
@@ -15,7 +16,7 @@ def test_study_grid_report_and_resume(tmp_path, tiny_npz, capsys):
             "--set", f"data.root={tiny_npz.parent}", "--set", "data.train=tiny.npz#train",
             "--set", "data.val=tiny.npz#val", "--set", "data.test=tiny.npz#test", "--set", "data.image_size=[32, 32]",
             "--set", "train.epochs=1", "--set", "train.max_steps=2", "--set", "train.batch_size=4",
-            "--set", "tracking.wandb_mode=disabled", "--set", "tracking.progress=false",
+            "--set", "tracking.wandb_mode=disabled", "--set", "tracking.progress=false", "--set", "runtime.device=cpu",
             "--set", "task.classification.bootstrap=10", "--set", f"study.out_dir={tmp_path / 's'}",
             "--set", "study.name=t", "--set", "study.inits=[imagenet, scratch]", "--set", "study.depths=[head, all]",
             "--set", "study.label_fractions=[0.5, 1.0]", "--set", f"study.report={report}",
@@ -35,6 +36,9 @@ def test_study_grid_report_and_resume(tmp_path, tiny_npz, capsys):
     text = report.read_text()
     assert "medtransfer study x.yaml" in text and "paper" in text and "r_depth.png" in text
     assert (report.parent / "r_fraction.png").exists()
+    # the device the runs trained on (here from their config.yaml), not the machine writing the report
+    assert f"min of training in all on CPU ({cpu_count()} cores, " in text
+    assert "Per-landmark" not in text  # classification adds no task section
     # a second call reuses the finished runs instead of training again
     capsys.readouterr()
     assert main(args) == 0
