@@ -8,7 +8,6 @@ batches with a DistributedSampler.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -181,21 +180,23 @@ class Engine:
     def train_epoch(self, loader: Iterable[Batch], epoch: int, *, max_steps: int | None = None,
                     progress_total: int | None = None, total_steps: int | None = None,
                     global_step: int = 0) -> EpochStats:
+        """One pass over ``loader`` (at most ``max_steps`` batches); the mean loss is per image.
+
+        ``total_steps``/``global_step`` give the model's ``after_optimizer_step`` its progress in [0, 1].
+        The LR scheduler is not stepped here: :meth:`fit` steps it once per epoch, so benchmarks and
+        stage-1 loops that call this directly see a constant learning rate.
+        """
         self.train_mode()
         if isinstance(loader, DataLoader) and isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         # running sums stay on the device; they are read (a host sync) only every SYNC_EVERY steps
         total = torch.zeros((), device=self.device)
+        logs: dict[str, torch.Tensor] = {}
         steps = images = 0
         data_s = 0.0
-        logs: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
         it = iter(loader)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=progress_total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        bar = self._progress_bar(progress_total, epoch)
         while max_steps is None or steps < max_steps:
             td = time.perf_counter()
             try:
@@ -206,26 +207,12 @@ class Engine:
             data_s += time.perf_counter() - td
             with self.autocast():
                 out = self.step_module(batch)
-            loss = out["loss"]
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
+            self._backward_and_step(out["loss"])
             steps += 1
-            done = global_step + steps
-            self.model.after_optimizer_step(min(1.0, done / total_steps) if total_steps else 0.0)
+            self.model.after_optimizer_step(min(1.0, (global_step + steps) / total_steps) if total_steps else 0.0)
             n = _batch_size(batch)
             images += n
-            total = total + loss.detach().float() * n
+            total = total + out["loss"].detach().float() * n
             for k, v in out.items():
                 if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1:
                     logs[k] = logs.get(k, 0.0) + v.detach().float().reshape(()) * n
@@ -240,12 +227,32 @@ class Engine:
         seconds = time.perf_counter() - t0
         if steps == 0:
             raise RuntimeError("the training loader produced no batch (empty training set?)")
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.scheduler is not None:
-            self.scheduler.step()
         mean = self._check_finite(total, images, epoch, steps)
         return EpochStats(epoch, mean, steps, images, seconds, data_s,
-                          {k: float(v) / images for k, v in logs.items()}, lr)
+                          {k: float(v) / images for k, v in logs.items()}, self.optimizer.param_groups[0]["lr"])
+
+    def _progress_bar(self, total: int | None, epoch: int) -> Any:
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward pass and optimiser step, through the fp16 gradient scaler when there is one."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        else:
+            loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
 
     @staticmethod
     def _check_finite(total: torch.Tensor, images: int, epoch: int, steps: int) -> float:
@@ -272,73 +279,133 @@ class Engine:
 
         ``state_of`` returns the state kept for the best epoch (default: the
         model's state dict). With ``resume_path``, state is saved there after
-        every epoch and an interrupted fit continues from it.
+        every epoch and an interrupted fit continues from it. When every
+        monitored value is NaN, no epoch is selected: ``best_metric`` and
+        ``best_state`` are None and the model holds the last epoch's weights.
         """
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be min or max, got {mode!r}")
+        selection = Selection(mode)
         state_of = state_of or self.model.state_dict
-        history: list[dict[str, Any]] = []
-        best: float | None = None
-        best_epoch, best_state, bad_epochs, start = -1, None, 0, 0
-        if resume_path is not None and Path(resume_path).is_file():
-            ck = torch.load(resume_path, map_location=self.device, weights_only=False)
-            self.model.load_state_dict(ck["model"])
-            self.optimizer.load_state_dict(ck["optimizer"])
-            if self.scheduler is not None and ck.get("scheduler"):
-                self.scheduler.load_state_dict(ck["scheduler"])
-            history, best, best_epoch = ck["history"], ck["best"], ck["best_epoch"]
-            best_state, bad_epochs, start = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
-        try:
-            n_batches = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            n_batches = None
-        per_epoch = min(n_batches, max_steps) if (n_batches and max_steps) else (n_batches or max_steps)
+        history, start = self._load_resume(resume_path, selection)
+        per_epoch = _steps_per_epoch(loader, max_steps)
         total_steps = per_epoch * epochs if per_epoch else None
         stopped = False
         for epoch in range(start, epochs):
             stats = self.train_epoch(loader, epoch, max_steps=max_steps, progress_total=per_epoch,
                                      total_steps=total_steps, global_step=(per_epoch or 0) * epoch)
-            row: dict[str, Any] = {
-                "epoch": epoch, "train_loss": stats.loss, "lr": stats.lr, "steps": stats.steps,
-                "images_per_s": stats.images_per_s, "data_wait_share": stats.data_wait_share,
-                **{f"train_{k}": v for k, v in stats.logs.items()},
-            }
+            if self.scheduler is not None:
+                self.scheduler.step()  # per epoch, after it: the row's lr is the one the epoch trained with
+            row = _epoch_row(stats)
             if evaluate is not None:
                 row.update({f"val_{k}": v for k, v in evaluate(epoch).items()})
-            improved = False
-            if monitor is not None:
-                key = f"val_{monitor}" if f"val_{monitor}" in row else monitor
-                if key not in row:
-                    raise KeyError(f"monitored metric {monitor!r} not among {sorted(row)}")
-                value = float(row[key])
-                improved = best is None or (value > best if mode == "max" else value < best)
-                if math.isnan(value):
-                    improved = False
-            else:
-                improved = True  # without a monitor the last epoch is kept
-                value = None
-            if improved:
-                best, best_epoch, bad_epochs = value, epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state_of().items()})
-            else:
-                bad_epochs += 1
-            row["best_epoch"] = best_epoch
+            selection.update(epoch, _monitored(row, monitor), state_of)
+            row["best_epoch"] = selection.best_epoch
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
             if resume_path is not None and is_main_process():
-                from transfer.tracking import atomic_torch_save
-
-                atomic_torch_save({
-                    "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                    "history": history, "best": best, "best_epoch": best_epoch, "best_state": best_state,
-                    "bad_epochs": bad_epochs, "epoch": epoch,
-                }, resume_path)
-            if patience is not None and bad_epochs >= patience:
+                self._save_resume(resume_path, history, selection, epoch)
+            if selection.exhausted(patience):
                 stopped = True
                 break
-        return FitResult(best, best_epoch, len(history), history, best_state, stopped)
+        return FitResult(selection.best, selection.best_epoch, len(history), history, selection.best_state, stopped)
+
+    def _load_resume(self, path: Path | None, selection: Selection) -> tuple[list[dict[str, Any]], int]:
+        """Restore model, optimiser, scheduler and ``selection`` from ``path``; returns (history, first epoch).
+
+        Without a file there is nothing to resume: ([], 0).
+        """
+        if path is None or not Path(path).is_file():
+            return [], 0
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scheduler is not None and ck.get("scheduler"):
+            self.scheduler.load_state_dict(ck["scheduler"])
+        selection.best, selection.best_epoch = ck["best"], ck["best_epoch"]
+        selection.best_state, selection.bad_epochs = ck["best_state"], ck["bad_epochs"]
+        return ck["history"], ck["epoch"] + 1
+
+    def _save_resume(self, path: Path, history: list[dict[str, Any]], selection: Selection, epoch: int) -> None:
+        """Everything :meth:`_load_resume` needs to continue after ``epoch``, written atomically."""
+        from transfer.tracking import atomic_torch_save
+
+        atomic_torch_save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "history": history, "best": selection.best, "best_epoch": selection.best_epoch,
+            "best_state": selection.best_state, "bad_epochs": selection.bad_epochs, "epoch": epoch,
+        }, path)
+
+
+@dataclass
+class Selection:
+    """Model selection and early stopping on one monitored value per epoch.
+
+    ``best`` is None until a finite value arrives (or always, without a monitor); ``best_state``
+    is a CPU copy of the state at ``best_epoch``.
+    """
+
+    mode: str = "max"
+    best: float | None = None
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode must be min or max, got {self.mode!r}")
+
+    def update(self, epoch: int, value: float | None, state_of: Callable[[], dict[str, torch.Tensor]]) -> bool:
+        """Record ``epoch``'s monitored ``value``; True (and a copy of ``state_of()`` kept) when it is the new best.
+
+        ``value=None`` means no monitor: every epoch improves, so the last one is kept. A NaN never
+        improves, so a run whose values are all NaN ends with ``best`` and ``best_state`` None.
+        """
+        if value is None:
+            improved = True
+        elif math.isnan(value):
+            improved = False
+        else:
+            improved = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            # one copy on the host: the kept state must not follow the weights as training goes on
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state_of().items()}
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def exhausted(self, patience: int | None) -> bool:
+        """True when ``patience`` epochs in a row did not improve (never without a patience)."""
+        return patience is not None and self.bad_epochs >= patience
+
+
+def _steps_per_epoch(loader: Iterable[Batch], max_steps: int | None) -> int | None:
+    """Batches per epoch: the loader's length capped by ``max_steps``; None when neither is known."""
+    try:
+        n_batches = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n_batches = None
+    return min(n_batches, max_steps) if (n_batches and max_steps) else (n_batches or max_steps)
+
+
+def _epoch_row(stats: EpochStats) -> dict[str, Any]:
+    """The per-epoch metrics row (``metrics.jsonl``) from an epoch's training statistics."""
+    return {
+        "epoch": stats.epoch, "train_loss": stats.loss, "lr": stats.lr, "steps": stats.steps,
+        "images_per_s": stats.images_per_s, "data_wait_share": stats.data_wait_share,
+        **{f"train_{k}": v for k, v in stats.logs.items()},
+    }
+
+
+def _monitored(row: dict[str, Any], monitor: str | None) -> float | None:
+    """The monitored value in ``row`` (``val_<monitor>`` first, then ``<monitor>``); None without a monitor."""
+    if monitor is None:
+        return None
+    key = f"val_{monitor}" if f"val_{monitor}" in row else monitor
+    if key not in row:
+        raise KeyError(f"monitored metric {monitor!r} not among {sorted(row)}")
+    return float(row[key])
 
 
 def _batch_size(batch: Batch) -> int:

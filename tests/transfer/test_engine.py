@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -7,7 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import Dataset
 
-from transfer.engine import Engine, make_loader
+from transfer.engine import Engine, Selection, make_loader
 
 
 class _Data(Dataset):
@@ -115,3 +117,98 @@ def test_non_finite_loss_stops_training():
     eng = Engine(m, torch.optim.SGD(m.parameters(), lr=0.05), progress=False)
     with pytest.raises(FloatingPointError, match="epoch 0"):
         eng.train_epoch(make_loader(_Data(), 8, shuffle=False), 0)
+
+
+def _engine(scheduler_gamma: float | None = None) -> tuple[_Model, Engine]:
+    torch.manual_seed(0)
+    m = _Model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=scheduler_gamma) if scheduler_gamma else None
+    return m, Engine(m, opt, scheduler=sched, progress=False)
+
+
+def test_all_nan_monitor_selects_nothing_and_trains_every_epoch():
+    m, eng = _engine()
+    res = eng.fit(make_loader(_Data(), 8, shuffle=True), 3, evaluate=lambda e: {"auc": float("nan")},
+                  monitor="auc", mode="max")
+    assert res.best_metric is None and res.best_state is None and res.best_epoch == -1
+    assert res.epochs_run == 3 and not res.stopped_early
+    assert [r["epoch"] for r in res.history] == [0, 1, 2]
+    assert all(math.isnan(r["val_auc"]) and r["best_epoch"] == -1 for r in res.history)
+
+
+def test_all_nan_monitor_with_patience_stops_without_selection():
+    _, eng = _engine()
+    res = eng.fit(make_loader(_Data(), 8, shuffle=True), 5, evaluate=lambda e: {"mse": float("nan")},
+                  monitor="mse", mode="min", patience=2)
+    assert res.stopped_early and res.epochs_run == 2
+    assert res.best_metric is None and res.best_state is None
+
+
+def test_nan_epochs_are_never_selected():
+    m, eng = _engine()
+    values = [float("nan"), 0.5, float("nan"), 0.7, 0.6]
+    weights = []
+
+    def evaluate(epoch):
+        weights.append(m.lin.weight.detach().clone())
+        return {"auc": values[epoch]}
+
+    res = eng.fit(make_loader(_Data(), 8, shuffle=True), 5, evaluate=evaluate, monitor="auc", mode="max")
+    assert res.best_metric == pytest.approx(0.7) and res.best_epoch == 3
+    assert [r["best_epoch"] for r in res.history] == [-1, 1, 1, 3, 3]
+    assert torch.equal(res.best_state["lin.weight"], weights[3])  # a copy, not the live (later) weights
+
+
+def test_without_monitor_the_last_epoch_is_kept():
+    m, eng = _engine()
+    res = eng.fit(make_loader(_Data(), 8, shuffle=True), 2)
+    assert res.best_metric is None and res.best_epoch == 1
+    assert torch.equal(res.best_state["lin.weight"], m.lin.weight.detach())
+
+
+def test_scheduler_steps_once_per_epoch_in_fit_only():
+    _, eng = _engine(scheduler_gamma=0.5)
+    loader = make_loader(_Data(), 8, shuffle=True)
+    eng.train_epoch(loader, 0)  # benchmarks and stage-1 loops call this directly: no schedule step
+    assert eng.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    res = eng.fit(loader, 3)
+    # each row's lr is the one its epoch trained with; the scheduler steps after the epoch (4 batches)
+    assert [r["lr"] for r in res.history] == pytest.approx([0.05, 0.025, 0.0125])
+    assert all(r["steps"] == 4 for r in res.history)
+    assert eng.optimizer.param_groups[0]["lr"] == pytest.approx(0.00625)
+
+
+def test_resume_restores_scheduler_and_selection(tmp_path):
+    path = tmp_path / "last.pt"
+    vals = iter([0.3, 0.9, 0.1, 0.2])
+    _, eng = _engine(scheduler_gamma=0.5)
+    eng.fit(make_loader(_Data(), 8, shuffle=True), 2, evaluate=lambda e: {"auc": next(vals)}, monitor="auc",
+            resume_path=path)
+    _, eng2 = _engine(scheduler_gamma=0.5)
+    res = eng2.fit(make_loader(_Data(), 8, shuffle=True), 4, evaluate=lambda e: {"auc": next(vals)}, monitor="auc",
+                   resume_path=path, patience=2)
+    assert [r["lr"] for r in res.history] == pytest.approx([0.05, 0.025, 0.0125, 0.00625])
+    assert res.best_epoch == 1 and res.best_metric == pytest.approx(0.9)
+    assert res.stopped_early and res.epochs_run == 4  # epochs 2 and 3 do not beat the restored best: patience 2
+
+
+def test_selection_modes_and_patience():
+    state = {"w": torch.zeros(1)}
+    s = Selection("min")
+    assert [s.update(e, v, lambda: state) for e, v in enumerate([3.0, 2.0, 2.0, float("nan"), 1.0])] == \
+        [True, True, False, False, True]
+    assert s.best == 1.0 and s.best_epoch == 4 and s.bad_epochs == 0
+    s.update(5, 4.0, lambda: state)
+    assert s.bad_epochs == 1 and s.exhausted(1) and not s.exhausted(2) and not s.exhausted(None)
+    with pytest.raises(ValueError, match="min or max"):
+        Selection("best")
+
+
+def test_fit_rejects_bad_mode_and_unknown_monitor():
+    _, eng = _engine()
+    loader = make_loader(_Data(), 8, shuffle=True)
+    with pytest.raises(ValueError, match="min or max"):
+        eng.fit(loader, 1, mode="lowest")
+    with pytest.raises(KeyError, match="'auc'"):
+        eng.fit(loader, 1, evaluate=lambda e: {"mse": 1.0}, monitor="auc")
