@@ -1,0 +1,1 @@
+"""Semantic segmentation (binary and multi-class) with the shared dense decoder."""

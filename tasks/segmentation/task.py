@@ -1,0 +1,394 @@
+"""Semantic segmentation: image folder + mask folder (+ field of view), the dense decoder, Dice + CE.
+
+Sizes: images go through the decode cache at ``data.image_size`` (stretched, as
+for every task); masks and field-of-view masks are read at their native size,
+checked against their image's size, then resized to the working size with
+*nearest* neighbours (labels are never interpolated). With ``data.image_size``
+equal to the files' size (DRIVE: 584 x 565) nothing is resized and every metric
+is at native resolution. Training draws random ``crop_size`` crops (image and
+mask cropped identically); validation, test and predict run blended sliding
+windows over the whole working-size image, so any size works. ``predict``
+writes each mask back at the image's original size (nearest).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from tasks.segmentation.config import SegmentationConfig
+from transfer.api import EvalResult, Task, TaskModel
+from transfer.backbones import StagedBackbone
+from transfer.config import AugmentConfig
+from transfer.data.augment import BatchAugment
+from transfer.data.datasets import ImageDataset, Skipped, load_images
+from transfer.data.readers import list_images
+from transfer.errors import DatasetError, MedTransferError
+from transfer.heads import DenseDecoder
+
+_MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A label mask as stored: (H, W) integer array at native resolution.
+
+    PNG / GIF / BMP through PIL: gray modes as stored; palette images by their
+    gray value when the palette is gray (DRIVE's ``2nd_manual`` stores 0/1 indices
+    of a black/white palette: read as 0/255), else by palette index; 1-bit as
+    0/255. TIFF through tifffile. Colour masks are an error (declare gray values).
+    """
+    from PIL import Image
+
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            a = np.asarray(tifffile.imread(path))
+        else:
+            with Image.open(path) as im:
+                im.seek(0)
+                if im.mode == "P":
+                    pal = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
+                    idx = np.asarray(im)
+                    used = pal[np.unique(idx)] if len(pal) > int(idx.max()) else None
+                    a = pal[idx, 0] if used is not None and (used == used[:, :1]).all() else idx
+                elif im.mode == "1":
+                    a = np.asarray(im, dtype=np.uint8) * 255
+                elif im.mode in ("RGB", "RGBA"):
+                    rgb = np.asarray(im.convert("RGB"))
+                    if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+                        raise DatasetError(f"{path}: colour mask; store class values as gray levels")
+                    a = rgb[..., 0]
+                elif im.mode == "LA":
+                    a = np.asarray(im.convert("L"))
+                else:
+                    a = np.asarray(im)
+    except MedTransferError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a library boundary: name the file
+        raise DatasetError(f"{path}: cannot read mask ({type(e).__name__}: {e})") from e
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and (a[..., :3] == a[..., :1]).all():
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise DatasetError(f"{path}: mask must be a 2-D gray image, got shape {a.shape}")
+    return a.astype(np.int64)
+
+
+def to_class_index(mask: np.ndarray, values: list[int], path: Path) -> np.ndarray:
+    """Pixel values -> class indices (uint8); a value not declared is an error naming the file and the value."""
+    lut = {v: i for i, v in enumerate(values)}
+    found = np.unique(mask)
+    bad = [int(v) for v in found if int(v) not in lut]
+    if bad:
+        raise DatasetError(f"{path}: mask value(s) {bad[:5]} not declared in task.segmentation.class_values "
+                           f"{values}")
+    out = np.zeros(mask.shape, np.uint8)
+    for v in found:
+        out[mask == v] = lut[int(v)]
+    return out
+
+
+def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) labels -> ``size`` (h, w) by nearest neighbour (labels are never interpolated)."""
+    if a.shape == tuple(size):
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a))[None, None].float()
+    return F.interpolate(t, size=tuple(size), mode="nearest-exact")[0, 0].numpy().astype(a.dtype)
+
+
+class SegmentationModel(TaskModel):
+    """Backbone + :class:`~transfer.heads.DenseDecoder` (the head: decoder and its 1x1 classifier)."""
+
+    def __init__(self, backbone: StagedBackbone, num_classes: int, *, stride: int, width: int,
+                 top_stage: str | None, image_skip: bool, crop_size: int, vflip: bool,
+                 augment: AugmentConfig, dice_weight: float, ce_weight: float) -> None:
+        super().__init__()
+        from tasks.segmentation.losses import DiceCELoss
+
+        if augment.rotation or augment.scale or augment.translate:
+            raise DatasetError("data.augment rotation/scale/translate are not supported for segmentation; "
+                               "use hflip, task.segmentation.vflip, brightness, contrast")
+        self.backbone = backbone
+        self.head = DenseDecoder(backbone.feature_info, num_classes, out_stride=stride, width=width,
+                                 top_stage=top_stage, image_channels=backbone.in_chans if image_skip else 0)
+        names = list(backbone.stage_names)
+        self.unused_stages = names[names.index(self.head.top_stage) + 1 :]
+        self.num_classes = num_classes
+        self.crop_size = crop_size
+        self.hflip, self.vflip = augment.hflip, vflip
+        intensity = AugmentConfig(brightness=augment.brightness, contrast=augment.contrast)
+        self.intensity = BatchAugment(intensity) if intensity.brightness or intensity.contrast else None
+        self.loss = DiceCELoss(dice_weight, ce_weight)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> class logits (B, K, H, W), any H and W."""
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        feats = self.backbone.forward_stages(images, upto=self.head.top_stage)
+        logits = self.head(feats, size, images if self.head.image_channels else None)
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+    def random_crops(self, images: torch.Tensor, masks: torch.Tensor, fov: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same random ``crop_size`` window of image, mask and FOV, per sample (whole image if smaller)."""
+        h, w = images.shape[-2:]
+        ch, cw = min(self.crop_size, h), min(self.crop_size, w)
+        if (ch, cw) == (h, w):
+            return images, masks, fov
+        ys = torch.randint(0, h - ch + 1, (len(images),)).tolist()
+        xs = torch.randint(0, w - cw + 1, (len(images),)).tolist()
+        sl = [(slice(y, y + ch), slice(x, x + cw)) for y, x in zip(ys, xs)]
+        return (torch.stack([images[i, :, a, b] for i, (a, b) in enumerate(sl)]),
+                torch.stack([masks[i, a, b] for i, (a, b) in enumerate(sl)]),
+                torch.stack([fov[i, a, b] for i, (a, b) in enumerate(sl)]))
+
+    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images, masks, fov = self.random_crops(batch["image"], batch["mask"], batch["fov"])
+        for flag, dim in ((self.hflip, -1), (self.vflip, -2)):
+            if flag:
+                flip = torch.rand(len(images), device=images.device) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(dim), images)
+                masks = torch.where(flip[:, None, None], masks.flip(dim), masks)
+                fov = torch.where(flip[:, None, None], fov.flip(dim), fov)
+        if self.intensity is not None:
+            images, _ = self.intensity(images)
+        return self.loss(self(images), masks, fov)
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    options_class = SegmentationConfig
+    formats = ("mask_folder",)
+    monitor = "dice"
+    mode = "max"
+    stratify_key = None
+    report_metrics = ("dice", "iou", "sensitivity", "specificity", "auc", "hd95_px", "assd_px")
+
+    #: where :meth:`predict` writes mask files; the predict run may set it (default: ``predicted_masks/``)
+    output_dir: Path | None = None
+
+    @property
+    def options(self) -> SegmentationConfig:
+        return self.cfg.task.section(self.name)
+
+    # ------------------------------------------------------------------ data
+
+    def _bad(self, path: Path | str, reason: str) -> None:
+        """An invalid sample: an error naming the file, or a reported skip with ``data.on_bad: skip``."""
+        if self.cfg.data.on_bad == "skip":
+            self.skipped.append(Skipped(str(path), reason))
+            print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+            return
+        raise DatasetError(f"{path}: {reason}")
+
+    def pair_files(self, split: Path) -> list[tuple[Path, Path, Path | None]]:
+        """(image, mask, fov or None) triples of a split folder, by the configured pairing rule."""
+        o = self.options
+        img_dir, mask_dir = split / o.image_dir, split / o.mask_dir
+        fov_dir = split / o.fov_dir if o.fov_dir else None
+        for d in (img_dir, mask_dir, fov_dir):
+            if d is not None and not d.is_dir():
+                raise DatasetError(f"{d}: folder not found (split {split}, see task.segmentation.*_dir)")
+        rx = re.compile(o.image_pattern)
+        triples: list[tuple[Path, Path, Path | None]] = []
+        claimed: set[Path] = set()
+        images = list_images(img_dir)
+        if not images:
+            raise DatasetError(f"{img_dir}: no image files")
+        for img in images:
+            m = rx.fullmatch(img.stem)
+            if m is None:
+                self._bad(img, f"file name does not match task.segmentation.image_pattern {o.image_pattern!r}")
+                continue
+            keys = {**{k: v for k, v in m.groupdict().items() if v is not None}, "stem": img.stem}
+            mask = mask_dir / o.mask_template.format(**keys)
+            claimed.add(mask.resolve())
+            if not mask.is_file():
+                self._bad(img, f"image has no mask (expected {mask})")
+                continue
+            fov = None
+            if fov_dir is not None:
+                fov = fov_dir / o.fov_template.format(**keys)
+                if not fov.is_file():
+                    self._bad(img, f"image has no field-of-view mask (expected {fov})")
+                    continue
+            triples.append((img, mask, fov))
+        for f in sorted(mask_dir.iterdir()):
+            if f.is_file() and f.suffix.lower() in _MASK_SUFFIXES and f.resolve() not in claimed:
+                self._bad(f, f"mask has no image in {img_dir} (pairing rule {o.image_pattern!r} -> {o.mask_template!r})")
+        return triples
+
+    def load_split(self, spec: str, which: str) -> ImageDataset:
+        cfg, o = self.cfg, self.options
+        split = self.resolve(spec)
+        if not split.is_dir():
+            raise DatasetError(f"{split}: split folder not found (data.{which} for format mask_folder)")
+        triples = self.pair_files(split)
+        if not triples:
+            raise DatasetError(f"{split}: no image with a mask")
+        loaded = load_images([t[0] for t in triples], cfg.data.image_size, cfg.data.cache_dir,
+                             gray=cfg.backbone.in_chans == 1, on_bad=cfg.data.on_bad, progress=cfg.tracking.progress,
+                             desc=f"decoding {which}")
+        self.skipped += loaded.skipped
+        size = tuple(int(s) for s in cfg.data.image_size)
+        keep, masks, fovs, ids, empty = [], [], [], [], []
+        for j, i in enumerate(loaded.kept):
+            img, mpath, fpath = triples[int(i)]
+            osz = tuple(int(s) for s in loaded.original_sizes[j])
+            try:
+                raw = read_mask(mpath)
+                if raw.shape != osz:
+                    raise DatasetError(f"{mpath}: mask is {raw.shape[1]}x{raw.shape[0]} (W x H), its image "
+                                       f"{img.name} is {osz[1]}x{osz[0]}")
+                cls = to_class_index(raw, list(o.class_values), mpath)
+                if fpath is not None:
+                    fraw = read_mask(fpath)
+                    if fraw.shape != osz:
+                        raise DatasetError(f"{fpath}: field-of-view mask is {fraw.shape[1]}x{fraw.shape[0]} "
+                                           f"(W x H), its image {img.name} is {osz[1]}x{osz[0]}")
+                    fov = fraw > 0
+                else:
+                    fov = np.ones(osz, bool)
+            except DatasetError as e:
+                if cfg.data.on_bad != "skip":
+                    raise
+                self.skipped.append(Skipped(str(mpath), str(e)))
+                print(f"warning: skipped {mpath}: {e}", file=sys.stderr)
+                continue
+            if not (cls[fov] > 0).any():
+                empty.append(img.name)  # allowed (a healthy image), counted in the run summary
+            keep.append(j)
+            masks.append(resize_nearest(cls, size))
+            fovs.append(resize_nearest(fov.astype(np.uint8), size) > 0)
+            ids.append(img.name)
+        if not keep:
+            raise DatasetError(f"{split}: every image was skipped ({len(self.skipped)} skipped)")
+        images = loaded.images[torch.as_tensor(keep)]
+        self.info.update({"class_names": list(o.class_names), "class_values": list(o.class_values),
+                          "num_classes": len(o.class_values)})
+        self.info.setdefault("empty_masks", {})[which] = empty
+        self.info.setdefault("n_empty_masks", {})[which] = len(empty)
+        if empty:
+            print(f"note: {len(empty)} empty mask(s) in {which} (no foreground in the field of view), "
+                  f"e.g. {empty[0]}")
+        targets = {"mask": torch.from_numpy(np.stack(masks)), "fov": torch.from_numpy(np.stack(fovs)),
+                   "orig_size": torch.from_numpy(loaded.original_sizes[keep].astype(np.float32))}
+        return ImageDataset(images, targets, ids)
+
+    # ------------------------------------------------------------------ model
+
+    def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> SegmentationModel:
+        o = self.options
+        return SegmentationModel(backbone, len(o.class_values), stride=o.decoder_stride, width=o.decoder_width,
+                                 top_stage=o.decoder_top_stage, image_skip=o.image_skip, crop_size=o.crop_size,
+                                 vflip=o.vflip, augment=self.cfg.data.augment, dice_weight=o.dice_weight,
+                                 ce_weight=o.ce_weight)
+
+    def probabilities(self, model: TaskModel, images: torch.Tensor, device: torch.device,
+                      batch_size: int = 8) -> torch.Tensor:
+        """(N, K, H, W) class probabilities by blended sliding windows (eval mode)."""
+        from tasks.segmentation.inference import sliding_window_probs
+
+        o = self.options
+        was = model.training
+        model.eval()
+        try:
+            return sliding_window_probs(model, images, o.crop_size, o.overlap, o.blend,
+                                        batch_size=max(1, min(batch_size, 8)), device=device)
+        finally:
+            model.train(was)
+
+    # ------------------------------------------------------------------ scoring
+
+    def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
+                 *, with_ci: bool = False) -> EvalResult:
+        from tasks.segmentation.metrics import dataset_means, image_metrics, pooled_auc
+
+        o = self.options
+        k = len(o.class_values)
+        probs = self.probabilities(model, dataset.images, device, batch_size)
+        pred = probs.argmax(1).numpy().astype(np.uint8)
+        true = dataset.target_array("mask")
+        fov = dataset.target_array("fov").astype(bool)
+        rows = []
+        for i in range(len(pred)):
+            m = image_metrics(pred[i], true[i], fov[i], k, probs[i].numpy(), o.spacing_mm)
+            m["true_pixels"] = float(((true[i] > 0) & fov[i]).sum())
+            m["pred_pixels"] = float(((pred[i] > 0) & fov[i]).sum())
+            rows.append(m)
+        metrics = dataset_means(rows)
+        metrics.pop("true_pixels", None)
+        metrics.pop("pred_pixels", None)
+        if k == 2:
+            fg = probs[:, 1].numpy()
+            metrics["auc_pooled"] = pooled_auc(list(fg), list(true), list(fov))
+        metrics["n_images"] = len(pred)
+        metrics["n_empty_masks"] = int(sum(((t > 0) & f).sum() == 0 for t, f in zip(true, fov)))
+        if with_ci and len(rows) > 1:
+            d = np.asarray([r["dice"] for r in rows], float)
+            rng = np.random.default_rng(self.cfg.seed)
+            boots = d[rng.integers(0, len(d), (2000, len(d)))].mean(1)
+            metrics["dice_ci95"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+        df = pd.DataFrame({"image": dataset.ids})
+        table = pd.DataFrame(rows)
+        df = pd.concat([df, table], axis=1)
+        return EvalResult(metrics, df, {"pred": pred, "true": true, "fov": fov,
+                                        "dice": table["dice"].to_numpy()})
+
+    def predict(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64) -> pd.DataFrame:
+        """One row per image; each mask written as a PNG (class values, original size) under :attr:`output_dir`."""
+        from PIL import Image
+
+        o = self.options
+        out_dir = Path(self.output_dir) if self.output_dir is not None else Path("predicted_masks")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probs = self.probabilities(model, dataset.images, device, batch_size)
+        pred = probs.argmax(1).numpy()
+        values = np.asarray(o.class_values)
+        dtype = np.uint8 if values.max() < 256 else np.uint16
+        sizes = dataset.target_array("orig_size").astype(int) if "orig_size" in dataset.targets else None
+        rows = []
+        for i, ident in enumerate(dataset.ids):
+            cls = pred[i].astype(np.uint8)
+            if sizes is not None:
+                cls = resize_nearest(cls, (int(sizes[i][0]), int(sizes[i][1])))
+            path = out_dir / f"{Path(ident).stem}_mask.png"
+            Image.fromarray(values[cls].astype(dtype)).save(path)
+            row: dict[str, Any] = {"image": ident, "mask_path": str(path)}
+            for c in range(1, len(values)):
+                row[f"{o.class_names[c]}_pixels"] = int((cls == c).sum())
+                row[f"{o.class_names[c]}_fraction"] = float((cls == c).mean())
+            rows.append(row)
+        print(f"wrote {len(rows)} masks to {out_dir}")
+        return pd.DataFrame(rows)
+
+    def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
+        from tasks.segmentation.metrics import plot_overlay
+
+        n = self.options.plots
+        if n == 0 or len(dataset) == 0:
+            return []
+        dice = np.nan_to_num(result.outputs["dice"], nan=-1.0)
+        order = np.argsort(dice)
+        picks = [("worst", order[0]), ("median", order[len(order) // 2]), ("best", order[-1])][: max(n, 1)]
+        out = []
+        for tag, i in picks:
+            out.append(plot_overlay(dataset.images[i].numpy(), result.outputs["pred"][i], result.outputs["true"][i],
+                                    result.outputs["fov"][i], out_dir / f"{prefix}_overlay_{tag}.png",
+                                    f"{dataset.ids[i]}: Dice {dice[i]:.3f} ({tag})"))
+        return out
+
+    def paired_comparison(self, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, Any]:
+        """Per-image Dice of model a minus model b (positive: a better), bootstrap CI, Wilcoxon p."""
+        from transfer.stats import paired_errors
+
+        if list(a["image"]) != list(b["image"]):
+            raise DatasetError("paired comparison needs predictions on the same images in the same order")
+        return paired_errors(a["dice"].to_numpy(), b["dice"].to_numpy(), metric="dice", seed=self.cfg.seed)
