@@ -57,7 +57,8 @@ def test_third_party_task_and_method_run_through_the_cli(tmp_path, tiny_npz):
                        "--set", "pretrain.method=denoise_mean", "--set", "pretrain.toy.noise=0.2",
                        "--set", "task.name=brightness", "--set", "pretrain.pool_format=labelled",
                        "--set", "data.train=tiny.npz#train", "--set", "pretrain.epochs=2",
-                       "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=4", cwd=tmp_path)
+                       "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=4",
+                       "--set", "pretrain.max_steps=2", cwd=tmp_path)
     assert pre.returncode == 0, pre.stderr
     ckpt = tmp_path / "runs" / "toy-pre" / "backbone.pt"
     assert ckpt.is_file()

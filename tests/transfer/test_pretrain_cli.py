@@ -25,7 +25,7 @@ def _pool(tmp_path, n=10, bad=0):
 def _args(tmp_path, method, *extra):
     return ["pretrain", "--name", method, "--set", "backbone.name=tiny_resnet", "--set", "init=scratch",
             "--set", "backbone.in_chans=1", "--set", f"pretrain.method={method}", "--set", "pretrain.epochs=2",
-            "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=4", "--set", "train.max_steps=2",
+            "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=4", "--set", "pretrain.max_steps=2",
             "--set", f"data.root={tmp_path}", "--set", "pretrain.pool=pool", "--set", "data.image_size=[32, 32]",
             "--set", f"tracking.out_dir={tmp_path / 'runs'}", "--set", "tracking.wandb_mode=disabled",
             "--set", "tracking.progress=false", "--set", "pretrain.contrastive.queue_size=16", *extra]
@@ -78,7 +78,7 @@ def test_empty_pool_and_wrong_checkpoint(tmp_path, capsys):
 def test_labelled_pool_with_representation_monitor(tmp_path, tiny_npz):
     args = ["pretrain", "--name", "mon", "--set", "backbone.name=tiny_resnet", "--set", "init=scratch",
             "--set", "backbone.in_chans=1", "--set", "pretrain.method=simclr", "--set", "pretrain.epochs=2",
-            "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=8", "--set", "train.max_steps=2",
+            "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=8", "--set", "pretrain.max_steps=2",
             "--set", "data.format=npz", "--set", f"data.root={tiny_npz.parent}", "--set", "data.train=tiny.npz#train",
             "--set", "pretrain.pool_format=labelled", "--set", "pretrain.monitor_every=1",
             "--set", "pretrain.monitor_data=tiny.npz#val", "--set", "data.image_size=[32, 32]",

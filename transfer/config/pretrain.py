@@ -43,6 +43,8 @@ class PretrainConfig:
     weight_decay: float = 1e-4  #: not applied to 1-D tensors (biases, norms)
     sgd_momentum: float = 0.9  #: only used with optimizer: sgd
     warmup_epochs: int = 5  #: linear warm-up, then cosine decay
+    grad_clip: float | None = None  #: clip the gradient norm of encoder + method heads
+    max_steps: int | None = None  #: stop each epoch after this many steps (smoke runs)
     #: the methods' option sections (``pretrain.contrastive``, ``pretrain.cae``...), declared by each method
     options: dict[str, Any] = plugin_sections(_method_sections)
     pool: str = ""  #: unlabelled images: a folder or a CSV (relative to data root)

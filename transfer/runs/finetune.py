@@ -5,6 +5,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from transfer.api import TASKS, Task, TaskModel
 from transfer.config import Config, to_dict
 from transfer.engine import resolve_device
@@ -60,6 +62,7 @@ def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[Tas
 def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) -> dict[str, Any]:
     """Train at the configured depth (or search it); the selected model is left loaded."""
     t = cfg.train
+    device = resolve_device(cfg.runtime.device)
     depth_curve: list[dict[str, Any]] = []
     if t.depth == "auto":
         chosen, best_metric, best_epoch = auto_depth(task, model, cfg, splits, run, depth_curve)
@@ -73,6 +76,7 @@ def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits,
         "trainable_stages": trainable_stages(chosen, model.backbone.stage_names),
         "label_fraction": cfg.data.label_fraction, "seed": cfg.seed, "image_size": list(cfg.data.image_size),
         "channels": cfg.backbone.in_chans, "channel_policy": cfg.backbone.channels,
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
         "depth_curve": depth_curve,
     }

@@ -86,13 +86,13 @@ def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run) -> list[di
     p = cfg.pretrain
     opt = build_pretrain_optimizer(method, p)
     engine = Engine.from_config(method, opt, cfg.runtime, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs),
-                                grad_clip=cfg.train.grad_clip, progress=cfg.tracking.progress)
+                                grad_clip=p.grad_clip, progress=cfg.tracking.progress)
     loader = make_loader(ImageDataset(pool.images, ids=pool.ids), p.batch_size, shuffle=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device)
     sample = {"image": pool.images[: min(8, len(pool.images))].to(engine.device)}
     res = engine.fit(loader, p.epochs, evaluate=_probe(cfg, method, engine.device),
                      on_epoch=_media_logger(cfg, method, sample, run), resume_path=run.dir / "last.pt",
-                     max_steps=cfg.train.max_steps)
+                     max_steps=p.max_steps)
     return res.history
 
 
