@@ -1,0 +1,255 @@
+"""Segmentation task: mask-folder pairing and bad input, sliding windows, depth freezing, checkpoints, CLI smoke."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tasks.segmentation.inference import sliding_window_probs, window_starts
+from tasks.segmentation.task import SegmentationTask, read_mask
+from transfer.cli import main
+from transfer.config import Config
+from transfer.config.io import load_config
+from transfer.errors import DatasetError
+from transfer.weights import backbone_from_config
+
+H, W = 36, 44  # not multiples of 32
+
+
+def make_split(root: Path, split: str, n: int, *, seed: int = 0, fov: bool = True) -> Path:
+    """DRIVE-like split: images/NN_<split>.png, manual/NN_manual1.gif (0/255), mask/NN_<split>_mask.png."""
+    rng = np.random.default_rng(seed)
+    d = root / split
+    for sub in ("images", "manual", "mask"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        m = np.zeros((H, W), np.uint8)
+        y, x = rng.integers(2, H - 14), rng.integers(2, W - 14)
+        m[y : y + 12, x : x + 3] = 255  # a "vessel"
+        m[y : y + 3, x : x + 12] = 255
+        img = (rng.random((H, W)) * 60 + (m > 0) * 150).astype(np.uint8)
+        Image.fromarray(img).save(d / "images" / f"{i:02d}_{split}.png")
+        Image.fromarray(m).save(d / "manual" / f"{i:02d}_manual1.gif")
+        if fov:
+            f = np.zeros((H, W), np.uint8)
+            f[1:-1, 1:-1] = 255
+            Image.fromarray(f).save(d / "mask" / f"{i:02d}_{split}_mask.png")
+    return d
+
+
+def seg_args(root: Path, *extra: str) -> list[str]:
+    return ["--set", "task.name=segmentation", "--set", "data.format=mask_folder", "--set", f"data.root={root}",
+            "--set", "data.train=training", "--set", f"data.image_size=[{H}, {W}]", "--set", "backbone.in_chans=1",
+            "--set", "task.segmentation.mask_dir=manual", "--set", "task.segmentation.fov_dir=mask",
+            "--set", "task.segmentation.image_pattern=(?P<id>\\d+)_(?P<split>training|test)",
+            "--set", "task.segmentation.mask_template='{id}_manual1.gif'",
+            "--set", "task.segmentation.fov_template='{stem}_mask.png'",
+            "--set", "task.segmentation.crop_size=32", "--set", "task.segmentation.decoder_width=4", *extra]
+
+
+def make_cfg(root: Path, *extra: str, backbone: str = "tiny_efficientnet") -> Config:
+    args = seg_args(root, "--set", f"backbone.name={backbone}", "--set", "init=scratch",
+                    "--set", "tracking.progress=false", *extra)
+    sets = [a for a in args if a != "--set"]
+    return load_config(Config, None, sets)
+
+
+@pytest.fixture
+def seg_root(tmp_path) -> Path:
+    make_split(tmp_path / "seg", "training", 8)
+    make_split(tmp_path / "seg", "test", 3, seed=1)
+    return tmp_path / "seg"
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def test_pairing_reads_masks_as_class_indices(seg_root):
+    task = SegmentationTask(make_cfg(seg_root))
+    ds = task.load_split("training", "train")
+    assert len(ds) == 8 and ds.ids[0] == "00_training.png"
+    assert ds.images.shape == (8, 1, H, W) and ds.targets["mask"].shape == (8, H, W)
+    assert set(np.unique(ds.target_array("mask"))) == {0, 1}
+    assert ds.target_array("fov")[:, 0].sum() == 0 and ds.target_array("fov")[:, 5, 5].all()
+    assert task.info["num_classes"] == 2 and task.info["n_empty_masks"]["train"] == 0
+
+
+def test_palette_gif_is_read_by_gray_value(tmp_path):
+    # DRIVE's 2nd_manual: 0/1 indices of a black/white palette mean 0/255
+    im = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
+    im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    im.save(tmp_path / "m.gif")
+    assert read_mask(tmp_path / "m.gif").tolist() == [[0, 255], [255, 0]]
+
+
+def test_undeclared_value_names_file_and_value(seg_root):
+    m = np.zeros((H, W), np.uint8)
+    m[3, 3] = 128
+    Image.fromarray(m).save(seg_root / "training" / "manual" / "02_manual1.gif")
+    with pytest.raises(DatasetError, match=r"02_manual1\.gif.*\[128\]"):
+        SegmentationTask(make_cfg(seg_root)).load_split("training", "train")
+
+
+def test_mask_size_mismatch_names_file(seg_root):
+    Image.fromarray(np.zeros((H + 1, W), np.uint8)).save(seg_root / "training" / "manual" / "03_manual1.gif")
+    with pytest.raises(DatasetError, match=r"03_manual1\.gif: mask is 44x37.*03_training\.png is 44x36"):
+        SegmentationTask(make_cfg(seg_root)).load_split("training", "train")
+
+
+def test_image_without_mask_and_mask_without_image(seg_root):
+    (seg_root / "training" / "manual" / "04_manual1.gif").unlink()
+    with pytest.raises(DatasetError, match=r"04_training\.png: image has no mask \(expected .*04_manual1\.gif\)"):
+        SegmentationTask(make_cfg(seg_root)).load_split("training", "train")
+    # skip mode: counted, not dropped silently
+    task = SegmentationTask(make_cfg(seg_root, "data.on_bad=skip"))
+    assert len(task.load_split("training", "train")) == 7
+    assert [Path(s.path).name for s in task.skipped] == ["04_training.png"]
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(seg_root / "training" / "manual" / "99_manual1.gif")
+    (seg_root / "training" / "images" / "04_training.png").unlink()
+    with pytest.raises(DatasetError, match=r"99_manual1\.gif: mask has no image"):
+        SegmentationTask(make_cfg(seg_root)).load_split("training", "train")
+
+
+def test_empty_mask_is_allowed_and_counted(seg_root):
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(seg_root / "training" / "manual" / "05_manual1.gif")
+    task = SegmentationTask(make_cfg(seg_root))
+    ds = task.load_split("training", "train")
+    assert len(ds) == 8 and task.info["empty_masks"]["train"] == ["05_training.png"]
+
+
+def test_skip_mode_skips_bad_masks_with_reason(seg_root):
+    Image.fromarray(np.full((H, W), 7, np.uint8)).save(seg_root / "training" / "manual" / "01_manual1.gif")
+    task = SegmentationTask(make_cfg(seg_root, "data.on_bad=skip"))
+    ds = task.load_split("training", "train")
+    assert len(ds) == 7 and "01_training.png" not in ds.ids
+    assert len(task.skipped) == 1 and "[7]" in task.skipped[0].reason
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+
+def _model(seg_root, backbone="tiny_efficientnet", *extra):
+    cfg = make_cfg(seg_root, *extra, backbone=backbone)
+    task = SegmentationTask(cfg)
+    ds = task.load_split("training", "train")
+    bb, _ = backbone_from_config(cfg.backbone, "scratch")
+    return cfg, task, ds, task.build_model(bb, ds)
+
+
+def test_sliding_window_equals_whole_image_where_both_fit(seg_root):
+    torch.manual_seed(0)
+    _, task, ds, model = _model(seg_root)
+    model.eval()
+    x = ds.images[:3]
+    with torch.no_grad():
+        whole = model(x).softmax(1)
+    one = sliding_window_probs(model, x, window=64, overlap=0.5)  # one window covers the image
+    assert torch.allclose(one, whole, atol=1e-6)
+    # a per-pixel model gives the same answer however the windows overlap and blend
+    pix = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        ref = pix(x).softmax(1)
+    for blend in ("gaussian", "linear"):
+        many = sliding_window_probs(pix, x, window=16, overlap=0.5, blend=blend, batch_size=5)
+        assert torch.allclose(many, ref, atol=1e-5)
+    assert window_starts(44, 16, 8) == [0, 8, 16, 24, 28] and window_starts(10, 16, 8) == [0]
+
+
+def test_alexnet_fc_stages_are_unused_and_model_size_is_exact(seg_root):
+    _, _, ds, model = _model(seg_root, "tiny_alexnet", "backbone.in_chans=1")
+    assert model.unused_stages == ["fc6", "fc7"]
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 37, 45)).shape == (2, 2, 37, 45)
+
+
+def test_frozen_stages_get_no_gradient_at_depth_head(seg_root):
+    from transfer.engine import make_loader
+    from transfer.runs.depth import setup_depth
+
+    cfg, _, ds, model = _model(seg_root)
+    stages, opt, train_mode = setup_depth(model, cfg, "head")
+    assert stages == []
+    train_mode()
+    bn = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running_mean" in k}
+    batch = next(iter(make_loader(ds, 4, shuffle=True)))
+    out = model.training_step(batch)
+    opt.zero_grad()
+    out["loss"].backward()
+    opt.step()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+    after = model.backbone.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in bn.items())
+
+
+def test_stage1_checkpoint_loads_with_no_missing_backbone_keys(tmp_path, seg_root):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(6):
+        Image.fromarray((np.random.default_rng(i).random((32, 32)) * 255).astype(np.uint8)).save(pool / f"{i}.png")
+    assert main(["pretrain", "--name", "s1", "--set", "backbone.name=tiny_efficientnet", "--set", "init=scratch",
+                 "--set", "backbone.in_chans=1", "--set", "pretrain.method=simclr", "--set", "pretrain.epochs=1",
+                 "--set", "pretrain.warmup_epochs=0", "--set", "pretrain.batch_size=4", "--set", "pretrain.max_steps=1",
+                 "--set", f"data.root={tmp_path}", "--set", "pretrain.pool=pool", "--set", "data.image_size=[32, 32]",
+                 "--set", f"tracking.out_dir={tmp_path / 'runs'}", "--set", "tracking.wandb_mode=disabled",
+                 "--set", "tracking.progress=false"]) == 0
+    ck = tmp_path / "runs" / "s1" / "backbone.pt"
+    cfg = make_cfg(seg_root)
+    bb, rep = backbone_from_config(cfg.backbone, str(ck))
+    assert not rep.missing
+    model = SegmentationTask(cfg).build_model(bb)
+    saved = torch.load(ck, weights_only=False)["stages"]
+    for sd in saved.values():
+        for k, v in sd.items():
+            assert torch.equal(model.backbone.state_dict()[k], v), k
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_finetune_evaluate_predict(tmp_path, seg_root, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--set", "backbone.name=tiny_efficientnet", "--set", "init=scratch", "--set", "train.epochs=2",
+              "--set", "train.max_steps=2", "--set", "train.batch_size=4", "--set", f"tracking.out_dir={tmp_path / 'runs'}",
+              "--set", "tracking.wandb_mode=disabled", "--set", "tracking.progress=false", "--set", "data.test=test",
+              "--set", "train.depth=blocks3-head", "--set", "data.augment.hflip=true",
+              "--set", "task.segmentation.vflip=true", "--set", "task.segmentation.spacing_mm=0.5"]
+    assert main(["finetune", "--name", "seg", *seg_args(seg_root), *common]) == 0
+    run = tmp_path / "runs" / "seg"
+    for f in ("summary.json", "model.pt", "predictions_val.csv", "predictions_test.csv", "test_overlay_worst.png"):
+        assert (run / f).exists(), f
+    summary = json.loads((run / "summary.json").read_text())
+    t = summary["test"]
+    assert 0 <= t["dice"] <= 1 and 0 <= t["iou"] <= 1 and "hd95_mm" in t and t["n_images"] == 3
+    assert summary["trainable_stages"][0] == "blocks3"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("val_dice" in r for r in rows)
+    pred = pd.read_csv(run / "predictions_test.csv")
+    assert list(pred["image"]) == ["00_test.png", "01_test.png", "02_test.png"] and "hd95_px" in pred
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", "test", "--out", str(tmp_path / "ev.csv")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["dice"] == pytest.approx(t["dice"])
+    assert pd.read_csv(tmp_path / "ev.csv")["dice"].tolist() == pytest.approx(pred["dice"].tolist())
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), str(seg_root / "test" / "images"), "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert len(df) == 3 and "vessel_pixels" not in df  # default class names
+    for p in df["mask_path"]:
+        m = np.asarray(Image.open(p))
+        assert m.shape == (H, W) and set(np.unique(m)) <= {0, 255}
+
+
+def test_cli_bad_mask_is_one_line_naming_the_file(tmp_path, seg_root, capsys):
+    Image.fromarray(np.full((H, W), 9, np.uint8)).save(seg_root / "training" / "manual" / "06_manual1.gif")
+    args = ["finetune", *seg_args(seg_root), "--set", "backbone.name=tiny_resnet", "--set", "init=scratch",
+            "--set", f"tracking.out_dir={tmp_path / 'runs'}", "--set", "tracking.wandb_mode=disabled"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "06_manual1.gif" in err and "[9]" in err and "Traceback" not in err
