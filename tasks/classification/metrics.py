@@ -9,6 +9,7 @@ as is; a metric that is undefined (e.g. ROC AUC with one class present) is
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy import stats as st
 from sklearn import metrics as skm
 
 
@@ -108,37 +110,9 @@ def classification_metrics(
     labels = np.arange(k)
     pred = p.argmax(axis=1)
     cm = skm.confusion_matrix(y, pred, labels=labels)
-
-    if k == 2:
-        avg: dict[str, Any] = {"average": "binary", "pos_label": positive}
-        spec = float(_specificities(cm)[positive])
-        sens = float(_recalls(cm)[positive])
-        g_mean = math.sqrt(sens * spec) if not (math.isnan(sens) or math.isnan(spec)) else math.nan
-    else:
-        avg = {"average": "macro"}
-        specs = _specificities(cm)
-        spec = float(np.nanmean(specs)) if np.any(~np.isnan(specs)) else math.nan
-        rec = _recalls(cm)
-        rec = rec[~np.isnan(rec)]  # classes absent from y_true have no recall
-        g_mean = float(np.prod(rec) ** (1.0 / len(rec))) if len(rec) else math.nan
-
+    avg: dict[str, Any] = {"average": "binary", "pos_label": positive} if k == 2 else {"average": "macro"}
+    spec, g_mean = _specificity_and_g_mean(cm, positive)
     auc = _roc_auc(y, p, positive)
-    ci = [math.nan, math.nan]
-    if bootstrap > 0 and not math.isnan(auc):
-        rng = np.random.default_rng(seed)
-        n_classes = len(np.unique(y))
-        aucs = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, len(y), size=len(y))
-            if len(np.unique(y[idx])) < n_classes:
-                continue
-            a = _roc_auc(y[idx], p[idx], positive)
-            if not math.isnan(a):
-                aucs.append(a)
-        if aucs:
-            lo, hi = np.percentile(aucs, [2.5, 97.5])
-            ci = [float(lo), float(hi)]
-
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
@@ -148,10 +122,44 @@ def classification_metrics(
         "f1": float(skm.f1_score(y, pred, labels=labels, zero_division=0, **avg)),
         "g_mean": g_mean,
         "roc_auc": auc,
-        "roc_auc_ci95": ci,
+        "roc_auc_ci95": _auc_ci(y, p, positive, bootstrap, seed) if bootstrap and not math.isnan(auc) else
+        [math.nan, math.nan],
         "confusion_matrix": cm.tolist(),
         "n": int(len(y)),
     }
+
+
+def _specificity_and_g_mean(cm: np.ndarray, positive: int) -> tuple[float, float]:
+    """Binary: of the positive class. K > 2: mean specificity, geometric mean of the recalls of present classes."""
+    if len(cm) == 2:
+        spec = float(_specificities(cm)[positive])
+        sens = float(_recalls(cm)[positive])
+        return spec, math.sqrt(sens * spec) if not (math.isnan(sens) or math.isnan(spec)) else math.nan
+    specs = _specificities(cm)
+    spec = float(np.nanmean(specs)) if np.any(~np.isnan(specs)) else math.nan
+    rec = _recalls(cm)
+    rec = rec[~np.isnan(rec)]  # classes absent from y_true have no recall
+    return spec, float(np.prod(rec) ** (1.0 / len(rec))) if len(rec) else math.nan
+
+
+def _auc_ci(y: np.ndarray, p: np.ndarray, positive: int, n_resamples: int, seed: int) -> list[float]:
+    """Percentile 95% CI of the AUC over image resamples (``scipy.stats.bootstrap``).
+
+    Resamples that miss a class of the full sample have no AUC: the statistic is NaN there and the
+    interval is taken over the others (scipy's own interval would be NaN as soon as one is).
+    """
+    n_classes = len(np.unique(y))
+
+    def auc_of(idx: np.ndarray) -> float:
+        idx = idx.astype(np.int64)
+        return _roc_auc(y[idx], p[idx], positive) if len(np.unique(y[idx])) == n_classes else math.nan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", st.DegenerateDataWarning)
+        res = st.bootstrap((np.arange(len(y)),), auc_of, n_resamples=n_resamples, vectorized=False,
+                           method="percentile", rng=np.random.default_rng(seed))
+    aucs = res.bootstrap_distribution[~np.isnan(res.bootstrap_distribution)]
+    return [float(q) for q in np.percentile(aucs, [2.5, 97.5])] if len(aucs) else [math.nan, math.nan]
 
 
 def roc_curve_points(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from transfer.config import Config
-from transfer.config.io import ConfigError, load_config, parse_overrides, to_dict
+from transfer.config.io import ConfigError, from_dict, load_config, parse_overrides, to_dict
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -52,3 +52,29 @@ def test_parse_overrides_nested():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
+
+
+def test_plugin_sections_come_from_the_registries_and_round_trip(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("task:\n  name: landmarks\n  landmarks: {head: heatmap, heatmap_sigma: 3}\n"
+                 "pretrain:\n  method: moco\n  contrastive: {queue_size: 128}\n")
+    cfg = load_config(Config, p, ["task.classification.class_weights=balanced"])
+    assert cfg.task.section("landmarks").head == "heatmap" and cfg.task.section("landmarks").heatmap_sigma == 3.0
+    assert cfg.task.section("classification").class_weights == "balanced"
+    assert cfg.pretrain.section("contrastive").queue_size == 128
+    assert cfg.pretrain.section("cae").decoder_width == 32  # a section the file does not set: its defaults
+    d = to_dict(cfg)
+    assert d["task"]["landmarks"]["head"] == "heatmap" and "options" not in d["task"]  # YAML shape, not the field
+    assert set(d["pretrain"]) >= {"contrastive", "cae", "augpred"}
+    assert to_dict(from_dict(Config, d)) == d
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task.segmentatoin.x=1", "unknown key 'task.segmentatoin'"),
+    ("task.landmarks.head=mlp", "'task.landmarks.head'"),
+    ("pretrain.contrastive.temperature=0", "temperature"),
+    ("task.landmarks=3", "expected a mapping"),
+])
+def test_plugin_section_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(Config, None, [override])

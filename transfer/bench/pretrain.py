@@ -64,6 +64,9 @@ def _pool(n: int, c: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
+Step = Callable[[int], None]
+
+
 def bench_pretrain(method: str, backbone_name: str, batch_size: int, image_size: tuple[int, int] | list[int],
                    steps: int, warmup: int = 2, init: str | None = None, in_chans: int = 1) -> dict[str, Any]:
     """Images/s of (a) our method, (b) lightly's SimCLR example loop, (c) a bare two-view loop.
@@ -75,65 +78,12 @@ def bench_pretrain(method: str, backbone_name: str, batch_size: int, image_size:
     if init is None:
         init = "imagenet" if get_entry(backbone_name).imagenet is not None else "scratch"
     backbone, _ = build_backbone(backbone_name, init, in_chans=in_chans)
-    cfg = PretrainConfig(method=method, batch_size=batch_size)
     data = _pool(2 * batch_size, in_chans, image_size)
     batches = [data[i:i + batch_size] for i in range(0, data.shape[0], batch_size)]
-
-    # (a) ours
-    method_cls = PRETRAIN_METHODS.get(method)
-    options = cfg.section(method_cls.config_section) if method_cls.config_section else None
-    ours = method_cls.from_config(copy.deepcopy(backbone), options, image_size).train()
-    opt_a = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=0.06)
-    total = warmup + steps
-
-    # our step is the product path: the training engine driving the registered method
-    engine = Engine(ours, opt_a, device="cpu", progress=False)
-
-    def step_ours(i: int) -> None:
-        engine.train_epoch([{"image": batches[i % len(batches)]}], 0, total_steps=total, global_step=i)
-
-    # (b) lightly's example loop, with our augmentation on the in-memory batch
     augment = TwoViewAugment(ViewAugConfig(), image_size)  # the default views of our contrastive methods
-    model_b = SimCLR(copy.deepcopy(backbone), backbone.num_features).train()
-    criterion_b = NTXentLoss()
-    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.06)
-    total_loss = torch.zeros(())
-
-    def step_lightly(i: int) -> None:
-        nonlocal total_loss
-        x0, x1 = augment(batches[i % len(batches)])
-        z0 = model_b(x0)
-        z1 = model_b(x1)
-        loss = criterion_b(z0, z1)
-        total_loss = total_loss + loss.detach()  # the example sums ``loss``; detached so graphs are not kept
-        loss.backward()
-        opt_b.step()
-        opt_b.zero_grad()
-
-    # (c) bare: pre-made views, no augmentation
-    with torch.no_grad():
-        views = [augment(b) for b in batches]
-    model_c = SimCLR(copy.deepcopy(backbone), backbone.num_features).train()
-    criterion_c = NTXentLoss()
-    opt_c = torch.optim.SGD(model_c.parameters(), lr=0.06)
-
-    def step_bare(i: int) -> None:
-        x0, x1 = views[i % len(views)]
-        loss = criterion_c(model_c(x0), model_c(x1))
-        loss.backward()
-        opt_c.step()
-        opt_c.zero_grad()
-
-    loops: dict[str, Callable[[int], None]] = {"ours": step_ours, "lightly": step_lightly, "bare": step_bare}
-    times: dict[str, list[float]] = {k: [] for k in loops}
-    for i in range(total):
-        for name, fn in loops.items():
-            t0 = time.perf_counter()
-            fn(i)
-            dt = time.perf_counter() - t0
-            if i >= warmup:
-                times[name].append(dt)
-
+    loops = {"ours": _ours(method, backbone, batch_size, image_size, batches, warmup + steps),
+             "lightly": _lightly(backbone, batches, augment), "bare": _bare(backbone, batches, augment)}
+    times = _interleaved(loops, warmup + steps, warmup)
     result: dict[str, Any] = {"method": method, "backbone": backbone_name, "init": init, "batch_size": batch_size,
                               "image_size": list(image_size), "steps": steps, "warmup": warmup,
                               "threads": torch.get_num_threads()}
@@ -145,3 +95,71 @@ def bench_pretrain(method: str, backbone_name: str, batch_size: int, image_size:
     result["ours_vs_lightly"] = result["ours_img_s"] / result["lightly_img_s"]
     result["ours_vs_bare"] = result["ours_img_s"] / result["bare_img_s"]
     return result
+
+
+def _ours(method: str, backbone: nn.Module, batch_size: int, image_size: tuple[int, int],
+          batches: list[torch.Tensor], total: int) -> Step:
+    """(a) the product path: the training engine driving the registered method, built from its default section."""
+    cfg = PretrainConfig(method=method, batch_size=batch_size)
+    method_cls = PRETRAIN_METHODS.get(method)
+    options = cfg.section(method_cls.config_section) if method_cls.config_section else None
+    ours = method_cls.from_config(copy.deepcopy(backbone), options, image_size).train()
+    opt = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=0.06)
+    engine = Engine(ours, opt, device="cpu", progress=False)
+
+    def step(i: int) -> None:
+        engine.train_epoch([{"image": batches[i % len(batches)]}], 0, total_steps=total, global_step=i)
+
+    return step
+
+
+def _lightly(backbone: nn.Module, batches: list[torch.Tensor], augment: TwoViewAugment) -> Step:
+    """(b) lightly's example loop, with our augmentation on the in-memory batch."""
+    model = SimCLR(copy.deepcopy(backbone), backbone.num_features).train()
+    criterion = NTXentLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.06)
+    total_loss = torch.zeros(())
+
+    def step(i: int) -> None:
+        nonlocal total_loss
+        x0, x1 = augment(batches[i % len(batches)])
+        z0 = model(x0)
+        z1 = model(x1)
+        loss = criterion(z0, z1)
+        total_loss = total_loss + loss.detach()  # the example sums ``loss``; detached so graphs are not kept
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def _bare(backbone: nn.Module, batches: list[torch.Tensor], augment: TwoViewAugment) -> Step:
+    """(c) bare: views made before timing (no augmentation in the step)."""
+    with torch.no_grad():
+        views = [augment(b) for b in batches]
+    model = SimCLR(copy.deepcopy(backbone), backbone.num_features).train()
+    criterion = NTXentLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.06)
+
+    def step(i: int) -> None:
+        x0, x1 = views[i % len(views)]
+        loss = criterion(model(x0), model(x1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def _interleaved(loops: dict[str, Step], total: int, warmup: int) -> dict[str, list[float]]:
+    """Step times of each loop, one step of each in turn (so background load hits them alike), after ``warmup``."""
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    for i in range(total):
+        for name, fn in loops.items():
+            t0 = time.perf_counter()
+            fn(i)
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[name].append(dt)
+    return times

@@ -62,25 +62,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{where}: may not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {[_type_name(a) for a in args]}")
+        return _coerce_union(value, tp, key, source)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -88,20 +74,50 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping for section {tp.__name__}, got {value!r}")
         return from_dict(tp, value, source=source, prefix=key)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, tp, key, source)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    return _coerce_scalar(value, tp, where)
+
+
+def _coerce_union(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``X | None`` and other unions: the first member that accepts the value."""
+    args = get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{key!r} in {source}: may not be null")
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key, source)
+        except ConfigError as e:
+            errors.append(str(e))
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    raise ConfigError(f"{key!r} in {source}: {value!r} fits none of {[_type_name(a) for a in args]}")
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``list[X]``, ``tuple[X, ...]`` and fixed-length ``tuple[X, Y]``."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key!r} in {source}: expected a list, got {value!r}")
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{key!r} in {source}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    inner = args[0] if args else Any
+    items = [_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
+    """bool, int, float (ints accepted), str (environment variables expanded); bools are never numbers."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -159,12 +175,8 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>", prefix
         raise ConfigError(f"unknown key {k!r} in {source}; valid keys here: {names + sorted(section_types)}")
     kwargs: dict[str, Any] = {}
     if plugin:
-        kwargs[plugin[0]] = {
-            name: from_dict(tp, data.get(name) or {}, source=source, prefix=f"{prefix}.{name}" if prefix else name)
-            for name, tp in section_types.items()}
-        for name, value in data.items():
-            if name in section_types and value is not None and not isinstance(value, dict):
-                raise ConfigError(f"{prefix}.{name!r} in {source}: expected a mapping for section {name}, got {value!r}")
+        kwargs[plugin[0]] = {name: _coerce(data.get(name) or {}, tp, f"{prefix}.{name}" if prefix else name, source)
+                             for name, tp in section_types.items()}
     defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name in names:
         key = f"{prefix}.{name}" if prefix else name
