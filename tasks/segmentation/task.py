@@ -38,10 +38,11 @@ _MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
 def read_mask(path: Path) -> np.ndarray:
     """A label mask as stored: (H, W) integer array at native resolution.
 
-    PNG / GIF / BMP through PIL: gray modes as stored; palette images by their
-    gray value when the palette is gray (DRIVE's ``2nd_manual`` stores 0/1 indices
-    of a black/white palette: read as 0/255), else by palette index; 1-bit as
-    0/255. TIFF through tifffile. Colour masks are an error (declare gray values).
+    PNG / GIF / BMP through PIL: gray modes as stored; palette images by palette
+    index, whatever the colours (the VOC convention; DRIVE's ``2nd_manual`` GIFs
+    are 0/1 indices of a near-black/near-white palette, its ``1st_manual`` 0/255
+    gray); 1-bit as 0/255. TIFF through tifffile. Colour masks are an error
+    (declare gray values).
     """
     from PIL import Image
 
@@ -54,10 +55,7 @@ def read_mask(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 im.seek(0)
                 if im.mode == "P":
-                    pal = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
-                    idx = np.asarray(im)
-                    used = pal[np.unique(idx)] if len(pal) > int(idx.max()) else None
-                    a = pal[idx, 0] if used is not None and (used == used[:, :1]).all() else idx
+                    a = np.asarray(im)  # palette images: the index is the label (as in VOC label PNGs)
                 elif im.mode == "1":
                     a = np.asarray(im, dtype=np.uint8) * 255
                 elif im.mode in ("RGB", "RGBA"):

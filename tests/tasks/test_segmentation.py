@@ -79,12 +79,12 @@ def test_pairing_reads_masks_as_class_indices(seg_root):
     assert task.info["num_classes"] == 2 and task.info["n_empty_masks"]["train"] == 0
 
 
-def test_palette_gif_is_read_by_gray_value(tmp_path):
-    # DRIVE's 2nd_manual: 0/1 indices of a black/white palette mean 0/255
+def test_palette_gif_is_read_by_index(tmp_path):
+    # DRIVE's 2nd_manual: 0/1 indices of a near-black / near-white palette
     im = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
-    im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    im.putpalette([4, 2, 4, 252, 254, 252] + [0] * 762)
     im.save(tmp_path / "m.gif")
-    assert read_mask(tmp_path / "m.gif").tolist() == [[0, 255], [255, 0]]
+    assert read_mask(tmp_path / "m.gif").tolist() == [[0, 1], [1, 0]]
 
 
 def test_undeclared_value_names_file_and_value(seg_root):
