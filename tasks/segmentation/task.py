@@ -38,11 +38,12 @@ _MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
 def read_mask(path: Path) -> np.ndarray:
     """A label mask as stored: (H, W) integer array at native resolution.
 
-    PNG / GIF / BMP through PIL: gray modes as stored; palette images by palette
-    index, whatever the colours (the VOC convention; DRIVE's ``2nd_manual`` GIFs
-    are 0/1 indices of a near-black/near-white palette, its ``1st_manual`` 0/255
-    gray); 1-bit as 0/255. TIFF through tifffile. Colour masks are an error
-    (declare gray values).
+    PNG / GIF / BMP through PIL: gray modes as stored; palette images by their
+    gray level when the palette entries used are exactly gray (how PIL writes a
+    gray image to GIF), else by palette index (label palettes, as in VOC; DRIVE's
+    ``2nd_manual`` GIFs are 0/1 indices of a near-black / near-white palette);
+    1-bit as 0/255. TIFF through tifffile. Colour masks are an error (declare
+    gray values).
     """
     from PIL import Image
 
@@ -55,7 +56,12 @@ def read_mask(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 im.seek(0)
                 if im.mode == "P":
-                    a = np.asarray(im)  # palette images: the index is the label (as in VOC label PNGs)
+                    idx = np.asarray(im)
+                    pal = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
+                    used = pal[np.unique(idx)] if len(pal) > int(idx.max()) else None
+                    # an exactly gray palette stands for gray levels (PIL writes an L image to GIF this way);
+                    # any other palette is a label palette: the index is the label (VOC label PNGs)
+                    a = pal[idx, 0] if used is not None and (used == used[:, :1]).all() else idx
                 elif im.mode == "1":
                     a = np.asarray(im, dtype=np.uint8) * 255
                 elif im.mode in ("RGB", "RGBA"):
@@ -127,7 +133,8 @@ class SegmentationModel(TaskModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> class logits (B, K, H, W), any H and W."""
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        feats = self.backbone.forward_stages(images, upto=self.head.top_stage)
+        # forward_features: the dense-head protocol every backbone implements (generic timm models included)
+        feats = self.backbone.forward_features(images)
         logits = self.head(feats, size, images if self.head.image_channels else None)
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

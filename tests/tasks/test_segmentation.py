@@ -85,6 +85,10 @@ def test_palette_gif_is_read_by_index(tmp_path):
     im.putpalette([4, 2, 4, 252, 254, 252] + [0] * 762)
     im.save(tmp_path / "m.gif")
     assert read_mask(tmp_path / "m.gif").tolist() == [[0, 1], [1, 0]]
+    # an exactly gray palette (how PIL writes a gray image to GIF) stands for gray levels
+    im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    im.save(tmp_path / "g.gif")
+    assert read_mask(tmp_path / "g.gif").tolist() == [[0, 255], [255, 0]]
 
 
 def test_undeclared_value_names_file_and_value(seg_root):
@@ -166,6 +170,11 @@ def test_alexnet_fc_stages_are_unused_and_model_size_is_exact(seg_root):
     model.eval()
     with torch.no_grad():
         assert model(torch.rand(2, 1, 37, 45)).shape == (2, 2, 37, 45)
+
+
+def test_decoder_top_stage_marks_the_stages_above_unused(seg_root):
+    _, _, _, model = _model(seg_root, "tiny_efficientnet", "task.segmentation.decoder_top_stage=blocks4")
+    assert model.unused_stages == ["blocks5", "blocks6", "conv_head"] and model.head.top_stage == "blocks4"
 
 
 def test_frozen_stages_get_no_gradient_at_depth_head(seg_root):

@@ -22,9 +22,18 @@ def test_output_size_for_odd_sizes_every_tiny_backbone(name, stride):
     for h, w in [(33, 47), (64, 64), (37, 50), (40, 31)]:
         x = torch.rand(2, 3, h, w)
         with torch.no_grad():
-            y = dec(bb.forward_stages(x, upto=dec.top_stage), (h, w), x)
+            y = dec(bb.forward_features(x), (h, w), x)
         assert tuple(y.shape) == (2, 3, math.ceil(h / stride), math.ceil(w / stride)), (name, stride, h, w)
         assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["timm:test_efficientnet", "resnet18"])
+def test_output_size_on_generic_timm_and_torchvision_backbones(name):
+    bb = get_entry(name).build().eval()
+    dec = DenseDecoder(bb.feature_info, 2, out_stride=2, width=4).eval()
+    with torch.no_grad():
+        y = dec(bb.forward_features(torch.rand(1, 3, 45, 39)), (45, 39))
+    assert tuple(y.shape) == (1, 2, 23, 20)
 
 
 def test_skips_are_the_last_stage_at_each_stride_up_to_top():
