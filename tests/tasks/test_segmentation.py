@@ -262,3 +262,28 @@ def test_cli_bad_mask_is_one_line_naming_the_file(tmp_path, seg_root, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "06_manual1.gif" in err and "[9]" in err and "Traceback" not in err
+
+
+def test_second_observer_script_scores_one_folder_against_another(tmp_path, seg_root, capsys):
+    from tasks.segmentation.observer import main as observer_main
+
+    d = seg_root / "training"
+    (d / "second").mkdir()
+    for f in sorted((d / "manual").iterdir()):
+        m = np.asarray(Image.open(f).convert("L")).copy()
+        m[:, :2] = 255  # the second observer marks two extra columns (inside and outside the FOV)
+        Image.fromarray(m).save(d / "second" / f.name.replace("manual1", "manual2"))
+    assert observer_main([str(d), "--truth", "manual", "--other", "second", "--fov", "mask"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_images"] == 8 and 0 < res["means"]["dice"] < 1 and res["means"]["sensitivity"] == 1.0
+    assert observer_main([str(d), "--truth", "manual", "--other", "manual", "--fov", "mask"]) == 0
+    assert json.loads(capsys.readouterr().out)["means"]["dice"] == 1.0
+
+
+def test_predict_writes_masks_under_output_dir(tmp_path, seg_root):
+    torch.manual_seed(0)
+    _, task, ds, model = _model(seg_root)
+    task.output_dir = tmp_path / "pred_masks"
+    df = task.predict(model, ds.subset([0, 1]), torch.device("cpu"))
+    assert [Path(p).parent for p in df["mask_path"]] == [tmp_path / "pred_masks"] * 2
+    assert Image.open(df["mask_path"][0]).size == (W, H)
