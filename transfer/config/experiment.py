@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from transfer.config.io import ConfigError, plugin_sections, section_of
 from transfer.config.pretrain import PretrainConfig
+from transfer.data.builtin import PREFIX as BUILTIN_PREFIX
+from transfer.data.builtin import builtin_path
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -55,7 +57,7 @@ class DataConfig:
     format: str = "npz"
     #: dataset root; ``${VAR:-default}`` is expanded
     root: str = "${MEDTRANSFER_DATA:-../shared/data}"
-    train: str = ""  #: file or folder relative to root
+    train: str = ""  #: file or folder relative to root, or ``builtin:<name>`` (a dataset shipped with the package)
     val: str | None = None  #: None -> carve ``val_fraction`` from train (stratified)
     test: str | None = None
     image_dir: str | None = None  #: folder of images for CSV formats, relative to root
@@ -75,11 +77,14 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
 
     def resolve(self, rel: str) -> Path:
-        """A path named in the config: relative to ``root`` unless absolute (a ``#key`` suffix is kept)."""
+        """A path named in the config: ``builtin:<name>``, or relative to ``root`` unless absolute (``#key`` kept)."""
         path, _, key = rel.partition("#")
-        p = Path(path)
-        if not p.is_absolute():
-            p = Path(self.root) / p
+        if path.startswith(BUILTIN_PREFIX):  # a dataset shipped with the package, wherever it is installed
+            p = builtin_path(path[len(BUILTIN_PREFIX):])
+        else:
+            p = Path(path)
+            if not p.is_absolute():
+                p = Path(self.root) / p
         return Path(f"{p}#{key}") if key else p
 
     def image_base(self, listing: Path) -> Path:
