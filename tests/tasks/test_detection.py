@@ -334,3 +334,19 @@ def test_detection_bench_finetune(tmp_path, capsys):
                  "--set", "data.val=ImageSets/Main/val.txt", "--steps", "2", "--warmup", "1"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["task"] == "detection" and res["engine_images_per_s"] > 0 and res["bare_images_per_s"] > 0
+
+
+@pytest.mark.realdata
+def test_bccd_lists_load_and_report_the_two_zero_size_boxes(real_data, tmp_path):
+    from transfer.api import TASKS
+    from transfer.config import Config, load_config
+
+    root = real_data("bccd")
+    cfg = load_config(Config, Path(__file__).resolve().parents[2] / "configs" / "bccd_detection.yaml",
+                      [f"data.root={root.parent}", "tracking.progress=false"])
+    task = TASKS.get("detection")(cfg)
+    sizes = {w: len(task.load_split(getattr(cfg.data, w), w)) for w in ("train", "val", "test")}
+    assert sizes == {"train": 205, "val": 87, "test": 72}
+    assert sorted(Path(s.path.split(",")[0]).name for s in task.skipped) == ["BloodImage_00338.xml",
+                                                                            "BloodImage_00343.xml"]
+    assert sum(d["boxes"] for d in task.info["data"].values()) == 4888 - 2
