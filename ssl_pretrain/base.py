@@ -7,6 +7,7 @@ core.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,6 +85,15 @@ class MomentumTarget(TwoViewMethod):
 
     def momentum_at(self, progress: float) -> float:
         return scheduled_momentum(progress, self.momentum_start, self.momentum_end)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Training state outside parameters and buffers, kept in the run's resume state (``state_dict``'s
+        ``_extra_state``; the backbone checkpoint holds ``encoder`` only): the momentum last applied, which the
+        next step logs."""
+        return {"current_momentum": self.current_momentum}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.current_momentum = float(state["current_momentum"])
 
     def after_optimizer_step(self, progress: float) -> None:
         m = self.momentum_at(progress)

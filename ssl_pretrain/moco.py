@@ -9,10 +9,14 @@ momentum rising from ``momentum_start`` to ``momentum_end`` on lightly's cosine
 schedule.
 
 Notes: single-device BatchNorm needs no shuffling (shuffle-BN matters across
-GPUs only); the queue is a non-persistent buffer, so a resumed run starts with
-a fresh queue.
+GPUs only). The queue is a non-persistent buffer in lightly (so it is not in
+``encoder``'s checkpoint); the method's extra state (``get_extra_state``)
+carries it, with its write pointer, into the run's resume state, so a resumed
+run continues with the queue it had.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from lightly.loss import NTXentLoss
@@ -35,6 +39,20 @@ class MoCo(MomentumTarget):
         self.init_momentum(c.momentum_start, c.momentum_end)
         bank = (c.queue_size, c.proj_dim) if c.queue_size > 0 else 0
         self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=bank)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The momentum (see the base) and the queue of past keys with its write pointer (lightly's memory bank)."""
+        bank = self.criterion.memory_bank
+        return {**super().get_extra_state(), "queue": bank.bank.detach().clone(), "queue_ptr": bank.bank_ptr.clone()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        bank = self.criterion.memory_bank
+        if state["queue"].shape != bank.bank.shape:
+            raise ValueError(f"queue shape {tuple(state['queue'].shape)} != {tuple(bank.bank.shape)} "
+                             "(pretrain.contrastive.queue_size / proj_dim changed)")
+        bank.bank.copy_(state["queue"])
+        bank.bank_ptr.copy_(state["queue_ptr"])
 
     def forward(self, x: Tensor) -> Tensor:
         """Images -> query projections (B, proj_dim)."""

@@ -8,19 +8,28 @@ batches with a DistributedSampler.
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from transfer.api import Batch
 from transfer.config import RuntimeConfig
+from transfer.errors import MedTransferError
+
+
+class ResumeStateError(MedTransferError):
+    """A resume state (``last.pt``) that cannot be read, or that another config wrote."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -44,27 +53,68 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.float16
 
 
+@runtime_checkable
+class EpochSampler(Protocol):
+    """A sampler whose order is a function of the epoch (``EpochRandomSampler``, torch's ``DistributedSampler``)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of ``epoch``'s shuffle: a function of (seed, epoch) alone, so a resumed run needs no sampler state."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+class EpochRandomSampler(Sampler[int]):
+    """Shuffled indices drawn from a generator seeded with ``epoch_seed(seed, epoch)``.
+
+    Like torch's ``RandomSampler`` without replacement: ``num_samples`` (default ``n``) indices from consecutive
+    shuffled passes. :meth:`set_epoch` pins the epoch (the engine calls it before every epoch, so epoch k's order is
+    the same whether or not the run was interrupted before it); without it, each pass moves to the next epoch.
+    """
+
+    def __init__(self, n: int, seed: int = 0, num_samples: int | None = None) -> None:
+        self.n, self.seed = n, seed
+        self.num_samples = n if num_samples is None else num_samples
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        self.epoch += 1
+        if self.n == 0:  # an empty training set: the engine says so when the epoch has no batch
+            return
+        for _ in range(self.num_samples // self.n):
+            yield from torch.randperm(self.n, generator=g).tolist()
+        yield from torch.randperm(self.n, generator=g)[: self.num_samples % self.n].tolist()
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
                 drop_last: bool = False, device: torch.device | None = None,
                 num_samples: int | None = None) -> DataLoader:
-    """A DataLoader that shards across processes under DDP and is reproducible per seed.
+    """A DataLoader that shards across processes under DDP and is reproducible per seed and epoch.
 
+    The shuffle of epoch k depends on (seed, k) only (:class:`EpochRandomSampler`, or ``DistributedSampler``'s
+    ``set_epoch``), so a run resumed before epoch k sees the same batches as an uninterrupted one.
     ``num_samples``: samples per epoch drawn from consecutive shuffled passes (torch's RandomSampler without
     replacement), for a fixed number of steps per epoch whatever the dataset size.
     """
-    sampler = None
+    sampler: Sampler[int] | None = None
     g = torch.Generator()
     g.manual_seed(seed)
     if dist.is_available() and dist.is_initialized():
         if num_samples is not None:
             raise ValueError("train.steps_per_epoch is not supported under DistributedDataParallel")
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        shuffle = False
-    elif num_samples is not None:
-        sampler = RandomSampler(dataset, replacement=False, num_samples=num_samples, generator=g)
-        shuffle = False
+    elif shuffle or num_samples is not None:
+        sampler = EpochRandomSampler(len(dataset), seed, num_samples)  # type: ignore[arg-type]
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+        dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
         drop_last=drop_last, generator=g, pin_memory=device is not None and device.type == "cuda",
         persistent_workers=num_workers > 0,
     )
@@ -124,6 +174,7 @@ class FitResult:
     history: list[dict[str, Any]]
     best_state: dict[str, torch.Tensor] | None
     stopped_early: bool
+    resumed_from: int | None = None  #: the first epoch trained after resuming from a saved state (None: fresh)
 
 
 class Engine:
@@ -187,8 +238,8 @@ class Engine:
         stage-1 loops that call this directly see a constant learning rate.
         """
         self.train_mode()
-        if isinstance(loader, DataLoader) and isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
+        if isinstance(loader, DataLoader) and isinstance(loader.sampler, EpochSampler):
+            loader.sampler.set_epoch(epoch)  # the epoch's shuffle from (seed, epoch): the same after a resume
         # running sums stay on the device; they are read (a host sync) only every SYNC_EVERY steps
         total = torch.zeros((), device=self.device)
         logs: dict[str, torch.Tensor] = {}
@@ -273,23 +324,37 @@ class Engine:
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         state_of: Callable[[], dict[str, torch.Tensor]] | None = None,
         resume_path: Path | None = None,
+        resume_config: dict[str, Any] | None = None,
+        on_start: Callable[[list[dict[str, Any]]], None] | None = None,
         max_steps: int | None = None,
     ) -> FitResult:
         """Train for ``epochs``; select the best epoch on ``monitor`` of ``evaluate(epoch)``.
 
         ``state_of`` returns the state kept for the best epoch (default: the
         model's state dict). With ``resume_path``, state is saved there after
-        every epoch and an interrupted fit continues from it. When every
-        monitored value is NaN, no epoch is selected: ``best_metric`` and
-        ``best_state`` are None and the model holds the last epoch's weights.
+        every epoch and an interrupted fit continues from it: model (with its
+        extra state, e.g. MoCo's queue), optimiser, scheduler, AMP scaler,
+        selection and early stopping, and every RNG (Python, NumPy, torch CPU
+        and CUDA); the shuffle of each epoch is a function of (seed, epoch)
+        (:class:`EpochRandomSampler`), so on CPU the resumed fit equals an
+        uninterrupted one. ``resume_config`` (the training-relevant config,
+        flat) is stored with the state; a state stored with another one is
+        refused (:class:`ResumeStateError` naming the changed keys).
+        ``on_start(history)`` is called once before training with the restored
+        history ([] when starting fresh), so logs can be made to match it.
+        When every monitored value is NaN, no epoch is selected: ``best_metric``
+        and ``best_state`` are None and the model holds the last epoch's weights.
         """
         selection = Selection(mode)
         state_of = state_of or self.model.state_dict
-        history, start = self._load_resume(resume_path, selection)
+        history, start = self._load_resume(resume_path, selection, resume_config)
+        resumed_from = start if history else None
+        if on_start is not None:
+            on_start(history)
         per_epoch = _steps_per_epoch(loader, max_steps)
         total_steps = per_epoch * epochs if per_epoch else None
-        stopped = False
-        for epoch in range(start, epochs):
+        stopped = bool(history) and selection.exhausted(patience)  # it had stopped early before the interruption
+        for epoch in range(start, start if stopped else epochs):
             stats = self.train_epoch(loader, epoch, max_steps=max_steps, progress_total=per_epoch,
                                      total_steps=total_steps, global_step=(per_epoch or 0) * epoch)
             if self.scheduler is not None:
@@ -303,38 +368,112 @@ class Engine:
             if on_epoch is not None:
                 on_epoch(row)
             if resume_path is not None and is_main_process():
-                self._save_resume(resume_path, history, selection, epoch)
+                self._save_resume(resume_path, history, selection, epoch, resume_config)
             if selection.exhausted(patience):
                 stopped = True
                 break
-        return FitResult(selection.best, selection.best_epoch, len(history), history, selection.best_state, stopped)
+        return FitResult(selection.best, selection.best_epoch, len(history), history, selection.best_state, stopped,
+                         resumed_from)
 
-    def _load_resume(self, path: Path | None, selection: Selection) -> tuple[list[dict[str, Any]], int]:
-        """Restore model, optimiser, scheduler and ``selection`` from ``path``; returns (history, first epoch).
+    def _load_resume(self, path: Path | None, selection: Selection, config: dict[str, Any] | None
+                     ) -> tuple[list[dict[str, Any]], int]:
+        """Restore everything that decides what happens next from ``path``; returns (history, first epoch).
 
         Without a file there is nothing to resume: ([], 0).
         """
         if path is None or not Path(path).is_file():
             return [], 0
-        ck = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        if self.scheduler is not None and ck.get("scheduler"):
-            self.scheduler.load_state_dict(ck["scheduler"])
+        ck = read_resume_state(path)
+        if config is not None:
+            check_resume_config(ck, path, config)
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            if self.scheduler is not None and ck.get("scheduler"):
+                self.scheduler.load_state_dict(ck["scheduler"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ResumeStateError(f"{path}: the resume state does not fit this model or optimiser "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0]}); {_WAYS_OUT}") from None
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         selection.best, selection.best_epoch = ck["best"], ck["best_epoch"]
         selection.best_state, selection.bad_epochs = ck["best_state"], ck["bad_epochs"]
+        if ck.get("rng") is not None:
+            set_rng_state(ck["rng"])
         return ck["history"], ck["epoch"] + 1
 
-    def _save_resume(self, path: Path, history: list[dict[str, Any]], selection: Selection, epoch: int) -> None:
+    def _save_resume(self, path: Path, history: list[dict[str, Any]], selection: Selection, epoch: int,
+                     config: dict[str, Any] | None) -> None:
         """Everything :meth:`_load_resume` needs to continue after ``epoch``, written atomically."""
-        from transfer.tracking import atomic_torch_save
+        from transfer.tracking import atomic_torch_save, config_fingerprint
 
         atomic_torch_save({
+            "format": RESUME_FORMAT,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "history": history, "best": selection.best, "best_epoch": selection.best_epoch,
             "best_state": selection.best_state, "bad_epochs": selection.bad_epochs, "epoch": epoch,
+            "rng": rng_state(),
+            "config": config, "config_fingerprint": config_fingerprint(config) if config is not None else None,
         }, path)
+
+
+#: version of the resume-state layout written by :meth:`Engine._save_resume`
+RESUME_FORMAT = 2
+_WAYS_OUT = "start over with --restart, or use a new run name (--name)"
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every RNG a training step may draw from: Python, NumPy, torch CPU and CUDA."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s result (CUDA states only when the device count is the same)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def read_resume_state(path: Path) -> dict[str, Any]:
+    """The resume state at ``path``; an unreadable (truncated, corrupt) file is a :class:`ResumeStateError`."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # PytorchStreamReader, EOFError, UnpicklingError...: all mean the same to the user
+        raise ResumeStateError(f"{path}: the resume state cannot be read, it is truncated or corrupt "
+                               f"({type(e).__name__}); {_WAYS_OUT}") from None
+    if not isinstance(ck, dict) or "history" not in ck or "epoch" not in ck:
+        raise ResumeStateError(f"{path}: not a resume state of medtransfer; {_WAYS_OUT}")
+    return ck
+
+
+def check_resume_config(state: dict[str, Any], path: Path, config: dict[str, Any]) -> None:
+    """Refuse a resume state written with another training config, naming the changed keys (dotted, old -> new)."""
+    from transfer.tracking import config_fingerprint
+
+    old = state.get("config")
+    if old is None:
+        raise ResumeStateError(f"{path}: the resume state records no config (written by an older medtransfer), so "
+                               f"it cannot be checked against this one; {_WAYS_OUT}")
+    if state.get("config_fingerprint") == config_fingerprint(config):
+        return
+    changes = config_changes(old, config)
+    raise ResumeStateError(f"{path}: the resume state was written with another config "
+                           f"({'; '.join(changes) or 'fingerprint differs'}); {_WAYS_OUT}")
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["train.lr: 0.01 -> 0.05", ...]`` for the keys of two flat configs that differ (absent: ``<absent>``)."""
+    def show(d: dict[str, Any], k: str) -> str:
+        return json.dumps(d[k], default=str) if k in d else "<absent>"
+
+    return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in sorted(set(old) | set(new))
+            if k not in old or k not in new or json.dumps(old[k], default=str) != json.dumps(new[k], default=str)]
 
 
 @dataclass
@@ -370,7 +509,8 @@ class Selection:
         if improved:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             # one copy on the host: the kept state must not follow the weights as training goes on
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state_of().items()}
+            self.best_state = {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                               for k, v in state_of().items()}  # (a module's extra state is not a tensor)
         else:
             self.bad_epochs += 1
         return improved

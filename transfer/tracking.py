@@ -1,6 +1,7 @@
 """Run directories (atomic writes, JSONL metrics) and the W&B mirror."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -46,6 +47,59 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+#: config keys (dotted prefixes) that do not change what a run computes, only where it is written, how it is shown,
+#: or how fast the same computation runs; every other key is part of the training fingerprint (README: "The run
+#: directory"). ``runtime.device`` is here so a run can move between devices; resumed on another device, it is no
+#: longer bit-identical to an uninterrupted run.
+UNTRACKED_KEYS: tuple[str, ...] = ("tracking", "study", "runtime.device", "runtime.compile", "runtime.channels_last",
+                                   "data.num_workers", "data.cache_dir")
+#: further keys each kind of run does not read: stage 2 ignores the stage-1 section, stage 1 the stage-2 ones
+UNTRACKED_BY_JOB: dict[str, tuple[str, ...]] = {"finetune": ("pretrain",), "pretrain": ("train", "task")}
+
+
+def training_config(config: dict[str, Any], job: str) -> dict[str, Any]:
+    """The training-relevant part of a resolved config (``to_dict(cfg)``), flat with dotted keys.
+
+    It is stored with every resume state; a resume state whose stored part differs is not reused.
+    """
+    ignored = UNTRACKED_KEYS + UNTRACKED_BY_JOB.get(job, ())
+    flat = _flatten(config)
+    return {k: v for k, v in sorted(flat.items()) if not any(k == p or k.startswith(p + ".") for p in ignored)}
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of ``config``."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: files a run writes; ``--restart`` removes them before starting over (folders such as ``wandb/`` are kept)
+RUN_FILES = ("last*.pt", "metrics.jsonl", "summary.json", "model.pt", "backbone.pt", "depth_curve.json",
+             "predictions_*.csv", "config.yaml")
+
+
+def discard_run_state(run_dir: Path) -> list[Path]:
+    """Remove what an earlier run left in ``run_dir`` (``RUN_FILES``); returns the removed files."""
+    removed = []
+    for pattern in RUN_FILES:
+        for f in sorted(Path(run_dir).glob(pattern)):
+            if f.is_file():
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def completed_summary(run_dir: Path, outputs: tuple[str, ...]) -> dict[str, Any] | None:
+    """The summary of a finished run (``summary.json`` and every file of ``outputs`` present), else None."""
+    run_dir = Path(run_dir)
+    if not all((run_dir / f).is_file() for f in ("summary.json", *outputs)):
+        return None
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None  # an unreadable summary is not a finished run
 
 
 class Run:
@@ -100,6 +154,16 @@ class Run:
             f.write(json.dumps(row, default=_json_default) + "\n")
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+    def keep_metrics(self, rows: int) -> None:
+        """Keep the first ``rows`` rows of ``metrics.jsonl``: rows logged after the state a run resumes from
+        (killed after logging an epoch, before saving it) would otherwise appear twice."""
+        path = self.dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        if len(lines) > rows:  # (a line cut short by a kill is always the last one, past the saved rows)
+            atomic_write_text(path, "".join(lines[:rows]))
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         if self.warnings:

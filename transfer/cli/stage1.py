@@ -14,11 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=f"Methods (pretrain.method): {', '.join(PRETRAIN_METHODS.names())}.")
     add_config_args(p)
     p.add_argument("--name", help="run directory name")
+    p.add_argument("--restart", action="store_true",
+                   help="discard what an earlier run left in the run directory and start over; without it an "
+                        "interrupted run resumes and a finished one is kept")
     p.set_defaults(fn=cmd_pretrain)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    s = run_pretrain(load(args), name=args.name)
+    s = run_pretrain(load(args), name=args.name, restart=args.restart)
     final = {k: round(v, 4) for k, v in s["final"].items() if isinstance(v, float)}
     print(f"run directory: {Path(s['checkpoint']).parent}")
     print(f"checkpoint: {s['checkpoint']}  (fine-tune from it with --set init={s['checkpoint']})")

@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=f"Tasks (task.name): {', '.join(TASKS.names())}.")
     add_config_args(f)
     f.add_argument("--name", help="run directory name (default: derived from the config)")
+    f.add_argument("--restart", action="store_true",
+                   help="discard what an earlier run left in the run directory (resume state, metrics, summary) "
+                        "and start over; without it an interrupted run resumes and a finished one is kept")
     f.set_defaults(fn=cmd_finetune)
 
     e = sub.add_parser("evaluate", help="score a trained model on a labelled set")
@@ -40,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load(args)
-    summary = run_finetune(cfg, name=args.name)
+    summary = run_finetune(cfg, name=args.name, restart=args.restart)
     _print_summary(summary, Path(cfg.tracking.out_dir) / summary["run"])
     return 0
 

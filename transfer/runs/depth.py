@@ -7,12 +7,12 @@ from typing import Any, Callable
 import torch
 
 from transfer.api import Task, TaskModel
-from transfer.config import Config
-from transfer.engine import Engine, make_loader
+from transfer.config import Config, to_dict
+from transfer.engine import Engine, FitResult, make_loader
 from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups, set_train_mode,
                                trainable_stages)
 from transfer.runs.splits import Splits
-from transfer.tracking import Run, atomic_write_json
+from transfer.tracking import Run, atomic_write_json, training_config
 
 
 def setup_depth(model: TaskModel, cfg: Config, depth: str
@@ -36,8 +36,12 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
 
 
 def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: str, run: Run, epochs: int,
-              resume_path: Path | None, tag: str = "") -> tuple[float, int, list[dict]]:
-    """Train ``model`` at ``depth``; leaves the best validation state loaded. Returns (best, best_epoch, history)."""
+              resume_path: Path | None, tag: str = "", rows_before: int = 0) -> tuple[float, int, FitResult]:
+    """Train ``model`` at ``depth``; leaves the best validation state loaded. Returns (best, best_epoch, fit result).
+
+    ``rows_before``: rows of ``metrics.jsonl`` written before this depth (``auto``); rows past them and the
+    resumed history are dropped before training, so each epoch is in the file once.
+    """
     _, opt, train_mode = setup_depth(model, cfg, depth)
     t = cfg.train
     engine = Engine.from_config(model, opt, cfg.runtime, grad_clip=t.grad_clip, progress=cfg.tracking.progress,
@@ -56,32 +60,39 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
         run.log_epoch({"depth": depth, **row} if tag else row)
 
     res = engine.fit(loader, epochs, evaluate=evaluate, monitor=task.monitor, mode=task.mode, patience=t.patience,
-                     on_epoch=on_epoch, resume_path=resume_path, max_steps=t.max_steps)
+                     on_epoch=on_epoch, resume_path=resume_path, max_steps=t.max_steps,
+                     resume_config=training_config(to_dict(cfg), "finetune"),
+                     on_start=lambda history: run.keep_metrics(rows_before + len(history)))
     if res.best_metric is None:  # no finite validation value: nothing to select on, keep the last epoch
         run.warn(f"every validation {task.monitor} at depth {depth} was NaN; kept the last epoch's weights")
-        return float("nan"), res.epochs_run - 1, res.history
+        return float("nan"), res.epochs_run - 1, res
     model.load_state_dict(res.best_state)
-    return res.best_metric, res.best_epoch, res.history
+    return res.best_metric, res.best_epoch, res
 
 
 def auto_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, run: Run,
-               curve: list[dict[str, Any]]) -> tuple[str, float, int]:
+               curve: list[dict[str, Any]], resumed: dict[str, Any] | None = None) -> tuple[str, float, int]:
     """Tajbakhsh et al.'s incremental procedure: head only, then one more stage at a time while val improves.
 
     Each depth continues from the best weights of the previous one; the best
-    model over all depths is kept.
+    model over all depths is kept. Each depth has its resume state (``last_<depth>.pt``); ``resumed`` gets
+    ``epoch``/``depth`` of the last depth that continued from one.
     """
     t = cfg.train
     epochs = t.auto_epochs or t.epochs
     sign = 1.0 if task.mode == "max" else -1.0
     names = [d for d in depth_names(model.backbone.stage_names) if d != "all"]
     best_depth, best_metric, best_epoch, best_state = None, None, -1, None
+    rows = 0
     for depth in names:
         stages = trainable_stages(depth, model.backbone.stage_names)
         if stages and stages[0] in model.unused_stages:
             continue
-        metric, epoch, _ = fit_depth(task, model, cfg, splits, depth, run, epochs, run.dir / f"last_{depth}.pt",
-                                     tag=depth)
+        metric, epoch, res = fit_depth(task, model, cfg, splits, depth, run, epochs, run.dir / f"last_{depth}.pt",
+                                       tag=depth, rows_before=rows)
+        rows += res.epochs_run
+        if res.resumed_from is not None and resumed is not None:
+            resumed.update(epoch=res.resumed_from, depth=depth)
         curve.append({"depth": depth, "val": metric, "best_epoch": epoch})
         atomic_write_json(run.dir / "depth_curve.json", curve)
         if best_metric is None or sign * (metric - best_metric) > t.auto_tolerance:

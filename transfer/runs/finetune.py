@@ -15,7 +15,8 @@ from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.seeding import seed_everything
 from transfer.runs.splits import Splits, prepare_data
-from transfer.tracking import Run, atomic_torch_save
+from transfer.engine import check_resume_config, read_resume_state
+from transfer.tracking import Run, atomic_torch_save, completed_summary, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config
 
 
@@ -25,13 +26,29 @@ def default_run_name(cfg: Config) -> str:
             f"-frac{cfg.data.label_fraction:g}-seed{cfg.seed}")
 
 
-def run_finetune(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
-    """Train, select on validation, test once; returns the summary written to ``summary.json``."""
+def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False) -> dict[str, Any]:
+    """Train, select on validation, test once; returns the summary written to ``summary.json``.
+
+    A run directory that holds a finished run (``summary.json`` + ``model.pt``) is not trained again: its summary
+    is returned. Resume states left by an interrupted run are checked against this config before anything is
+    written; ``restart`` discards the old run's files and starts over.
+    """
     seed_everything(cfg.seed)
     t0 = time.time()
     task = TASKS.get(cfg.task.name)(cfg)
+    name = name or cfg.tracking.name or default_run_name(cfg)
+    run_dir = Path(cfg.tracking.out_dir) / name
+    if not restart:
+        done = completed_summary(run_dir, ("model.pt",))
+        if done is not None:
+            print(f"{run_dir}: already complete (summary.json, model.pt); nothing trained. "
+                  "--restart trains it again")
+            return {**done, "already_complete": True}
+        check_resume_states(run_dir, training_config(to_dict(cfg), "finetune"))
     splits = prepare_data(task, cfg)
-    run = Run.from_config(cfg.tracking, name or cfg.tracking.name or default_run_name(cfg), to_dict(cfg),
+    if restart:
+        discard_run_state(run_dir)
+    run = Run.from_config(cfg.tracking, name, to_dict(cfg),
                           job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
     try:
         model, report = _build_model(cfg, task, splits, run)
@@ -42,6 +59,13 @@ def run_finetune(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
         return _finish(cfg, task, model, run, summary)
     finally:
         run.finish()
+
+
+def check_resume_states(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to start when a resume state in ``run_dir`` is unreadable or was written with another config
+    (:class:`~transfer.engine.ResumeStateError`: the file, the changed keys, ``--restart`` / ``--name``)."""
+    for path in sorted(Path(run_dir).glob("last*.pt")):
+        check_resume_config(read_resume_state(path), path, config)
 
 
 def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:
@@ -64,12 +88,16 @@ def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits,
     t = cfg.train
     device = resolve_device(cfg.runtime.device)
     depth_curve: list[dict[str, Any]] = []
+    resumed: dict[str, Any] = {}
     if t.depth == "auto":
-        chosen, best_metric, best_epoch = auto_depth(task, model, cfg, splits, run, depth_curve)
+        chosen, best_metric, best_epoch = auto_depth(task, model, cfg, splits, run, depth_curve, resumed)
     else:
         trainable_stages(t.depth, model.backbone.stage_names)  # validates the name before training
-        best_metric, best_epoch, _ = fit_depth(task, model, cfg, splits, t.depth, run, t.epochs, run.dir / "last.pt")
+        best_metric, best_epoch, res = fit_depth(task, model, cfg, splits, t.depth, run, t.epochs,
+                                                 run.dir / "last.pt")
         chosen = t.depth
+        if res.resumed_from is not None:
+            resumed.update(epoch=res.resumed_from, depth=t.depth)
     return {
         "run": run.name, "task": cfg.task.name, "backbone": cfg.backbone.name, "init": cfg.init,
         "depth": t.depth, "selected_depth": chosen,
@@ -79,6 +107,8 @@ def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
         "depth_curve": depth_curve,
+        # the first epoch trained after continuing from a resume state (None: trained from the start)
+        "resumed_from_epoch": resumed.get("epoch"), "resumed_at_depth": resumed.get("depth"),
     }
 
 
@@ -104,8 +134,8 @@ def _finish(cfg: Config, task: Task, model: TaskModel, run: Run, summary: dict[s
     """Write the model and the summary; drop the resume state a complete run no longer needs."""
     ckpt = run.dir / "model.pt"
     atomic_torch_save(model_checkpoint(model, cfg, task, summary["selected_depth"]), ckpt)
+    run.log_summary(summary)  # summary.json + model.pt: the run is complete, its resume states can go
     for resume_state in run.dir.glob("last*.pt"):
         resume_state.unlink()
-    run.log_summary(summary)
     run.log_artifact(ckpt, f"model-{run.name}", "model", {"task": cfg.task.name, "depth": summary["selected_depth"]})
     return summary

@@ -13,12 +13,12 @@ from PIL import Image
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
 from transfer.data.datasets import ImageDataset
-from transfer.engine import Engine, make_loader
+from transfer.engine import Engine, FitResult, check_resume_config, make_loader, read_resume_state
 from transfer.errors import DatasetError
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
 from transfer.runs.seeding import seed_everything
-from transfer.tracking import Run, atomic_write_json
+from transfer.tracking import Run, atomic_write_json, completed_summary, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
 
 
@@ -27,16 +27,32 @@ def default_pretrain_name(cfg: Config) -> str:
     return f"pretrain-{cfg.pretrain.method}-{cfg.backbone.name.replace(':', '_')}-{init}-seed{cfg.seed}"
 
 
-def run_pretrain(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
-    """Train one stage-1 method; write ``backbone.pt`` (loadable with ``init: <path>``) and a summary."""
+def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False) -> dict[str, Any]:
+    """Train one stage-1 method; write ``backbone.pt`` (loadable with ``init: <path>``) and a summary.
+
+    A finished run (``summary.json`` + ``backbone.pt``) is not trained again; a resume state is checked against
+    this config before anything is written; ``restart`` discards the old run's files and starts over.
+    """
     p = cfg.pretrain
     method_cls = PRETRAIN_METHODS.get(p.method)
     seed_everything(cfg.seed)
     t0 = time.time()
+    name = name or cfg.tracking.name or default_pretrain_name(cfg)
+    run_dir = Path(cfg.tracking.out_dir) / name
+    key = training_config(to_dict(cfg), "pretrain")
+    if not restart:
+        done = completed_summary(run_dir, ("backbone.pt",))
+        if done is not None:
+            print(f"{run_dir}: already complete (summary.json, backbone.pt); nothing trained. "
+                  "--restart trains it again")
+            return {**done, "already_complete": True}
+        if (run_dir / "last.pt").is_file():
+            check_resume_config(read_resume_state(run_dir / "last.pt"), run_dir / "last.pt", key)
     pool = load_pool(cfg)
     if len(pool.images) < p.batch_size:
         raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
-    name = name or cfg.tracking.name or default_pretrain_name(cfg)
+    if restart:
+        discard_run_state(run_dir)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
                           tags=["pretrain", p.method, cfg.backbone.name])
     try:
@@ -46,16 +62,18 @@ def run_pretrain(cfg: Config, *, name: str | None = None) -> dict[str, Any]:
             run.use_checkpoint(Path(cfg.init), report.provenance)
         options = p.section(method_cls.config_section) if method_cls.config_section else None
         method = method_cls.from_config(backbone, options, tuple(cfg.data.image_size))
-        history = _train(cfg, method, pool, run)
+        res = _train(cfg, method, pool, run, key)
+        history = res.history
         ckpt, provenance = _save(cfg, method, pool, report, run)
         summary = {
             "run": name, "method": p.method, "backbone": cfg.backbone.name, "init": cfg.init,
             "pool": pool.source, "pool_size": len(pool.images), "skipped": pool.skipped,
             "data_fingerprint": pool.fingerprint, "epochs": len(history), "final": history[-1],
             "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
+            "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
         }
-        (run.dir / "last.pt").unlink(missing_ok=True)  # resume state is no longer needed once the run is complete
-        run.log_summary(summary)
+        run.log_summary(summary)  # summary.json + backbone.pt: complete, the resume state is no longer needed
+        (run.dir / "last.pt").unlink(missing_ok=True)
         run.log_artifact(ckpt, f"backbone-{name}", "backbone", {k: v for k, v in provenance.items() if k != "config"})
         return summary
     finally:
@@ -81,8 +99,11 @@ def build_pretrain_optimizer(model: torch.nn.Module, p: PretrainConfig) -> torch
     return torch.optim.AdamW(groups, lr=p.lr)
 
 
-def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run) -> list[dict[str, Any]]:
-    """The engine over the pool, with the optional representation check and media every few epochs."""
+def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run, key: dict[str, Any]) -> FitResult:
+    """The engine over the pool, with the optional representation check and media every few epochs.
+
+    ``key``: the training config the resume state is stored with (and checked against).
+    """
     p = cfg.pretrain
     opt = build_pretrain_optimizer(method, p)
     engine = Engine.from_config(method, opt, cfg.runtime, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs),
@@ -92,8 +113,8 @@ def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run) -> list[di
     sample = {"image": pool.images[: min(8, len(pool.images))].to(engine.device)}
     res = engine.fit(loader, p.epochs, evaluate=_probe(cfg, method, engine.device),
                      on_epoch=_media_logger(cfg, method, sample, run), resume_path=run.dir / "last.pt",
-                     max_steps=p.max_steps)
-    return res.history
+                     max_steps=p.max_steps, resume_config=key, on_start=lambda history: run.keep_metrics(len(history)))
+    return res
 
 
 def _probe(cfg: Config, method: PretrainMethod, device: torch.device) -> Callable[[int], dict[str, float]] | None:
@@ -121,10 +142,13 @@ def _media_logger(cfg: Config, method: PretrainMethod, sample: dict[str, torch.T
 
 
 def _media(method: PretrainMethod, sample: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The method's media on ``sample``; random views are drawn on forked RNGs, so logging media (a tracking
+    choice) never changes what training draws next."""
     was_training = method.training
     method.eval()
+    devices = [sample["image"].device] if sample["image"].device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             return method.media(sample)
     finally:
         method.train(was_training)
