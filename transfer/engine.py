@@ -340,8 +340,10 @@ class Engine:
         uninterrupted one. ``resume_config`` (the training-relevant config,
         flat) is stored with the state; a state stored with another one is
         refused (:class:`ResumeStateError` naming the changed keys).
-        ``on_start(history)`` is called once before training with the restored
-        history ([] when starting fresh), so logs can be made to match it.
+        ``on_start(history)`` is called once before the first epoch this call
+        trains (not when a restored fit has nothing left to train) with the
+        restored history ([] when starting fresh), so logs can be made to match
+        it: anything logged after the restored epochs is stale.
         When every monitored value is NaN, no epoch is selected: ``best_metric``
         and ``best_state`` are None and the model holds the last epoch's weights.
         """
@@ -349,11 +351,11 @@ class Engine:
         state_of = state_of or self.model.state_dict
         history, start = self._load_resume(resume_path, selection, resume_config)
         resumed_from = start if history else None
-        if on_start is not None:
+        stopped = bool(history) and selection.exhausted(patience)  # it had stopped early before the interruption
+        if on_start is not None and not stopped and start < epochs:
             on_start(history)
         per_epoch = _steps_per_epoch(loader, max_steps)
         total_steps = per_epoch * epochs if per_epoch else None
-        stopped = bool(history) and selection.exhausted(patience)  # it had stopped early before the interruption
         for epoch in range(start, start if stopped else epochs):
             stats = self.train_epoch(loader, epoch, max_steps=max_steps, progress_total=per_epoch,
                                      total_steps=total_steps, global_step=(per_epoch or 0) * epoch)

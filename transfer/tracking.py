@@ -75,9 +75,10 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-#: files a run writes; ``--restart`` removes them before starting over (folders such as ``wandb/`` are kept)
+#: files a run writes; ``--restart`` removes them before starting over (folders such as ``wandb/`` are kept), and
+#: the temporary files of atomic writes a kill cut short
 RUN_FILES = ("last*.pt", "metrics.jsonl", "summary.json", "model.pt", "backbone.pt", "depth_curve.json",
-             "predictions_*.csv", "config.yaml")
+             "predictions_*.csv", "config.yaml", ".*.tmp")
 
 
 def discard_run_state(run_dir: Path) -> list[Path]:

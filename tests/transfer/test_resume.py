@@ -237,3 +237,37 @@ def test_moco_queue_is_extra_state_not_in_the_encoder():
     m2.load_state_dict(sd)
     assert torch.equal(m2.criterion.memory_bank.bank, m.criterion.memory_bank.bank)
     assert int(m2.criterion.memory_bank.bank_ptr) == 4 and m2.current_momentum == 0.97
+
+
+def test_auto_depth_interrupted_mid_search_resumes_to_the_same_result(tmp_path, tiny_npz, monkeypatch):
+    """``depth: auto`` keeps one resume state per depth; stopped right after the 3rd saved epoch (in the second
+    depth) and started again, it ends with the rows, curve and scores of an uninterrupted search."""
+    from transfer.engine import Engine as _Engine
+
+    # patience 1 of 3 epochs: a depth that stopped early must not train on after the restart
+    extra = ["--set", "train.depth=auto", "--set", "train.auto_epochs=3", "--set", "train.patience=1",
+             "--set", "data.augment.hflip=true"]
+    ref_args = [*_args(tmp_path / "ref", tiny_npz, *extra)]
+    assert main(ref_args) == 0
+    save = _Engine._save_resume
+    calls = []
+
+    def save_then_die(self, *a, **k):
+        save(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+
+    cut_args = _args(tmp_path / "cut", tiny_npz, *extra)
+    with monkeypatch.context() as mp:
+        mp.setattr(_Engine, "_save_resume", save_then_die)
+        with pytest.raises(RuntimeError, match="killed"):
+            main(cut_args)
+    cut = tmp_path / "cut" / "runs" / "r"
+    assert len(list(cut.glob("last*.pt"))) >= 1 and not (cut / "summary.json").exists()
+    assert main(cut_args) == 0
+    ref = tmp_path / "ref" / "runs" / "r"
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
+    assert b["resumed_from_epoch"] is not None and b["resumed_at_depth"] and a["resumed_from_epoch"] is None
+    assert _strip(_rows(cut)) == _strip(_rows(ref))
+    assert a["depth_curve"] == b["depth_curve"] and a["test"]["roc_auc"] == b["test"]["roc_auc"]
