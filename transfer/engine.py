@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from transfer.api import Batch
 from transfer.config import RuntimeConfig
 from transfer.errors import MedTransferError
+from transfer.tracking import RESTART_OR_RENAME as _WAYS_OUT
+from transfer.tracking import atomic_torch_save, config_changes, config_fingerprint
 
 
 class ResumeStateError(MedTransferError):
@@ -407,8 +409,6 @@ class Engine:
     def _save_resume(self, path: Path, history: list[dict[str, Any]], selection: Selection, epoch: int,
                      config: dict[str, Any] | None) -> None:
         """Everything :meth:`_load_resume` needs to continue after ``epoch``, written atomically."""
-        from transfer.tracking import atomic_torch_save, config_fingerprint
-
         atomic_torch_save({
             "format": RESUME_FORMAT,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -423,7 +423,6 @@ class Engine:
 
 #: version of the resume-state layout written by :meth:`Engine._save_resume`
 RESUME_FORMAT = 2
-_WAYS_OUT = "start over with --restart, or use a new run name (--name)"
 
 
 def rng_state() -> dict[str, Any]:
@@ -456,8 +455,6 @@ def read_resume_state(path: Path) -> dict[str, Any]:
 
 def check_resume_config(state: dict[str, Any], path: Path, config: dict[str, Any]) -> None:
     """Refuse a resume state written with another training config, naming the changed keys (dotted, old -> new)."""
-    from transfer.tracking import config_fingerprint
-
     old = state.get("config")
     if old is None:
         raise ResumeStateError(f"{path}: the resume state records no config (written by an older medtransfer), so "
@@ -467,15 +464,6 @@ def check_resume_config(state: dict[str, Any], path: Path, config: dict[str, Any
     changes = config_changes(old, config)
     raise ResumeStateError(f"{path}: the resume state was written with another config "
                            f"({'; '.join(changes) or 'fingerprint differs'}); {_WAYS_OUT}")
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``["train.lr: 0.01 -> 0.05", ...]`` for the keys of two flat configs that differ (absent: ``<absent>``)."""
-    def show(d: dict[str, Any], k: str) -> str:
-        return json.dumps(d[k], default=str) if k in d else "<absent>"
-
-    return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in sorted(set(old) | set(new))
-            if k not in old or k not in new or json.dumps(old[k], default=str) != json.dumps(new[k], default=str)]
 
 
 @dataclass

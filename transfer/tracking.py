@@ -12,6 +12,14 @@ import numpy as np
 import torch
 
 from transfer.config import TrackingConfig
+from transfer.errors import MedTransferError
+
+#: the two ways out of a run directory whose state does not fit the command
+RESTART_OR_RENAME = "start over with --restart, or use a new run name (--name)"
+
+
+class RunStateError(MedTransferError):
+    """A run directory holds a finished run of another config."""
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -92,15 +100,37 @@ def discard_run_state(run_dir: Path) -> list[Path]:
     return removed
 
 
-def completed_summary(run_dir: Path, outputs: tuple[str, ...]) -> dict[str, Any] | None:
-    """The summary of a finished run (``summary.json`` and every file of ``outputs`` present), else None."""
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["train.lr: 0.01 -> 0.05", ...]`` for the keys of two flat configs that differ (absent: ``<absent>``)."""
+    def show(d: dict[str, Any], k: str) -> str:
+        return json.dumps(d[k], default=_json_default) if k in d else "<absent>"
+
+    return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in sorted(set(old) | set(new)) if show(old, k) != show(new, k)]
+
+
+def completed_summary(run_dir: Path, outputs: tuple[str, ...], config: dict[str, Any] | None = None,
+                      job: str = "finetune") -> dict[str, Any] | None:
+    """The summary of a finished run (``summary.json`` and every file of ``outputs`` present), else None.
+
+    With ``config`` (:func:`training_config` of the new start), a finished run whose ``config.yaml`` differs in a
+    training key is a :class:`RunStateError` naming the changed keys: its results are not this config's.
+    """
+    import yaml
+
     run_dir = Path(run_dir)
     if not all((run_dir / f).is_file() for f in ("summary.json", *outputs)):
         return None
     try:
-        return json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None  # an unreadable summary is not a finished run
+    if config is not None and (run_dir / "config.yaml").is_file():
+        old = training_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, job)
+        changes = config_changes(old, config)
+        if changes:
+            raise RunStateError(f"{run_dir}: holds a finished run of another config ({'; '.join(changes)}); "
+                                f"{RESTART_OR_RENAME}")
+    return summary
 
 
 class Run:

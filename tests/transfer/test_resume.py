@@ -192,6 +192,12 @@ def test_rerun_of_a_finished_run_trains_nothing(tmp_path, tiny_npz, capsys):
     assert "already complete" in out and "--restart" in out
     assert {f: (run / f).read_bytes() for f in files} == files  # no second epoch 0, nothing rewritten
     assert [r["epoch"] for r in _rows(run)] == [0, 1]
+    # the finished run's results are not those of another training config: refused, naming the key
+    assert main(_args(tmp_path, tiny_npz, "--set", "train.lr=0.05")) == 2
+    err = capsys.readouterr().err
+    assert "finished run of another config" in err and "train.lr: 0.01 -> 0.05" in err and "--restart" in err
+    assert main(_args(tmp_path, tiny_npz, "--set", "tracking.progress=true")) == 0  # presentation only: complete
+    assert {f: (run / f).read_bytes() for f in files} == files
 
 
 def test_pretrain_rerun_and_config_change(tmp_path, capsys):
@@ -271,3 +277,19 @@ def test_auto_depth_interrupted_mid_search_resumes_to_the_same_result(tmp_path, 
     assert b["resumed_from_epoch"] is not None and b["resumed_at_depth"] and a["resumed_from_epoch"] is None
     assert _strip(_rows(cut)) == _strip(_rows(ref))
     assert a["depth_curve"] == b["depth_curve"] and a["test"]["roc_auc"] == b["test"]["roc_auc"]
+
+
+def test_grad_scaler_state_is_restored(tmp_path):
+    """The fp16 gradient scaler (CUDA in real runs; torch's CPU scaler here) continues with its scale and counters."""
+    def engine():
+        torch.manual_seed(0)
+        m = _Noisy()
+        eng = Engine(m, torch.optim.SGD(m.parameters(), lr=0.01), progress=False)
+        eng.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=2)
+        return eng
+
+    a = engine()
+    a.fit(make_loader(_Data(), 4, shuffle=True), 2, resume_path=tmp_path / "s.pt")
+    b = engine()
+    b.fit(make_loader(_Data(), 4, shuffle=True), 2, resume_path=tmp_path / "s.pt")  # restored, nothing to train
+    assert b.scaler.state_dict() == a.scaler.state_dict() and a.scaler.get_scale() != 2.0**8

@@ -38,13 +38,14 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
     task = TASKS.get(cfg.task.name)(cfg)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
+    key = training_config(to_dict(cfg), "finetune")
     if not restart:
-        done = completed_summary(run_dir, ("model.pt",))
+        done = completed_summary(run_dir, ("model.pt",), key, "finetune")
         if done is not None:
             print(f"{run_dir}: already complete (summary.json, model.pt); nothing trained. "
                   "--restart trains it again")
             return {**done, "already_complete": True}
-        check_resume_states(run_dir, training_config(to_dict(cfg), "finetune"))
+        check_resume_states(run_dir, key)
     splits = prepare_data(task, cfg)
     if restart:
         discard_run_state(run_dir)

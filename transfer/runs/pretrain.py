@@ -41,7 +41,7 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "pretrain")
     if not restart:
-        done = completed_summary(run_dir, ("backbone.pt",))
+        done = completed_summary(run_dir, ("backbone.pt",), key, "pretrain")
         if done is not None:
             print(f"{run_dir}: already complete (summary.json, backbone.pt); nothing trained. "
                   "--restart trains it again")
