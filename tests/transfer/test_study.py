@@ -43,6 +43,10 @@ def test_study_grid_report_and_resume(tmp_path, tiny_npz, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("done earlier") == 8
+    # a changed training key is never mixed into the finished cells: a one-line error naming the key
+    assert main(args + ["--set", "train.lr=0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "study.name" in err and "Traceback" not in err
 
 
 def _ckpt(tmp_path):

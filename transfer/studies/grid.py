@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from transfer.runs.finetune import run_finetune
 from transfer.runs.pretrain import resolve_pretrain_init
 from transfer.studies.report import write_report
 from transfer.studies.statistics import aggregate_seeds, compare_inits
-from transfer.tracking import Run, atomic_write_json
+from transfer.tracking import Run, RunStateError, atomic_write_json
 
 #: resolves a ``pretrain:<method>`` init to a checkpoint path (default: transfer.runs.pretrain.resolve_pretrain_init)
 PretrainResolver = Callable[[Config, str, Path], Path]
@@ -89,10 +88,6 @@ def run_cell(cfg: Config, cell: Cell, root: Path, resolve_pretrain: PretrainReso
     init = cell.init
     if init.startswith("pretrain:"):
         init = str(resolve_pretrain(cfg, init.split(":", 1)[1], root))
-    if (run_dir / "summary.json").is_file():
-        progress(f"{cell.name}: done earlier, reusing {run_dir}")
-        return json.loads((run_dir / "summary.json").read_text())
-    progress(f"{cell.name} ...")
     c = dataclasses.replace(
         cfg, init=init, seed=cell.seed,
         train=dataclasses.replace(cfg.train, depth=cell.depth),
@@ -100,7 +95,14 @@ def run_cell(cfg: Config, cell: Cell, root: Path, resolve_pretrain: PretrainReso
         tracking=dataclasses.replace(cfg.tracking, out_dir=str(root / "runs"), name=cell.name,
                                      wandb_group=cfg.tracking.wandb_group or cfg.study.name),
     )
-    return run_finetune(c, name=cell.name)
+    done = (run_dir / "summary.json").is_file()
+    progress(f"{cell.name}: done earlier, reusing {run_dir}" if done else f"{cell.name} ...")
+    try:
+        # run_finetune reuses a finished cell only when its config is this cell's (and resumes a cut-short one)
+        return run_finetune(c, name=cell.name)
+    except RunStateError as e:
+        raise RunStateError(f"study {cfg.study.name!r}, cell {cell.name}: {e}. For a study: set a new study.name "
+                            f"(or study.out_dir), or delete {run_dir} to run the cell again") from None
 
 
 def _result_row(task: Task, cell: Cell, summary: dict[str, Any]) -> dict[str, Any]:
