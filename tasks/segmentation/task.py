@@ -348,7 +348,12 @@ class SegmentationTask(Task):
                                         "dice": table["dice"].to_numpy()})
 
     def predict(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64) -> pd.DataFrame:
-        """One row per image; each mask written as a PNG (class values, original size) under :attr:`output_dir`."""
+        """One row per image; each mask written as a PNG (class values, original size) under :attr:`output_dir`.
+
+        Pixels outside the field of view are set to background when the image's FOV
+        mask is found (``fov_dir`` / ``fov_template`` beside the image's folder, as in
+        the training data; column ``fov_applied``): training never scored them.
+        """
         from PIL import Image
 
         o = self.options
@@ -364,15 +369,39 @@ class SegmentationTask(Task):
             cls = pred[i].astype(np.uint8)
             if sizes is not None:
                 cls = resize_nearest(cls, (int(sizes[i][0]), int(sizes[i][1])))
+            # the loss never saw pixels outside the field of view, so predictions there mean nothing:
+            # zero them when the image's FOV mask is found by the config's pairing rule
+            fov_path = self._fov_beside(Path(ident))
+            fov_applied = False
+            if fov_path is not None:
+                fov = read_mask(fov_path) > 0
+                if fov.shape == cls.shape:
+                    cls[~fov] = 0
+                    fov_applied = True
+                else:
+                    print(f"warning: {fov_path}: size {fov.shape} differs from its image {cls.shape}; not applied",
+                          file=sys.stderr)
             path = out_dir / f"{Path(ident).stem}_mask.png"
             Image.fromarray(values[cls].astype(dtype)).save(path)
-            row: dict[str, Any] = {"image": ident, "mask_path": str(path)}
+            row: dict[str, Any] = {"image": ident, "mask_path": str(path), "fov_applied": fov_applied}
             for c in range(1, len(values)):
                 row[f"{o.class_names[c]}_pixels"] = int((cls == c).sum())
                 row[f"{o.class_names[c]}_fraction"] = float((cls == c).mean())
             rows.append(row)
         print(f"wrote {len(rows)} masks to {out_dir}")
         return pd.DataFrame(rows)
+
+    def _fov_beside(self, image: Path) -> Path | None:
+        """The FOV mask of ``image`` by the pairing rule, when it sits in a split folder laid out like the data's."""
+        o = self.options
+        m = re.fullmatch(o.image_pattern, image.stem)
+        depth = len(Path(o.image_dir).parts)
+        if not o.fov_dir or m is None or len(image.parents) <= depth:
+            return None
+        split = image.parents[depth]
+        keys = {**{k: v for k, v in m.groupdict().items() if v is not None}, "stem": image.stem}
+        p = split / o.fov_dir / o.fov_template.format(**keys)
+        return p if p.is_file() else None
 
     def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
         from tasks.segmentation.metrics import plot_overlay

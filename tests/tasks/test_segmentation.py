@@ -287,3 +287,14 @@ def test_predict_writes_masks_under_output_dir(tmp_path, seg_root):
     df = task.predict(model, ds.subset([0, 1]), torch.device("cpu"))
     assert [Path(p).parent for p in df["mask_path"]] == [tmp_path / "pred_masks"] * 2
     assert Image.open(df["mask_path"][0]).size == (W, H)
+    assert not df["fov_applied"].any()  # ids without a folder: no FOV to find
+    # images named by path in a split folder: their FOV masks are found and applied (border = background)
+    from transfer.data.datasets import ImageDataset
+
+    paths = [str(seg_root / "training" / "images" / n) for n in ds.ids[:2]]
+    model.head.classifier.bias.data = torch.tensor([-50.0, 50.0])  # predicts foreground everywhere
+    df = task.predict(model, ImageDataset(ds.images[:2], {"orig_size": ds.targets["orig_size"][:2]}, paths),
+                      torch.device("cpu"))
+    assert df["fov_applied"].all()
+    m = np.asarray(Image.open(df["mask_path"][0]))
+    assert (m[0] == 0).all() and (m[:, -1] == 0).all() and (m[1:-1, 1:-1] == 255).all()
