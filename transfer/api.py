@@ -87,6 +87,8 @@ class Task(ABC):
         self.cfg = cfg
         self.skipped: list[Skipped] = []
         self.info: dict[str, Any] = {}
+        #: where ``predict`` may write files beside its table (e.g. mask images); set by the predict run
+        self.output_dir: Path | None = None
 
     @property
     def options(self) -> Any:

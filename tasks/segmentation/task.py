@@ -176,9 +176,6 @@ class SegmentationTask(Task):
     stratify_key = None
     report_metrics = ("dice", "iou", "sensitivity", "specificity", "auc", "hd95_px", "assd_px")
 
-    #: where :meth:`predict` writes mask files; the predict run may set it (default: ``predicted_masks/``)
-    output_dir: Path | None = None
-
     @property
     def options(self) -> SegmentationConfig:
         return self.cfg.task.section(self.name)

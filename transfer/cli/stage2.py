@@ -43,14 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load(args)
+    task = TASKS.get(cfg.task.name)(cfg)  # its headline metrics (some tasks derive them from their options)
     summary = run_finetune(cfg, name=args.name, restart=args.restart)
-    _print_summary(summary, Path(cfg.tracking.out_dir) / summary["run"])
+    _print_summary(summary, Path(cfg.tracking.out_dir) / summary["run"], task.report_metrics)
     return 0
 
 
-def _print_summary(summary: dict, run_dir: Path) -> None:
+def _print_summary(summary: dict, run_dir: Path, report_metrics: tuple[str, ...]) -> None:
     def scalars(m: dict) -> str:
-        keys = [k for k in ("roc_auc", "accuracy", "f1", "g_mean", "mre_mm", "sd_mm") if k in m]
+        keys = [k for k in report_metrics if isinstance(m.get(k), (int, float))]
         s = ", ".join(f"{k}={m[k]:.4f}" for k in keys)
         if "sdr" in m:
             s += ", SDR " + "/".join(f"{v:.1f}" for v in m["sdr"].values()) + " %"

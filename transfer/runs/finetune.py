@@ -107,7 +107,7 @@ def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits,
         "channels": cfg.backbone.in_chans, "channel_policy": cfg.backbone.channels,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
-        "depth_curve": depth_curve,
+        "depth_curve": depth_curve, "task_info": task.info,
         # the first epoch trained after continuing from a resume state (None: trained from the start)
         "resumed_from_epoch": resumed.get("epoch"), "resumed_at_depth": resumed.get("depth"),
     }

@@ -46,6 +46,6 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
             "n_test": len(test) if test is not None else 0, "val_carved_from_train": carved,
             "skipped": [vars(s) for s in task.skipped]}
     if task.skipped:
-        print(f"warning: skipped {len(task.skipped)} unreadable images, e.g. {task.skipped[0].path}: "
-              f"{task.skipped[0].reason}")
+        print(f"warning: skipped {len(task.skipped)} items (unreadable images or invalid annotations; listed in "
+              f"summary.json), e.g. {task.skipped[0].path}: {task.skipped[0].reason}")
     return Splits(train, val, test, info)
