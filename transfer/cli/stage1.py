@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     s = run_pretrain(load(args), name=args.name, restart=args.restart)
+    if s.get("already_complete"):
+        print(f"{Path(s['checkpoint']).parent}: already complete (summary.json, backbone.pt); nothing trained. "
+              f"--restart trains it again")
     final = {k: round(v, 4) for k, v in s["final"].items() if isinstance(v, float)}
     print(f"run directory: {Path(s['checkpoint']).parent}")
     print(f"checkpoint: {s['checkpoint']}  (fine-tune from it with --set init={s['checkpoint']})")

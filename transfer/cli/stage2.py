@@ -45,6 +45,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load(args)
     task = TASKS.get(cfg.task.name)(cfg)  # its headline metrics (some tasks derive them from their options)
     summary = run_finetune(cfg, name=args.name, restart=args.restart)
+    if summary.get("already_complete"):
+        print(f"{Path(cfg.tracking.out_dir) / summary['run']}: already complete (summary.json, model.pt); "
+              f"nothing trained. --restart trains it again")
     _print_summary(summary, Path(cfg.tracking.out_dir) / summary["run"], task.report_metrics)
     return 0
 

@@ -42,8 +42,6 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
     if not restart:
         done = completed_summary(run_dir, ("model.pt",), key, "finetune")
         if done is not None:
-            print(f"{run_dir}: already complete (summary.json, model.pt); nothing trained. "
-                  "--restart trains it again")
             return {**done, "already_complete": True}
         check_resume_states(run_dir, key)
     splits = prepare_data(task, cfg)

@@ -43,8 +43,6 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     if not restart:
         done = completed_summary(run_dir, ("backbone.pt",), key, "pretrain")
         if done is not None:
-            print(f"{run_dir}: already complete (summary.json, backbone.pt); nothing trained. "
-                  "--restart trains it again")
             return {**done, "already_complete": True}
         if (run_dir / "last.pt").is_file():
             check_resume_config(read_resume_state(run_dir / "last.pt"), run_dir / "last.pt", key)
