@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import random
 import time
@@ -441,10 +440,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
-def read_resume_state(path: Path) -> dict[str, Any]:
-    """The resume state at ``path``; an unreadable (truncated, corrupt) file is a :class:`ResumeStateError`."""
+def read_resume_state(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The resume state at ``path``; an unreadable (truncated, corrupt) file is a :class:`ResumeStateError`.
+
+    ``mmap``: map the tensors instead of reading them (a check that looks at the config only reads no weights).
+    """
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # PytorchStreamReader, EOFError, UnpicklingError...: all mean the same to the user
         raise ResumeStateError(f"{path}: the resume state cannot be read, it is truncated or corrupt "
                                f"({type(e).__name__}); {_WAYS_OUT}") from None

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tasks.segmentation.metrics import dataset_means, image_metrics
 from tasks.segmentation.task import read_mask, to_class_index
 from transfer.errors import DatasetError

@@ -176,10 +176,6 @@ class SegmentationTask(Task):
     stratify_key = None
     report_metrics = ("dice", "iou", "sensitivity", "specificity", "auc", "hd95_px", "assd_px")
 
-    @property
-    def options(self) -> SegmentationConfig:
-        return self.cfg.task.section(self.name)
-
     # ------------------------------------------------------------------ data
 
     def _bad(self, path: Path | str, reason: str) -> None:

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ssl_pretrain  # noqa: F401  (registers the methods)
 from ssl_pretrain.augment import AUGPRED_TRANSFORMS
 from ssl_pretrain.augpred import balanced_labels
 from ssl_pretrain.config import AugPredConfig, CAEConfig, ContrastiveConfig, ViewAugConfig

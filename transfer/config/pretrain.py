@@ -6,7 +6,7 @@ sections live with the methods (``ssl_pretrain/config.py``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from transfer.config.io import ConfigError, plugin_sections, section_of

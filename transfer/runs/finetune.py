@@ -13,10 +13,10 @@ from transfer.engine import resolve_device
 from transfer.finetune import recalibrate_batchnorm, trainable_stages
 from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.model_io import model_checkpoint
+from transfer.runs.prior_state import prior_run
 from transfer.runs.seeding import seed_everything
 from transfer.runs.splits import Splits, prepare_data
-from transfer.engine import check_resume_config, read_resume_state
-from transfer.tracking import Run, atomic_torch_save, completed_summary, discard_run_state, training_config
+from transfer.tracking import Run, atomic_torch_save, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config
 
 
@@ -39,11 +39,8 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "finetune")
-    if not restart:
-        done = completed_summary(run_dir, ("model.pt",), key, "finetune")
-        if done is not None:
-            return {**done, "already_complete": True}
-        check_resume_states(run_dir, key)
+    if not restart and (done := prior_run(run_dir, "model.pt", key, "finetune")) is not None:
+        return done
     splits = prepare_data(task, cfg)
     if restart:
         discard_run_state(run_dir)
@@ -58,13 +55,6 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
         return _finish(cfg, task, model, run, summary)
     finally:
         run.finish()
-
-
-def check_resume_states(run_dir: Path, config: dict[str, Any]) -> None:
-    """Refuse to start when a resume state in ``run_dir`` is unreadable or was written with another config
-    (:class:`~transfer.engine.ResumeStateError`: the file, the changed keys, ``--restart`` / ``--name``)."""
-    for path in sorted(Path(run_dir).glob("last*.pt")):
-        check_resume_config(read_resume_state(path), path, config)
 
 
 def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:

@@ -13,12 +13,13 @@ from PIL import Image
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
 from transfer.data.datasets import ImageDataset
-from transfer.engine import Engine, FitResult, check_resume_config, make_loader, read_resume_state
+from transfer.engine import Engine, FitResult, make_loader
 from transfer.errors import DatasetError
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
+from transfer.runs.prior_state import prior_run
 from transfer.runs.seeding import seed_everything
-from transfer.tracking import Run, atomic_write_json, completed_summary, discard_run_state, training_config
+from transfer.tracking import Run, atomic_write_json, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
 
 
@@ -40,12 +41,8 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     name = name or cfg.tracking.name or default_pretrain_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "pretrain")
-    if not restart:
-        done = completed_summary(run_dir, ("backbone.pt",), key, "pretrain")
-        if done is not None:
-            return {**done, "already_complete": True}
-        if (run_dir / "last.pt").is_file():
-            check_resume_config(read_resume_state(run_dir / "last.pt"), run_dir / "last.pt", key)
+    if not restart and (done := prior_run(run_dir, "backbone.pt", key, "pretrain")) is not None:
+        return done
     pool = load_pool(cfg)
     if len(pool.images) < p.batch_size:
         raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
