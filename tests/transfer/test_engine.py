@@ -83,6 +83,7 @@ def _ddp_worker(rank: int, world: int, out: str) -> None:
         loader = make_loader(_Data(), 4, shuffle=True, seed=1)
         eng.fit(loader, 2)
         torch.save({"w": m.lin.weight.detach().clone(), "n": len(loader)}, f"{out}/rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort on a loaded machine)
     finally:
         dist.destroy_process_group()
 
