@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from transfer.config.executor import SubmititConfig
 from transfer.config.io import ConfigError, plugin_sections, section_of
 from transfer.config.pretrain import PretrainConfig
 from transfer.data.builtin import PREFIX as BUILTIN_PREFIX
@@ -193,6 +194,11 @@ class StudyConfig:
     command: str = ""  #: the command that regenerates the report, printed in it
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: test comparing two inits over the seeds they share (with one seed: a paired bootstrap over test images)
+    seed_test: Literal["wilcoxon", "ttest"] = "wilcoxon"
+    #: local: cells one after another in this process; submitit: Slurm job arrays (or submitit's local executor)
+    executor: Literal["local", "submitit"] = "local"
+    submitit: SubmititConfig = field(default_factory=SubmititConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.inits) and bool(self.depths) and bool(self.label_fractions) and bool(self.seeds),

@@ -1,132 +1,120 @@
-"""``medtransfer study``: the grid initialisation x depth x label fraction x seed, then tables, statistics, report."""
+"""``medtransfer study``: the grid initialisation x depth x label fraction x seed, then tables, statistics, report.
+
+The order is fixed: check the manifest (a changed config stops here), produce the stage-1 checkpoints the cells
+share (once, before any cell that needs them), run the cells not finished yet, then rebuild every table from the
+run directories. Each step is idempotent, so a killed study, a shard and a cluster job array all converge on the
+same study directory.
+"""
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import fcntl
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from transfer.api import TASKS, Task
 from transfer.config import Config
 from transfer.config.io import to_dict
 from transfer.runs.finetune import run_finetune
 from transfer.runs.pretrain import resolve_pretrain_init
-from transfer.studies.report import write_report
-from transfer.studies.statistics import aggregate_seeds, compare_inits
+from transfer.studies.cells import Cell, cell_config, grid_cells, init_label, is_finished, shard_cells
+from transfer.studies.executors import run_jobs
+from transfer.studies.manifest import check_manifest
+from transfer.studies.plan import print_plan
+from transfer.studies.tables import write_study_outputs
 from transfer.tracking import Run, RunStateError, atomic_write_json
 
-#: resolves a ``pretrain:<method>`` init to a checkpoint path (default: transfer.runs.pretrain.resolve_pretrain_init)
-PretrainResolver = Callable[[Config, str, Path], Path]
+__all__ = ["Cell", "grid_cells", "init_label", "run_study", "run_cell"]
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One grid cell: a run directory ``<label>-<depth>-frac<f>-seed<s>``."""
-
-    init: str
-    depth: str
-    label_fraction: float
-    seed: int
-
-    @property
-    def label(self) -> str:
-        return init_label(self.init)
-
-    @property
-    def name(self) -> str:
-        return f"{self.label}-{self.depth}-frac{self.label_fraction:g}-seed{self.seed}"
+def study_root(cfg: Config) -> Path:
+    return Path(cfg.study.out_dir) / cfg.study.name
 
 
-def init_label(init: str) -> str:
-    if init in ("imagenet", "scratch"):
-        return init
-    if init.startswith("pretrain:"):
-        return init.split(":", 1)[1]
-    return Path(init).parent.name or Path(init).stem
-
-
-def grid_cells(cfg: Config) -> list[Cell]:
-    """Every cell of the study, init-major, then depth, label fraction and seed."""
-    st = cfg.study
-    return [Cell(i, d, f, s) for i in st.inits for d in st.depths for f in st.label_fractions for s in st.seeds]
-
-
-def run_study(cfg: Config, *, resolve_pretrain: PretrainResolver = resolve_pretrain_init,
+def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: bool = False,
               progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every grid cell (skipping cells already complete on disk), then write results and the report."""
-    st = cfg.study
-    root = Path(st.out_dir) / st.name
-    root.mkdir(parents=True, exist_ok=True)
-    task = TASKS.get(cfg.task.name)(cfg)
+    """Run the study's cells (the ``shard`` i/n slice of them), then write its tables and report."""
+    root = study_root(cfg)
     cells = grid_cells(cfg)
+    mine = shard_cells(cells, shard)
+    finished = [c for c in cells if is_finished(root / "runs" / c.name)]
+    check_manifest(cfg, root, cells, finished, write=not dry_run)
+    if dry_run:
+        return print_plan(cfg, root, mine, progress)
     t0 = time.time()
-    rows = []
-    for k, cell in enumerate(cells, 1):
-        summary = run_cell(cfg, cell, root, resolve_pretrain, lambda msg: progress(f"[{k}/{len(cells)}] {msg}"))
-        rows.append(_result_row(task, cell, summary))
-    df = pd.DataFrame(rows)
-    df.to_csv(root / "results.csv", index=False)
-    comparisons = compare_inits(task, df, root / "runs")
-    comparisons.to_csv(root / "comparisons.csv", index=False)
-    agg = aggregate_seeds(df, task)
-    agg.to_csv(root / "aggregate.csv", index=False)
-    out: dict[str, Any] = {"root": str(root), "n_runs": len(df), "seconds": round(time.time() - t0, 1)}
-    atomic_write_json(root / "study.json", {**out, "config": to_dict(cfg)})
-    if st.report:
-        out["report"] = str(write_report(cfg, task, df, agg, comparisons, root))
-    _log_study_wandb(cfg, root, df, comparisons)
+    methods = sorted({c.init.split(":", 1)[1] for c in mine if c.init.startswith("pretrain:")})
+    run_jobs(cfg, root, pretrain_job, [(cfg, m, str(root)) for m in methods], "pretrain", progress)
+    done = {c.name for c in finished}
+    numbered = [(k, c) for k, c in enumerate(mine, 1)]
+    for k, c in numbered:
+        if c.name in done:
+            progress(f"[{k}/{len(mine)}] {c.name}: done earlier, reusing {root / 'runs' / c.name}")
+    todo = [(k, c) for k, c in numbered if c.name not in done]
+    per_job = cfg.study.submitit.cells_per_job if cfg.study.executor == "submitit" else 1
+    chunks = [todo[i:i + per_job] for i in range(0, len(todo), per_job)]
+    run_jobs(cfg, root, cells_job, [(cfg, chunk, len(mine), str(root)) for chunk in chunks], "finetune", progress)
+    out = {**write_study_outputs(cfg, root), "seconds": round(time.time() - t0, 1)}
+    atomic_write_json(root / "study.json", {**out, "shard": list(shard) if shard else None, "config": to_dict(cfg)})
+    if not out["missing"]:
+        _log_study_wandb(cfg, root)
     return out
 
 
-def run_cell(cfg: Config, cell: Cell, root: Path, resolve_pretrain: PretrainResolver,
-             progress: Callable[[str], None]) -> dict[str, Any]:
-    """The summary of one cell's fine-tuning run: read back when it finished earlier, else trained now."""
+def pretrain_job(cfg: Config, method: str, root: str) -> str:
+    """Stage 1 for ``method`` (a job): its checkpoint, made once; shards that need it at the same time wait for the
+    one making it (a file lock on the study's shared folder) instead of training it twice."""
+    out = Path(root) / "pretrain"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f".{method}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return str(resolve_pretrain_init(cfg, method, Path(root)))
+
+
+def cells_job(cfg: Config, cells: list[tuple[int, Cell]], total: int, root: str) -> list[str]:
+    """Fine-tune ``cells`` one after another (a job); one console line per cell, its own output in its run dir."""
+    for k, cell in cells:
+        summary = run_cell(cfg, cell, Path(root))
+        print(f"[{k}/{total}] {cell.name}: {_headline(summary)}", flush=True)
+    return [c.name for _, c in cells]
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    monitor = summary.get("monitor", "")
+    test = (summary.get("test") or {}).get(monitor)
+    val = summary.get("best_val")
+    parts = [f"val {monitor} {val:.3f}" if isinstance(val, (int, float)) else None,
+             f"test {monitor} {test:.3f}" if isinstance(test, (int, float)) else None,
+             f"{summary.get('seconds', 0):.0f} s" if summary.get("seconds") is not None else None]
+    return ", ".join(p for p in parts if p)
+
+
+def run_cell(cfg: Config, cell: Cell, root: Path) -> dict[str, Any]:
+    """The summary of one cell's fine-tuning run: read back when it finished earlier, else trained now (its
+    console output goes to ``console.log`` in its run directory; progress bars stay on stderr)."""
+    c = cell_config(cfg, cell, root)
     run_dir = root / "runs" / cell.name
-    init = cell.init
-    if init.startswith("pretrain:"):
-        init = str(resolve_pretrain(cfg, init.split(":", 1)[1], root))
-    c = dataclasses.replace(
-        cfg, init=init, seed=cell.seed,
-        train=dataclasses.replace(cfg.train, depth=cell.depth),
-        data=dataclasses.replace(cfg.data, label_fraction=cell.label_fraction),
-        tracking=dataclasses.replace(cfg.tracking, out_dir=str(root / "runs"), name=cell.name,
-                                     wandb_group=cfg.tracking.wandb_group or cfg.study.name),
-    )
-    done = (run_dir / "summary.json").is_file()
-    progress(f"{cell.name}: done earlier, reusing {run_dir}" if done else f"{cell.name} ...")
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        # run_finetune reuses a finished cell only when its config is this cell's (and resumes a cut-short one)
-        return run_finetune(c, name=cell.name)
+        with open(run_dir / "console.log", "a") as log, contextlib.redirect_stdout(log):
+            # run_finetune reuses a finished cell only when its config is this cell's (and resumes a cut-short one)
+            return run_finetune(c, name=cell.name)
     except RunStateError as e:
         raise RunStateError(f"study {cfg.study.name!r}, cell {cell.name}: {e}. For a study: set a new study.name "
                             f"(or study.out_dir), or delete {run_dir} to run the cell again") from None
 
 
-def _result_row(task: Task, cell: Cell, summary: dict[str, Any]) -> dict[str, Any]:
-    """One row of ``results.csv``: the cell, its selection, and its flat validation and test metrics."""
-    return {
-        "init": cell.label, "depth": cell.depth, "label_fraction": cell.label_fraction, "seed": cell.seed,
-        "run": cell.name, "selected_depth": summary["selected_depth"], "best_epoch": summary["best_epoch"],
-        "n_train": summary["n_train"], "seconds": summary.get("seconds"),
-        **_flat_metrics(task, summary, "val"), **_flat_metrics(task, summary, "test"),
-    }
-
-
-def _flat_metrics(task: Task, summary: dict[str, Any], split: str) -> dict[str, float]:
-    return {f"{split}_{k}": v for k, v in task.summary_metrics(summary.get(split, {})).items()}
-
-
-def _log_study_wandb(cfg: Config, root: Path, df: pd.DataFrame, comparisons: pd.DataFrame) -> None:
+def _log_study_wandb(cfg: Config, root: Path) -> None:
+    """The study's own W&B run: the results and comparison tables and the report's plots, in the study's group."""
     run = Run(root, "wandb-study", to_dict(cfg), wandb_mode=cfg.tracking.wandb_mode, project=cfg.tracking.wandb_project,
               entity=cfg.tracking.wandb_entity, job_type="study", group=cfg.tracking.wandb_group or cfg.study.name,
-              tags=["study", cfg.task.name])
+              tags=["study", cfg.task.name, cfg.backbone.name])
     try:
-        run.log_table("study/results", df)
-        if len(comparisons):
-            run.log_table("study/comparisons", comparisons)
+        for name in ("results", "aggregate", "comparisons", "label_efficiency"):
+            f = root / f"{name}.csv"
+            if f.is_file() and f.stat().st_size > 1:
+                run.log_table(f"study/{name}", pd.read_csv(f))
         run.log_images(sorted(root.glob("*.png")), prefix="study/")
     finally:
         run.finish()

@@ -9,7 +9,7 @@ import platform
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 import yaml
@@ -17,6 +17,9 @@ from matplotlib.figure import Figure
 
 from transfer.api import Task
 from transfer.config import Config, StudyConfig
+from transfer.studies.html_report import markdown_to_html
+from transfer.studies.study_plots import interval_yerr, plot_convergence, plot_roc_intervals
+from transfer.tracking import atomic_write_text
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -57,7 +60,7 @@ def plot_metric_vs_depth(agg: pd.DataFrame, metric: str, depths: list[str], path
     ax = fig.add_subplot()
     for (init, frac), g in agg.groupby(["init", "label_fraction"], sort=False):
         g = g.set_index("depth").reindex([d for d in depths if d in set(g["depth"])])
-        ax.errorbar(range(len(g)), g[f"{metric}_mean"], yerr=g[f"{metric}_std"].fillna(0), marker="o", capsize=3,
+        ax.errorbar(range(len(g)), g[f"{metric}_mean"], yerr=interval_yerr(g, metric), marker="o", capsize=3,
                     label=f"{init}, {frac:.0%} of labels")
         ax.set_xticks(range(len(g)), list(g.index), rotation=20)
     ax.set_xlabel("fine-tuning depth (trained stages)")
@@ -70,7 +73,7 @@ def plot_metric_vs_fraction(agg: pd.DataFrame, metric: str, path: Path, ylabel: 
     ax = fig.add_subplot()
     for (init, depth), g in agg.groupby(["init", "depth"], sort=False):
         g = g.sort_values("label_fraction")
-        ax.errorbar(g["label_fraction"], g[f"{metric}_mean"], yerr=g[f"{metric}_std"].fillna(0), marker="o",
+        ax.errorbar(g["label_fraction"], g[f"{metric}_mean"], yerr=interval_yerr(g, metric), marker="o",
                     capsize=3, label=f"{init}, {depth}")
     ax.set_xscale("log")
     ax.set_xlabel("label fraction of the training set")
@@ -94,26 +97,39 @@ def plot_curves(runs_dir: Path, runs: list[str], monitor: str, path: Path) -> Pa
 
 
 def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame,
-                 root: Path) -> Path:
-    """The study's markdown report (and its plots, next to it) at ``study.report``."""
+                 root: Path, out: Path | None = None, *, efficiency: pd.DataFrame | None = None,
+                 missing: Sequence[str] = ()) -> Path:
+    """The study's markdown report at ``out`` (default ``study.report``), its plots next to it, and the same
+    report as one self-contained HTML page (``.html`` beside the ``.md``)."""
     st = cfg.study
-    out = Path(st.report)  # type: ignore[arg-type]
+    out = Path(out or st.report)  # type: ignore[arg-type]
     out.parent.mkdir(parents=True, exist_ok=True)
     runs_dir = root / "runs"
     summaries = run_summaries(runs_dir, list(df["run"]))
     lines = [
         *_title_section(st),
+        *_missing_section(missing),
         *_setup_section(cfg, task, df, describe_devices(run_devices(runs_dir, summaries))),
         *_results_section(task, agg),
-        *_comparisons_section(task, comparisons),
+        *comparisons_section(task, comparisons, st.seed_test),
+        *efficiency_section(task, efficiency),
         *_references_section(st),
         *_plots_section(st, task, df, agg, runs_dir, out),
         *task.report_sections(summaries, md_table),
         *_runs_section(task, df),
         *_notes_section(st),
     ]
-    out.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    atomic_write_text(out, text)
+    atomic_write_text(out.with_suffix(".html"), markdown_to_html(text, out.parent, st.title or st.name))
     return out
+
+
+def _missing_section(missing: Sequence[str]) -> list[str]:
+    if not missing:
+        return []
+    return [f"**Incomplete study: {len(missing)} cell(s) not finished yet** ({', '.join(missing[:8])}"
+            f"{', ...' if len(missing) > 8 else ''}); every table below is over the finished cells only.", ""]
 
 
 def run_summaries(runs_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
@@ -194,26 +210,74 @@ def _setup_section(cfg: Config, task: Task, df: pd.DataFrame, devices: str) -> l
 
 
 def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
-    """The task's report metrics on the test split, mean ± SD over seeds per (init, depth, label fraction)."""
+    """The task's report metrics on the test split per (init, depth, label fraction): mean ± SD [95% interval]."""
     metrics = [m for m in task.report_metrics if f"test_{m}_mean" in agg.columns]
     table = pd.DataFrame({
         "init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"], "seeds": agg["seeds"],
         **{m: [_mean_std(r, f"test_{m}", task.report_digits) for _, r in agg.iterrows()] for m in metrics},
     })
+    m = f"test_{task.monitor}"
+    ci = pd.DataFrame({"init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"],
+                       "seeds": agg["seeds"], f"{task.monitor} mean": agg[f"{m}_mean"],
+                       "95% CI low": agg.get(f"{m}_lo"), "95% CI high": agg.get(f"{m}_hi")})
     return ["## Results on the test split", "", md_table(table), "",
-            "Mean ± sample standard deviation over seeds where there is more than one seed.", ""]
+            "Mean ± sample standard deviation over seeds where there is more than one seed.", "",
+            f"### {task.monitor}: 95% interval over seeds", "",
+            "t-interval of the mean over seeds (mean ± t(0.975, n-1) · SD/√n); none with one seed.", "",
+            md_table(ci, task.report_digits), ""]
 
 
-def _comparisons_section(task: Task, comparisons: pd.DataFrame) -> list[str]:
+def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = "wilcoxon") -> list[str]:
+    """Paired comparisons with Holm-adjusted p-values, the test used, effect sizes, and what the seeds allow."""
+    from transfer.studies.seed_stats import TEST_NAMES, min_attainable_p, seeds_needed
+
     if not len(comparisons):
         return []
     better = "positive" if task.mode == "max" else "negative"
-    direction = f" (for `{task.monitor}`, {better} is better)" if task.monitor in set(comparisons["metric"]) else ""
-    cols = ["depth", "label_fraction", "seed", "init", "vs", "metric", "difference", "ci95_lo", "ci95_hi", "p_value",
-            "test"]
-    return ["## Paired comparisons on the test images", "",
-            f"Difference = first init minus the baseline{direction}.", "",
-            md_table(comparisons[cols], 4), ""]
+    n = len(comparisons)
+    by_seed = comparisons[comparisons["unit"] == "seed"] if "unit" in comparisons else comparisons.iloc[:0]
+    cols = [c for c in ["depth", "label_fraction", "init", "vs", "seeds", "metric", "difference", "ci95_lo",
+                        "ci95_hi", "cohens_dz", "rank_biserial", "p_value", "p_holm", "test"] if c in comparisons]
+    lines = ["## Paired comparisons", "",
+             f"Difference = first init minus the baseline on the test split (for `{task.monitor}`, {better} is "
+             f"better), at the same depth and label fraction. Holm's correction runs over all {n} comparisons "
+             "of this study (`p_holm`); read a difference as shown only where `p_holm` < 0.05.", ""]
+    if len(by_seed):
+        pairs = int(by_seed["seeds"].min())
+        lines += [f"- With several seeds the unit is the seed: each init's test `{task.monitor}` is paired by seed "
+                  f"(same seed, same labelled subset), tested with the {TEST_NAMES[seed_test]}; the interval is the "
+                  f"t-interval of the mean paired difference; effect sizes: Cohen's d_z (mean / SD of the "
+                  "differences) and the matched-pairs rank-biserial correlation.",
+                  _limits_line(seed_test, pairs, n, min_attainable_p, seeds_needed)]
+    if len(by_seed) < n:
+        lines += ["- With one seed the unit is the test image: a paired bootstrap over test images (percentile "
+                  "interval); it shows how sure we are about these two trained models, not about the init, since "
+                  "another seed may train differently."]
+    return lines + ["", md_table(comparisons[cols], 4), ""]
+
+
+def _limits_line(seed_test: str, pairs: int, n: int, min_p, seeds_needed) -> str:  # noqa: ANN001
+    if seed_test == "wilcoxon":
+        floor = min_p(pairs)
+        verdict = ("so no comparison here can reach p < 0.05, whatever the differences" if floor >= 0.05 else
+                   "small enough for one comparison" if floor >= 0.05 / n else "small enough even after Holm")
+        return (f"- Limits: with {pairs} paired seeds the exact Wilcoxon test cannot give a two-sided p below "
+                f"{floor:.3g} (2/2^{pairs}), {verdict}; a conclusion at 0.05 needs at least {seeds_needed(0.05)} "
+                f"seeds for one comparison, {seeds_needed(0.05, n)} for the strongest of these {n} after Holm.")
+    return (f"- Limits: the paired t-test with {pairs} seeds has {pairs - 1} degree(s) of freedom and assumes "
+            "normally distributed differences, which so few seeds cannot check; the exact Wilcoxon test "
+            f"(`study.seed_test: wilcoxon`) needs {seeds_needed(0.05)} seeds to reach p < 0.05 at all.")
+
+
+def efficiency_section(task: Task, efficiency: pd.DataFrame | None) -> list[str]:
+    """The label fraction at which each init first matches scratch at 100% of the labels."""
+    if efficiency is None or not len(efficiency):
+        return []
+    return ["## Label efficiency", "",
+            f"The smallest label fraction of the grid at which an init's mean test `{task.monitor}` reaches "
+            "scratch's at 100% of the labels (same depth); the interval runs from the first fraction whose "
+            "upper 95% bound reaches it to the first whose lower bound does. `-`: not reached within the grid.", "",
+            md_table(efficiency, 3), ""]
 
 
 def _references_section(st: StudyConfig) -> list[str]:
@@ -233,9 +297,14 @@ def _plots_section(st: StudyConfig, task: Task, df: pd.DataFrame, agg: pd.DataFr
     monitor = task.monitor
     plots = _grid_plots(st, monitor, agg, out)
     plots.append(plot_curves(runs_dir, list(df["run"]), monitor, out.parent / f"{out.stem}_curves.png"))
+    plots.append(plot_convergence(runs_dir, df, monitor, out.parent / f"{out.stem}_convergence.png"))
+    roc = plot_roc_intervals(runs_dir, df, out.parent / f"{out.stem}_roc.png")
+    plots += [roc] if roc is not None else []
     best = best_on_validation(task, df)
     plots += _copy_test_plots(runs_dir / best, out)
     return ["## Plots", "",
+            "Error bars and bands are 95% t-intervals over seeds (none with one seed). "
+            f"`{out.stem}_convergence`: validation {monitor} against optimiser steps, mean over seeds. "
             f"Test plots (`*_best_test_*`) are of `{best}`, the run with the best validation {monitor}.", "",
             *[f"![{p.stem}]({p.name})" for p in plots], ""]
 

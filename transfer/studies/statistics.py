@@ -1,4 +1,9 @@
-"""A study's statistics: test metrics aggregated over seeds, and paired comparisons of inits on the test images."""
+"""A study's statistics: test metrics over seeds per cell, paired comparisons of inits, Holm, label efficiency.
+
+With several seeds, two inits are compared on the seeds they share at the same depth and label fraction
+(a seed-level test, see :mod:`transfer.studies.seed_stats`); with one seed, on the test images of that seed's
+two runs (the task's paired bootstrap). Holm's correction runs over every comparison of the study.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,45 +12,79 @@ from typing import Any
 import pandas as pd
 
 from transfer.api import Task
-from transfer.stats import seed_aggregate
+from transfer.studies.seed_stats import SeedTest, holm, label_efficiency, paired_seed_test, t_interval
 
 #: the baselines every other init is compared with, in this order
 BASELINES: tuple[str, ...] = ("imagenet", "scratch")
 
 
 def aggregate_seeds(df: pd.DataFrame, task: Task) -> pd.DataFrame:
-    """Test metrics per (init, depth, fraction): mean and std over seeds."""
+    """Test metrics per (init, depth, fraction): mean, SD and the 95% t-interval over seeds."""
     rows = []
     metrics = [f"test_{m}" for m in task.report_metrics if f"test_{m}" in df.columns]
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
         row: dict[str, Any] = {"init": init, "depth": depth, "label_fraction": frac, "seeds": len(g)}
         for m in metrics:
-            a = seed_aggregate(g[m].dropna().tolist()) if g[m].notna().any() else {"mean": float("nan"), "std": float("nan")}
-            row[f"{m}_mean"], row[f"{m}_std"] = a["mean"], a["std"]
+            a = t_interval(g[m].tolist())
+            row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_lo"], row[f"{m}_hi"] = a["mean"], a["sd"], a["lo"], a["hi"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def compare_inits(task: Task, df: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
-    """Every init against imagenet and scratch, per (depth, fraction, seed), paired on the test images."""
+def _pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(init, baseline) pairs: every init against imagenet and scratch; imagenet vs scratch once, as imagenet - scratch."""
+    inits = list(dict.fromkeys(df["init"]))
+    return [(i, b) for b in BASELINES if b in inits for i in inits
+            if i != b and not (b == "imagenet" and i == "scratch")]
+
+
+def compare_inits(task: Task, df: pd.DataFrame, runs_dir: Path, test: SeedTest = "wilcoxon") -> pd.DataFrame:
+    """Paired comparisons of ``task.monitor`` on the test split, with Holm-adjusted p-values over all of them."""
     rows = []
-    baselines = [b for b in BASELINES if b in set(df["init"])]
-    for (depth, frac, seed), g in df.groupby(["depth", "label_fraction", "seed"], sort=False):
-        runs = dict(zip(g["init"], g["run"]))
-        for base in baselines:
-            for init, run in runs.items():
-                if init == base or (base == "imagenet" and init == "scratch"):
-                    continue  # imagenet vs scratch is reported once, as imagenet - scratch
-                res = _paired(task, runs_dir / run, runs_dir / runs[base])
+    for (depth, frac), g in df.groupby(["depth", "label_fraction"], sort=False):
+        for init, base in _pairs(df):
+            a = g[g["init"] == init].set_index("seed")
+            b = g[g["init"] == base].set_index("seed")
+            seeds = sorted(set(a.index) & set(b.index))
+            if not seeds:
+                continue
+            cell = {"depth": depth, "label_fraction": frac, "init": init, "vs": base, "seeds": len(seeds)}
+            if len(seeds) > 1:
+                col = f"test_{task.monitor}"
+                res = paired_seed_test(a.loc[seeds, col].to_numpy(), b.loc[seeds, col].to_numpy(), test)
+                rows.append({**cell, "metric": task.monitor, "unit": "seed", **res})
+            else:
+                res = _paired_images(task, runs_dir / a.loc[seeds[0], "run"], runs_dir / b.loc[seeds[0], "run"])
                 if res is not None:
-                    rows.append({"depth": depth, "label_fraction": frac, "seed": seed, "init": init, "vs": base, **res})
-    return pd.DataFrame(rows)
+                    rows.append({**cell, "unit": "test image", **res})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = holm(out["p_value"].tolist())
+    return out
 
 
-def _paired(task: Task, run: Path, base: Path) -> dict[str, Any] | None:
+def _paired_images(task: Task, run: Path, base: Path) -> dict[str, Any] | None:
     """The task's paired comparison of two runs' test predictions (None when either run has none)."""
     a, b = run / "predictions_test.csv", base / "predictions_test.csv"
     if not (a.is_file() and b.is_file()):
         return None
     res = task.paired_comparison(pd.read_csv(a), pd.read_csv(b))
     return {**{k: v for k, v in res.items() if k != "ci95"}, "ci95_lo": res["ci95"][0], "ci95_hi": res["ci95"][1]}
+
+
+def label_efficiency_table(task: Task, agg: pd.DataFrame) -> pd.DataFrame:
+    """Per (init, depth): the label fraction at which the test monitor first matches scratch at 100% of the labels
+    (at the same depth), with the interval from the cells' t-intervals. Empty without a scratch cell at 100%."""
+    m = f"test_{task.monitor}"
+    ref = agg[(agg["init"] == "scratch") & (agg["label_fraction"] == 1.0)].set_index("depth")
+    rows = []
+    if f"{m}_mean" not in agg.columns or agg["label_fraction"].nunique() < 2:
+        return pd.DataFrame(rows)
+    for (init, depth), g in agg.groupby(["init", "depth"], sort=False):
+        if depth not in ref.index:
+            continue
+        reference = float(ref.loc[depth, f"{m}_mean"])
+        eff = label_efficiency(g["label_fraction"].tolist(), g[f"{m}_mean"].tolist(), g[f"{m}_lo"].tolist(),
+                               g[f"{m}_hi"].tolist(), reference, task.mode)
+        rows.append({"init": init, "depth": depth, "scratch_at_100%": reference, **eff})
+    return pd.DataFrame(rows)
