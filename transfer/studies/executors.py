@@ -44,6 +44,7 @@ def run_submitit(cfg: Config, root: Path, fn: Job, args: Sequence[tuple], name: 
         except Exception as e:  # submitit's FailedJobError / UncompletedJobError carry the job's traceback or log
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise StudyJobError(f"{name} job {job.job_id} failed ({first}); its log: {job.paths.stderr}") from None
+        progress(f"{name} job {job.job_id} done: {results[job.job_id]}")
     return [results[j.job_id] for j in jobs]
 
 

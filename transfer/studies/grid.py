@@ -44,7 +44,8 @@ def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: boo
     if dry_run:
         return print_plan(cfg, root, mine, progress)
     t0 = time.time()
-    methods = sorted({c.init.split(":", 1)[1] for c in mine if c.init.startswith("pretrain:")})
+    methods = sorted({c.init.split(":", 1)[1] for c in mine if c.init.startswith("pretrain:")
+                      and not (root / "pretrain" / c.init.split(":", 1)[1] / "backbone.pt").is_file()})
     run_jobs(cfg, root, pretrain_job, [(cfg, m, str(root)) for m in methods], "pretrain", progress)
     done = {c.name for c in finished}
     numbered = [(k, c) for k, c in enumerate(mine, 1)]
@@ -72,12 +73,15 @@ def pretrain_job(cfg: Config, method: str, root: str) -> str:
         return str(resolve_pretrain_init(cfg, method, Path(root)))
 
 
-def cells_job(cfg: Config, cells: list[tuple[int, Cell]], total: int, root: str) -> list[str]:
-    """Fine-tune ``cells`` one after another (a job); one console line per cell, its own output in its run dir."""
+def cells_job(cfg: Config, cells: list[tuple[int, Cell]], total: int, root: str) -> str:
+    """Fine-tune ``cells`` one after another (a job); one console line per cell (in a submitit job, its log; the
+    submitting process prints the returned lines), each run's own output in its run directory."""
+    lines = []
     for k, cell in cells:
         summary = run_cell(cfg, cell, Path(root))
-        print(f"[{k}/{total}] {cell.name}: {_headline(summary)}", flush=True)
-    return [c.name for _, c in cells]
+        lines.append(f"[{k}/{total}] {cell.name}: {_headline(summary)}")
+        print(lines[-1], flush=True)
+    return "; ".join(lines)
 
 
 def _headline(summary: dict[str, Any]) -> str:

@@ -1,0 +1,41 @@
+"""A tiny study end to end through submitit's local executor: stage 1 once, before the cells that need it."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from transfer.cli import main
+
+
+def test_submitit_local_executor_runs_pretrain_then_cells(tmp_path, tiny_npz, capsys):
+    out = tmp_path / "s"
+    sets = ["backbone.name=tiny_resnet", "backbone.in_chans=1", "init=scratch", "data.format=npz",
+            f"data.root={tiny_npz.parent}", "data.train=tiny.npz#train", "data.val=tiny.npz#val",
+            "data.test=tiny.npz#test", "data.image_size=[32, 32]", "train.epochs=1", "train.max_steps=2",
+            "train.batch_size=4", "tracking.wandb_mode=disabled", "tracking.progress=false", "runtime.device=cpu",
+            "task.classification.bootstrap=10", "pretrain.pool_format=labelled", "pretrain.epochs=1",
+            "pretrain.warmup_epochs=0", "pretrain.batch_size=8", "pretrain.max_steps=2", "pretrain.method=cae",
+            f"study.out_dir={out}", "study.name=t", "study.inits=[scratch, 'pretrain:cae']", "study.depths=[all]",
+            "study.seeds=[0, 1]", "study.submitit.cluster=local", "study.submitit.cells_per_job=2",
+            "study.submitit.timeout_min=10"]
+    args = ["study", "--executor", "submitit", *[x for s in sets for x in ("--set", s)]]
+    assert main(args) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    root = out / "t"
+    # one pretrain job, then two jobs of two cells each (one job array per stage)
+    assert "submitted 1 pretrain job(s) to submitit's local executor" in text
+    assert "submitted 2 finetune job(s) to submitit's local executor" in text
+    ckpt = root / "pretrain" / "cae" / "backbone.pt"
+    cells = sorted((root / "runs").glob("*/summary.json"))
+    assert len(cells) == 4 and ckpt.is_file()
+    for f in cells:  # every cell started after the checkpoint existed; the cae cells read it
+        assert f.stat().st_mtime > ckpt.stat().st_mtime
+    assert json.loads((root / "runs" / "cae-all-frac1-seed0" / "summary.json").read_text())["init"] == str(ckpt)
+    assert len(pd.read_csv(root / "results.csv")) == 4 and (root / "report.html").is_file()
+    assert any((root / "submitit").rglob("*_log.out"))
+    # a second submission finds everything done: no job is submitted
+    capsys.readouterr()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "submitted" not in text and text.count("done earlier") == 4
