@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from transfer.api import Batch
 from transfer.config import RuntimeConfig
+from transfer.distributed import all_reduce_sum, is_main_process
 from transfer.errors import MedTransferError
 from transfer.tracking import RESTART_OR_RENAME as _WAYS_OUT
 from transfer.tracking import atomic_torch_save, config_changes, config_fingerprint
@@ -39,10 +40,6 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
@@ -279,9 +276,14 @@ class Engine:
         seconds = time.perf_counter() - t0
         if steps == 0:
             raise RuntimeError("the training loader produced no batch (empty training set?)")
+        # under DDP each rank saw its shard: the epoch's row is over every rank's images (steps stay per rank)
+        keys = sorted(logs)
+        sums = all_reduce_sum(torch.stack([total, torch.tensor(float(images), device=self.device),
+                                           *[logs[k] for k in keys]]).float())
+        total, images = sums[0], int(sums[1])
         mean = self._check_finite(total, images, epoch, steps)
         return EpochStats(epoch, mean, steps, images, seconds, data_s,
-                          {k: float(v) / images for k, v in logs.items()}, self.optimizer.param_groups[0]["lr"])
+                          {k: float(v) / images for k, v in zip(keys, sums[2:])}, self.optimizer.param_groups[0]["lr"])
 
     def _progress_bar(self, total: int | None, epoch: int) -> Any:
         if not self.progress:

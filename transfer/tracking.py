@@ -86,7 +86,9 @@ def config_fingerprint(config: dict[str, Any]) -> str:
 #: files a run writes; ``--restart`` removes them before starting over (folders such as ``wandb/`` are kept), and
 #: the temporary files of atomic writes a kill cut short
 RUN_FILES = ("last*.pt", "metrics.jsonl", "summary.json", "model.pt", "backbone.pt", "depth_curve.json",
-             "predictions_*.csv", "config.yaml", ".*.tmp")
+             "predictions_*.csv", "config.yaml", "failed.json", ".*.tmp")
+#: written by :meth:`Run.fail` when a run ends in an error after its directory was made; removed by the next start
+FAILED_FILE = "failed.json"
 
 
 def discard_run_state(run_dir: Path) -> list[Path]:
@@ -145,12 +147,19 @@ class Run:
                  tags: list[str] | None = None, resume: bool = True, group: str | None = None) -> None:
         import yaml
 
+        from transfer.distributed import is_main_process
+
         self.dir = Path(root) / name
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.warnings: list[str] = []
-        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        #: under torchrun only rank 0 writes the directory and W&B; the other ranks' Run is silent
+        self.writes = is_main_process()
         self._wandb = None
+        if not self.writes:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / FAILED_FILE).unlink(missing_ok=True)  # an earlier start's failure is not this start's status
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         if wandb_mode != "disabled":
             try:
                 import wandb
@@ -174,13 +183,26 @@ class Run:
         import sys
 
         self.warnings.append(msg)
-        print(f"warning: {msg}", file=sys.stderr)
+        if self.writes:  # once, not once per rank
+            print(f"warning: {msg}", file=sys.stderr)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """``obj`` as ``<run dir>/name``, atomically (rank 0 only)."""
+        if self.writes:
+            atomic_write_json(self.dir / name, obj)
+
+    def write_csv(self, name: str, df: Any) -> None:
+        """A pandas frame as ``<run dir>/name`` (rank 0 only)."""
+        if self.writes:
+            _atomic_write(self.dir / name, lambda f: df.to_csv(f, index=False))
 
     @property
     def wandb_run(self) -> Any:
         return self._wandb
 
     def log_epoch(self, row: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row, default=_json_default) + "\n")
         if self._wandb is not None:
@@ -190,13 +212,15 @@ class Run:
         """Keep the first ``rows`` rows of ``metrics.jsonl``: rows logged after the state a run resumes from
         (killed after logging an epoch, before saving it) would otherwise appear twice."""
         path = self.dir / "metrics.jsonl"
-        if not path.is_file():
+        if not self.writes or not path.is_file():
             return
         lines = path.read_text().splitlines(keepends=True)
         if len(lines) > rows:  # (a line cut short by a kill is always the last one, past the saved rows)
             atomic_write_text(path, "".join(lines[:rows]))
 
     def log_summary(self, summary: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         if self.warnings:
             summary = {**summary, "warnings": self.warnings}
         atomic_write_json(self.dir / "summary.json", summary)
@@ -259,6 +283,17 @@ class Run:
             self._wandb.use_artifact(art)
         except Exception as e:  # a W&B server problem must not lose the run
             self.warn(f"could not record checkpoint lineage in W&B ({type(e).__name__}: {e})")
+
+    def fail(self, error: BaseException) -> None:
+        """Record that this start ended in ``error`` (``failed.json``): without it, a directory holding only
+        ``config.yaml`` (and perhaps some epochs) would not say whether the run is still going, was killed, or
+        failed. A later start of the same run removes it."""
+        if self.writes:
+            import time
+
+            atomic_write_json(self.dir / FAILED_FILE, {
+                "status": "failed", "error": f"{type(error).__name__}: {error}",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "warnings": self.warnings})
 
     def finish(self) -> None:
         if self._wandb is not None:

@@ -26,6 +26,10 @@ from transfer.config import BackboneConfig
 from transfer.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "medtransfer-backbone/1"
+#: a trained stage-2 model (a run directory's ``model.pt``, written by ``transfer.runs.model_io``): its state dict
+#: holds the backbone under this prefix, beside the task head
+TASK_MODEL_FORMAT_PREFIX = "medtransfer-model/"
+_BACKBONE_PREFIX = "backbone."
 
 
 @dataclass
@@ -157,6 +161,8 @@ def load_checkpoint_into(backbone: StagedBackbone, path: str | Path) -> LoadRepo
         report = _load_prefixed(backbone, sd, f"checkpoint {path}")
         report.provenance = prov
         return report
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith(TASK_MODEL_FORMAT_PREFIX):
+        return _load_task_model_backbone(backbone, obj, path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
@@ -164,8 +170,37 @@ def load_checkpoint_into(backbone: StagedBackbone, path: str | Path) -> LoadRepo
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: neither a medtransfer checkpoint nor a state dict of tensors")
     report = _load_prefixed(backbone, obj, f"state dict {path}")
-    if not any(k.startswith("model.") and k not in report.missing for k in backbone.state_dict()):
-        raise CheckpointError(f"{path}: no key matches backbone {backbone.name} (e.g. {list(obj)[:3]})")
+    _require_weights_loaded(backbone, report, path, list(obj))
+    return report
+
+
+def _require_weights_loaded(backbone: StagedBackbone, report: LoadReport, path: Path, keys: list[str]) -> None:
+    """Refuse a load that set no weight tensor. BatchNorm's ``num_batches_tracked`` does not count: torch fills it
+    in when it is absent, so a file matching nothing looked as if it had loaded something and training went on
+    from random weights."""
+    missing = set(report.missing)
+    loaded = [k for k in backbone.state_dict() if k not in missing and not k.endswith("num_batches_tracked")]
+    if not loaded:
+        raise CheckpointError(f"{path}: no weight matches backbone {backbone.name} ({len(report.missing)} missing, "
+                              f"{len(report.unexpected)} unused keys, e.g. {keys[:3]})")
+
+
+def _load_task_model_backbone(backbone: StagedBackbone, obj: dict[str, Any], path: Path) -> LoadReport:
+    """The backbone of a trained stage-2 model (``model.pt``): its ``backbone.`` keys, prefix stripped; the task
+    head is left out (the new run builds its own)."""
+    cfg = obj.get("config", {}).get("backbone", {})
+    if cfg.get("name", backbone.name) != backbone.name:
+        raise CheckpointError(f"{path}: task model with backbone {cfg.get('name')!r}, config asks for {backbone.name!r}")
+    ch, pol = cfg.get("in_chans", 3), cfg.get("channels", "replicate")
+    if _conv_channels(ch, pol) != _conv_channels(backbone.in_chans, backbone.channel_policy):
+        raise CheckpointError(f"{path}: task model has backbone.in_chans={ch}, backbone.channels={pol}; the config "
+                              f"asks for in_chans={backbone.in_chans}, channels={backbone.channel_policy}")
+    sd = obj.get("state_dict", {})
+    bb = {k[len(_BACKBONE_PREFIX):]: v for k, v in sd.items() if k.startswith(_BACKBONE_PREFIX)}
+    report = _load_prefixed(backbone, bb, f"backbone of task model {path}")
+    report.provenance = {"method": "finetune", "task": obj.get("config", {}).get("task", {}).get("name"),
+                         "depth": obj.get("depth")}
+    _require_weights_loaded(backbone, report, path, list(sd))
     return report
 
 

@@ -71,13 +71,18 @@ def test_landmark_finetune_predict_then_evaluate(tmp_path, tiny_landmarks, capsy
     out = tmp_path / "pred.csv"
     assert main(["predict", str(run), *map(str, test_imgs), "--out", str(out)]) == 0
     pred = pd.read_csv(out)
-    assert list(pred.columns) == ["image", "1_x", "1_y", "2_x", "2_y"] and len(pred) == 3
+    assert list(pred.columns)[:2] == ["image", "path"] and {"1_x", "1_y", "2_x", "2_y"} <= set(pred.columns)
+    assert len(pred) == 3
+    assert list(pred["path"]) == list(map(str, test_imgs))  # as given on the command line
     test_pred = pd.read_csv(run / "predictions_test.csv")
+    # one naming in every output: predict's rows join the run's test predictions on the file name
+    assert list(pred["image"]) == list(test_pred["image"]) == ["009.png", "010.png", "011.png"]
     # predictions are in original pixels and agree with the run's own test predictions
     assert np.allclose(pred[["1_x", "1_y", "2_x", "2_y"]].to_numpy(), test_pred[["1_x", "1_y", "2_x", "2_y"]].to_numpy(),
                        atol=1e-3)
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--data", "test.csv"]) == 0
+    assert main(["evaluate", str(run), "--data", "test.csv", "--out", str(tmp_path / "ev.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "ev.csv")["image"]) == list(pred["image"])
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["mre_mm"] == pytest.approx(summary["test"]["mre_mm"], rel=1e-5)
 

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from transfer.cli import bench, config_cmd, registry_cmds, stage1, stage2, study
 from transfer.config import ConfigError
+from transfer.distributed import process_group_from_env
 from transfer.errors import MedTransferError
 
 #: command groups in the order ``--help`` lists them
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        with process_group_from_env():  # a no-op unless started by torchrun with more than one process
+            return int(args.fn(args) or 0)
     except (ConfigError, MedTransferError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"medtransfer: error: {msg}", file=sys.stderr)

@@ -5,11 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-import pandas as pd
-
-from transfer.bench.data import bench_data
-from transfer.bench.finetune import bench_finetune
-from transfer.bench.pretrain import bench_pretrain
 from transfer.cli.common import add_config_args, load
 from transfer.errors import MedTransferError
 
@@ -40,7 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     bp.set_defaults(fn=cmd_bench_pretrain)
 
 
+# The benchmark modules are imported by their commands: they pull in lightly and the stage-1 methods, which
+# cost every other command (a finetune, each torchrun rank) seconds of start-up for nothing.
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from transfer.bench.data import bench_data
+
     if args.image_dir is None:
         raise MedTransferError("bench data needs --image-dir (and optionally --csv listing the files)")
     image_dir = Path(args.image_dir)
@@ -57,11 +60,15 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_finetune(args: argparse.Namespace) -> int:
+    from transfer.bench.finetune import bench_finetune
+
     print(json.dumps(bench_finetune(load(args), steps=args.steps, warmup=args.warmup), indent=2))
     return 0
 
 
 def cmd_bench_pretrain(args: argparse.Namespace) -> int:
+    from transfer.bench.pretrain import bench_pretrain
+
     res = bench_pretrain(args.method, args.backbone, args.batch_size, tuple(args.size), steps=args.steps)
     print(json.dumps(res, indent=2))
     return 0

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from transfer.api import TASKS
 from transfer.cli.common import add_config_args, load
+from transfer.distributed import is_main_process
 from transfer.runs.evaluate import evaluate_run
 from transfer.runs.finetune import run_finetune
-from transfer.runs.predict import predict_images
+from transfer.runs.predict import predict_images, skipped_csv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("run", help="run directory or its model.pt")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="predictions CSV")
-    pr.add_argument("--on-bad", choices=["error", "skip"], default="error")
+    pr.add_argument("--on-bad", choices=["error", "skip"], default="error",
+                    help="skip: predict the readable images and list the others in <out>.skipped.csv (path, reason)")
     pr.add_argument("--device", default="auto")
     pr.set_defaults(fn=cmd_predict)
 
@@ -45,6 +47,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load(args)
     task = TASKS.get(cfg.task.name)(cfg)  # its headline metrics (some tasks derive them from their options)
     summary = run_finetune(cfg, name=args.name, restart=args.restart)
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
     if summary.get("already_complete"):
         print(f"{Path(cfg.tracking.out_dir) / summary['run']}: already complete (summary.json, model.pt); "
               f"nothing trained. --restart trains it again")
@@ -77,5 +81,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     df, skipped = predict_images(args.run, args.images, out, device=args.device, on_bad=args.on_bad)
-    print(f"wrote {len(df)} predictions to {out}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    print(f"wrote {len(df)} predictions to {out}"
+          + (f"; {len(skipped)} skipped, listed in {skipped_csv(out)}" if skipped else ""))
     return 0

@@ -12,7 +12,7 @@ from transfer.engine import Engine, FitResult, make_loader
 from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups, set_train_mode,
                                trainable_stages)
 from transfer.runs.splits import Splits
-from transfer.tracking import Run, atomic_write_json, training_config
+from transfer.tracking import Run, training_config
 
 
 def setup_depth(model: TaskModel, cfg: Config, depth: str
@@ -94,7 +94,7 @@ def auto_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, run: R
         if res.resumed_from is not None and resumed is not None:
             resumed.update(epoch=res.resumed_from, depth=depth)
         curve.append({"depth": depth, "val": metric, "best_epoch": epoch})
-        atomic_write_json(run.dir / "depth_curve.json", curve)
+        run.write_json("depth_curve.json", curve)
         if best_metric is None or sign * (metric - best_metric) > t.auto_tolerance:
             best_depth, best_metric, best_epoch = depth, metric, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from transfer.api import EvalResult
 from transfer.engine import resolve_device
+from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import load_model
 from transfer.tracking import atomic_write_json
 
@@ -28,6 +29,6 @@ def evaluate_run(run: str | Path, data: str, *, device: str = "auto", data_forma
     res = task.evaluate(model, task.load_split(data, "eval"), dev, with_ci=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        res.predictions.to_csv(out, index=False)
+        with_image_columns(res.predictions).to_csv(out, index=False)
         atomic_write_json(out.with_suffix(".metrics.json"), res.metrics)
     return res

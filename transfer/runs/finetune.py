@@ -9,9 +9,12 @@ import torch
 
 from transfer.api import TASKS, Task, TaskModel
 from transfer.config import Config, to_dict
+from transfer.distributed import barrier, is_main_process, world_size
 from transfer.engine import resolve_device
 from transfer.finetune import recalibrate_batchnorm, trainable_stages
+from transfer.runs.config_checks import check_finetune_config
 from transfer.runs.depth import auto_depth, fit_depth
+from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.prior_state import prior_run
 from transfer.runs.seeding import seed_everything
@@ -31,21 +34,26 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
 
     A run directory that holds a finished run (``summary.json`` + ``model.pt``) is not trained again: its summary
     is returned. Resume states left by an interrupted run are checked against this config before anything is
-    written; ``restart`` discards the old run's files and starts over.
+    written; ``restart`` discards the old run's files and starts over. Config values (backbone, depth, init) are
+    checked before data is read or the directory made; an error after that leaves ``failed.json`` in the directory.
+    Under torchrun (a process group), every rank trains its shard and evaluates the full validation set (so all
+    ranks select the same epoch and stop together); rank 0 alone writes the run directory and W&B.
     """
     seed_everything(cfg.seed)
     t0 = time.time()
     task = TASKS.get(cfg.task.name)(cfg)
+    check_finetune_config(cfg)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "finetune")
     if not restart and (done := prior_run(run_dir, "model.pt", key, "finetune")) is not None:
         return done
     splits = prepare_data(task, cfg)
-    if restart:
+    if restart and is_main_process():
         discard_run_state(run_dir)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg),
                           job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
+    barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)
     try:
         model, report = _build_model(cfg, task, splits, run)
         summary = _train_and_select(cfg, task, model, splits, run)
@@ -53,6 +61,9 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
         summary.update({"weights": report.source, "missing_keys": report.missing, "unused_keys": report.unexpected,
                         "seconds": round(time.time() - t0, 1)})
         return _finish(cfg, task, model, run, summary)
+    except Exception as e:
+        run.fail(e)
+        raise
     finally:
         run.finish()
 
@@ -90,10 +101,14 @@ def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits,
     return {
         "run": run.name, "task": cfg.task.name, "backbone": cfg.backbone.name, "init": cfg.init,
         "depth": t.depth, "selected_depth": chosen,
-        "trainable_stages": trainable_stages(chosen, model.backbone.stage_names),
+        # what was trained: stages a head never uses (above a heatmap head's feature map) get no gradient
+        "trainable_stages": [s for s in trainable_stages(chosen, model.backbone.stage_names)
+                             if s not in model.unused_stages],
         "label_fraction": cfg.data.label_fraction, "seed": cfg.seed, "image_size": list(cfg.data.image_size),
         "channels": cfg.backbone.in_chans, "channel_policy": cfg.backbone.channels,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # processes under torchrun; train.batch_size is per process, so the effective batch is world_size times it
+        "world_size": world_size(),
         "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
         "depth_curve": depth_curve, "task_info": task.info,
         # the first epoch trained after continuing from a resume state (None: trained from the start)
@@ -105,13 +120,14 @@ def _score(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) 
     """Final scores of the selected model: validation, then the test split once; predictions and plots."""
     device = resolve_device(cfg.runtime.device)
     media = cfg.tracking.log_media
+    media = media and run.writes  # plots are files: rank 0's
     val = task.evaluate(model, splits.val, device, with_ci=True)
-    val.predictions.to_csv(run.dir / "predictions_val.csv", index=False)
+    run.write_csv("predictions_val.csv", with_image_columns(val.predictions))
     plots = task.plots(val, splits.val, run.dir, "val") if media else []
     out: dict[str, Any] = {"val": val.metrics}
     if splits.test is not None and cfg.train.eval_test:
         test = task.evaluate(model, splits.test, device, with_ci=True)
-        test.predictions.to_csv(run.dir / "predictions_test.csv", index=False)
+        run.write_csv("predictions_test.csv", with_image_columns(test.predictions))
         out["test"] = test.metrics
         plots += task.plots(test, splits.test, run.dir, "test") if media else []
         run.log_table("test_predictions", test.predictions)
@@ -122,6 +138,8 @@ def _score(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) 
 def _finish(cfg: Config, task: Task, model: TaskModel, run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     """Write the model and the summary; drop the resume state a complete run no longer needs."""
     ckpt = run.dir / "model.pt"
+    if not run.writes:
+        return summary
     atomic_torch_save(model_checkpoint(model, cfg, task, summary["selected_depth"]), ckpt)
     run.log_summary(summary)  # summary.json + model.pt: the run is complete, its resume states can go
     for resume_state in run.dir.glob("last*.pt"):

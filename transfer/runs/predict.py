@@ -11,7 +11,14 @@ from transfer.data.datasets import ImageDataset, Skipped, load_images
 from transfer.data.readers import list_images, supported_suffixes
 from transfer.engine import resolve_device
 from transfer.errors import MedTransferError
+from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import load_model
+from transfer.tracking import atomic_write_text
+
+
+def skipped_csv(out: Path) -> Path:
+    """The sidecar of ``out`` listing the inputs ``--on-bad skip`` left out: ``<out>.skipped.csv`` (path, reason)."""
+    return out.with_name(f"{out.name}.skipped.csv")
 
 
 def image_paths(items: list[str]) -> list[Path]:
@@ -32,7 +39,11 @@ def image_paths(items: list[str]) -> list[Path]:
 
 def predict_images(run: str | Path, items: list[str], out: Path, *, device: str = "auto",
                    on_bad: str = "error") -> tuple[pd.DataFrame, list[Skipped]]:
-    """Write one row per readable image to ``out`` (CSV); return it and the skipped files."""
+    """Write one row per readable image to ``out`` (CSV); return it and the skipped files.
+
+    Skipped files (``on_bad="skip"``) are written to :func:`skipped_csv` as well as stderr, so the record of what
+    was left out stays with the predictions; a stale sidecar of an earlier call is removed.
+    """
     dev = resolve_device(device)
     cfg, task, model = load_model(run, dev)
     paths = image_paths(items)
@@ -40,10 +51,15 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
                          on_bad=on_bad, progress=False)
     for s in loaded.skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    sidecar = skipped_csv(out)
+    if loaded.skipped:
+        atomic_write_text(sidecar, pd.DataFrame([vars(s) for s in loaded.skipped]).to_csv(index=False))
+    else:
+        sidecar.unlink(missing_ok=True)
     ds = ImageDataset(loaded.images, {"orig_size": torch.from_numpy(loaded.original_sizes.astype("float32"))},
                       [str(paths[i]) for i in loaded.kept])
     task.output_dir = out.with_name(f"{out.stem}_files")  # files a task writes beside the CSV (masks)
-    df = task.predict(model, ds, dev)
+    df = with_image_columns(task.predict(model, ds, dev))
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     return df, loaded.skipped
