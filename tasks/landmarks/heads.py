@@ -136,8 +136,11 @@ def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
     return spatial_expectation(spatial_softmax2d(logits))
 
 
-def gaussian_heatmaps(coords: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+def gaussian_heatmaps(coords: torch.Tensor, size: tuple[int, int], sigma: float | torch.Tensor) -> torch.Tensor:
     """Target heatmaps (B, L, H', W') for normalised coords (B, L, 2): Gaussians of ``sigma`` heatmap pixels.
+
+    ``sigma`` is one number, or a tensor broadcastable to (B, L, 2) (per image and
+    axis: a sigma in mm is a different number of heatmap pixels per image and axis).
 
     Rendered by kornia's ``render_gaussian2d``; each map sums to 1 over the grid
     (a Gaussian cut by the border is renormalised), i.e. it is a distribution
@@ -147,16 +150,17 @@ def gaussian_heatmaps(coords: torch.Tensor, size: tuple[int, int], sigma: float)
     h, w = size
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive (H', W'), got {size}")
-    if not sigma > 0:
+    sigma = torch.as_tensor(sigma, dtype=coords.dtype, device=coords.device)
+    if not bool((sigma > 0).all()):
         raise ValueError(f"sigma must be > 0 (heatmap pixels), got {sigma}")
     size_xy = torch.tensor([w, h], dtype=coords.dtype, device=coords.device)
     mean_px = coords * size_xy - 0.5  # our [0, 1] convention -> kornia's pixel-index coordinates
-    std = torch.full_like(mean_px, float(sigma))
+    std = sigma.expand_as(mean_px).contiguous()
     return render_gaussian2d(mean_px, std, (h, w), normalized_coordinates=False)
 
 
 def heatmap_loss(
-    logits: torch.Tensor, coords: torch.Tensor, sigma: float, visible: torch.Tensor | None = None
+    logits: torch.Tensor, coords: torch.Tensor, sigma: float | torch.Tensor, visible: torch.Tensor | None = None
 ) -> torch.Tensor:
     """KL(target || softmax(logits)) between each Gaussian target and the predicted spatial distribution.
 
@@ -168,7 +172,8 @@ def heatmap_loss(
     Args:
         logits: (B, L, h, w) heatmap logits.
         coords: (B, L, 2) normalised target coordinates.
-        sigma: target Gaussian SD in heatmap pixels.
+        sigma: target Gaussian SD in heatmap pixels (a number or per image and axis, see
+            :func:`gaussian_heatmaps`).
         visible: optional (B, L) bool.
     """
     if logits.dim() != 4 or logits.shape[:2] != coords.shape[:2]:

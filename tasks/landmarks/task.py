@@ -8,6 +8,7 @@ every image size. Every metric is computed back in original pixels and mm.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,8 +108,10 @@ class LandmarkModel(TaskModel):
 
     def __init__(self, backbone: StagedBackbone, num_landmarks: int, *, head: str, hidden: int, dropout: float,
                  heatmap_stage: str | None, heatmap_weight: float, heatmap_sigma: float,
-                 augment: BatchAugment | None) -> None:
+                 augment: BatchAugment | None, heatmap_stride: int = 4, sigma_mm: float = 2.0,
+                 decode_radius: int = 3, decoder_width: int = 32) -> None:
         super().__init__()
+        from tasks.landmarks.dense_head import DecoderHeatmapHead
         from tasks.landmarks.heads import HeatmapHead, RegressionHead
 
         self.backbone = backbone
@@ -116,8 +119,15 @@ class LandmarkModel(TaskModel):
         self.augment = augment
         self.heatmap_weight = heatmap_weight
         self.heatmap_sigma = heatmap_sigma
+        self.sigma_mm = sigma_mm
         self.unused_stages: list[str] = []
-        if head == "regression":
+        if head == "decoder":
+            self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=heatmap_stride,
+                                           radius=decode_radius, width=decoder_width, top_stage=heatmap_stage)
+            self.stage = self.head.top_stage
+            names = list(backbone.stage_names)
+            self.unused_stages = names[names.index(self.stage) + 1 :]
+        elif head == "regression":
             self.head = RegressionHead(backbone.num_features, num_landmarks, hidden=hidden, dropout=dropout)
             self.stage = None
         else:
@@ -138,8 +148,10 @@ class LandmarkModel(TaskModel):
     def forward_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.stage is None:
             return {"coords": self.head(self.backbone(images))}
-        feats = self.backbone.forward_stages(images, upto=self.stage)[self.stage]
-        return self.head(feats)
+        feats = self.backbone.forward_stages(images, upto=self.stage)
+        if self.kind == "decoder":
+            return self.head(feats, (int(images.shape[-2]), int(images.shape[-1])))
+        return self.head(feats[self.stage])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> normalised landmarks (B, L, 2) as (u, v)."""
@@ -155,17 +167,30 @@ class LandmarkModel(TaskModel):
             images, kp = self.augment(images, target * scale - 0.5)
             target = (kp + 0.5) / scale
         out = self.forward_all(images)
-        # isotropic units: normalised coordinates rescaled by the original aspect ratio,
+        # isotropic units (mm, or normalised coordinates rescaled by the original aspect ratio),
         # so an error along the long axis is not under-weighted
         size_wh = batch["orig_size"].float().flip(-1)
-        iso = (size_wh / size_wh.max(dim=1, keepdim=True).values)[:, None, :]
-        loss = euclidean_loss(out["coords"].float() * iso, target * iso)
+        if self.kind == "decoder":
+            # in mm, so the Euclidean term and the heatmap term (nats) have comparable sizes
+            units = (size_wh * batch["spacing"].float())[:, None, :]
+        else:
+            units = (size_wh / size_wh.max(dim=1, keepdim=True).values)[:, None, :]
+        loss = euclidean_loss(out["coords"].float() * units, target * units)
         logs = {"euclidean": loss.detach()}
         if self.heatmap_weight > 0 and "heatmaps" in out:
-            hl = heatmap_loss(out["heatmaps"].float(), target, self.heatmap_sigma)
+            hl = heatmap_loss(out["heatmaps"].float(), target, self._target_sigma(batch, out["heatmaps"]))
             loss = loss + self.heatmap_weight * hl
             logs["heatmap"] = hl.detach()
         return {"loss": loss, **logs}
+
+    def _target_sigma(self, batch: dict[str, Any], heatmaps: torch.Tensor) -> float | torch.Tensor:
+        """The target Gaussians' SD in heatmap pixels: fixed for the coarse head, from mm for the decoder head."""
+        if self.kind != "decoder":
+            return self.heatmap_sigma
+        from tasks.landmarks.dense_head import sigma_in_heatmap_pixels
+
+        return sigma_in_heatmap_pixels(self.sigma_mm, batch["orig_size"].float(), batch["spacing"].float(),
+                                       tuple(heatmaps.shape[-2:]))
 
 
 class LandmarkTask(Task):
@@ -231,7 +256,8 @@ class LandmarkTask(Task):
         aug = BatchAugment(self.cfg.data.augment, flip_pairs=[tuple(p) for p in c.flip_pairs], landmarks=True)
         return LandmarkModel(backbone, self.info["num_landmarks"], head=c.head, hidden=c.hidden, dropout=c.dropout,
                              heatmap_stage=c.heatmap_stage, heatmap_weight=c.heatmap_weight,
-                             heatmap_sigma=c.heatmap_sigma, augment=aug)
+                             heatmap_sigma=c.heatmap_sigma, augment=aug, heatmap_stride=c.heatmap_stride,
+                             sigma_mm=c.sigma_mm, decode_radius=c.decode_radius, decoder_width=c.decoder_width)
 
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
         norm = batched_forward(model, dataset.images, device, batch_size).numpy().astype(np.float64)
@@ -264,7 +290,25 @@ class LandmarkTask(Task):
         return df
 
     def predict(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64) -> pd.DataFrame:
-        return self._frame(dataset, self._pixels(model, dataset, device, batch_size))
+        """Coordinates in original pixels, a confidence per landmark, and a per-image flag (see
+        :mod:`tasks.landmarks.inference`); flagged images are also named on stderr."""
+        from tasks.landmarks.inference import image_flags, landmark_outputs
+
+        out = landmark_outputs(model, dataset.images, device, batch_size)
+        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True)
+        df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))
+        for k in range(out.confidence.shape[1]):
+            df[f"{k + 1}_confidence"] = out.confidence[:, k]
+        df["mean_confidence"] = out.confidence.mean(1)
+        df["flipped_confidence"] = flipped.confidence.mean(1)
+        c = self.options
+        df["flag"] = image_flags(out.confidence, flipped.confidence, low=c.low_confidence, mirror_ratio=c.mirror_ratio)
+        flagged = df[df["flag"] != ""]
+        if len(flagged):
+            listed = ", ".join(f"{i} ({f})" for i, f in zip(flagged["image"][:5], flagged["flag"][:5]))
+            print(f"warning: {len(flagged)} of {len(df)} images flagged (column 'flag'): {listed}"
+                  f"{' ...' if len(flagged) > 5 else ''}", file=sys.stderr)
+        return df
 
     def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
         from tasks.landmarks.metrics import plot_landmark_overlay

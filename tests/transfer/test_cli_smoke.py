@@ -72,6 +72,7 @@ def test_landmark_finetune_predict_then_evaluate(tmp_path, tiny_landmarks, capsy
     assert main(["predict", str(run), *map(str, test_imgs), "--out", str(out)]) == 0
     pred = pd.read_csv(out)
     assert list(pred.columns)[:2] == ["image", "path"] and {"1_x", "1_y", "2_x", "2_y"} <= set(pred.columns)
+    assert pred["1_confidence"].isna().all()  # the regression head has no heatmap to be confident about
     assert len(pred) == 3
     assert list(pred["path"]) == list(map(str, test_imgs))  # as given on the command line
     test_pred = pd.read_csv(run / "predictions_test.csv")

@@ -1,0 +1,43 @@
+"""Per-landmark confidence and the per-image flags of landmark predict (low confidence, mirrored image)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.landmarks.decoding import local_soft_argmax, peak_mass
+from tasks.landmarks.inference import image_flags, landmark_outputs
+
+
+class LeftDotDetector(nn.Module):
+    """A stand-in landmark model that, like one trained on upright cephalograms, only 'knows' one side:
+    its heatmap is sharp at a bright dot in the left half of the image and flat elsewhere."""
+
+    def forward_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = images[:, :1] * 20.0
+        logits[..., images.shape[-1] // 2:] = 0.0
+        return {"heatmaps": logits, "coords": local_soft_argmax(logits, 2), "confidence": peak_mass(logits, 2)}
+
+
+def _dot_image(x: int, y: int, h: int = 32, w: int = 32) -> torch.Tensor:
+    img = torch.zeros(1, h, w)
+    img[0, y, x] = 1.0
+    return img
+
+
+def test_confidence_and_mirror_flag_follow_what_the_model_recognises() -> None:
+    images = torch.stack([_dot_image(5, 10), _dot_image(26, 10), torch.zeros(1, 32, 32)])
+    model = LeftDotDetector()
+    out = landmark_outputs(model, images, torch.device("cpu"), batch_size=2)
+    flipped = landmark_outputs(model, images, torch.device("cpu"), batch_size=2, flip=True)
+    assert out.coords.shape == (3, 1, 2) and out.confidence.shape == (3, 1)
+    assert out.confidence[0, 0] > 0.99 and out.confidence[1, 0] < 0.1
+    assert np.allclose(out.coords[0, 0] * 32 - 0.5, [5, 10], atol=0.01)
+    assert flipped.confidence[1, 0] > 0.99  # the right-side dot, mirrored back to the left
+    flags = image_flags(out.confidence, flipped.confidence, low=0.5, mirror_ratio=1.5)
+    assert flags == ["", "mirrored?", "low_confidence"]
+
+
+def test_regression_head_gives_nan_confidence_and_no_flags() -> None:
+    conf = np.full((2, 3), np.nan)
+    assert image_flags(conf, conf, low=0.5, mirror_ratio=1.5) == ["", ""]
