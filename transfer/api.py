@@ -63,6 +63,14 @@ class TaskModel(nn.Module, ABC):
     def after_optimizer_step(self, progress: float) -> None:  # noqa: B027 - optional hook
         pass
 
+    def extra_stages(self) -> dict[str, tuple[StagedBackbone, nn.Module]]:
+        """Further (backbone, head) pairs the fine-tuning depth applies to, by name (default: none).
+
+        A model with a second stage (the landmark task's refinement) returns it here, so
+        ``depth`` freezes the same stages of each backbone, and each head trains at the head's rate.
+        """
+        return {}
+
 
 class Task(ABC):
     """A downstream task: dataset formats, head, loss, metrics, plots.
@@ -87,6 +95,8 @@ class Task(ABC):
         self.cfg = cfg
         self.skipped: list[Skipped] = []
         self.info: dict[str, Any] = {}
+        #: counts loading found that a run reports in ``summary.json`` beside its split sizes (e.g. masked labels)
+        self.data_report: dict[str, Any] = {}
         #: where ``predict`` may write files beside its table (e.g. mask images); set by the predict run
         self.output_dir: Path | None = None
 
@@ -127,6 +137,12 @@ class Task(ABC):
     @abstractmethod
     def paired_comparison(self, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, Any]:
         """Compare two models' test predictions (same images, same order): difference a - b, CI, p-value."""
+
+    def check_split(self, dataset: ImageDataset, which: str, source: str) -> None:
+        """Raise a DatasetError naming ``source`` when split ``which`` cannot serve its purpose (default: any).
+
+        Called on train (at its label fraction), val and test before training, so no run fails after it.
+        """
 
     def label_array(self, dataset: ImageDataset) -> np.ndarray | None:
         return dataset.target_array(self.stratify_key) if self.stratify_key else None

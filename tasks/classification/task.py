@@ -13,10 +13,12 @@ from torch import nn
 
 from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
-from transfer.data.datasets import ImageDataset, load_images
+from transfer.data.datasets import ImageDataset, Skipped, load_images
 from transfer.errors import DatasetError
 from transfer.api import EvalResult, Task, TaskModel, batched_forward
-from transfer.data.readers import list_images, supported_suffixes
+from transfer.data.inventory import scan_folder
+from transfer.data.readers import supported_suffixes
+from transfer.data.tables import read_listing
 
 
 
@@ -90,7 +92,7 @@ class ClassificationTask(Task):
         else:
             paths, labels, groups, names = self._read_csv(self.resolve(spec))
         self._set_classes(names, str(spec))
-        loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=gray, on_bad=cfg.data.on_bad,
+        loaded = load_images(paths, **cfg.data.decode_options(), gray=gray, on_bad=cfg.data.on_bad,
                              progress=cfg.tracking.progress, desc=f"decoding {which}")
         self.skipped += loaded.skipped
         targets = {"label": labels[loaded.kept]}
@@ -126,15 +128,45 @@ class ClassificationTask(Task):
         h, w = self.cfg.data.image_size
         if x.shape[-2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-        n_classes = int(labels.max()) + 1
-        self._set_classes([str(i) for i in range(n_classes)] if "class_names" not in self.info else
-                          self.info["class_names"], f"{file}#{key or which}")
+        source = f"{file}#{key or which}"
+        self._set_classes(self._npz_classes(labels, source), source)
         return ImageDataset(x, {"label": labels.astype(np.int64)}, [f"{Path(file).name}#{key or which}:{i}" for i in range(len(x))])
+
+    def _npz_classes(self, labels: np.ndarray, source: str) -> list[str]:
+        """Class names of integer labels: 0..K-1 in the training split; later splits stay within them."""
+        found = np.unique(labels)
+        if "class_names" in self.info:
+            names = self.info["class_names"]
+            outside = found[(found < 0) | (found >= len(names))]
+            if len(outside):
+                raise DatasetError(f"{source}: labels {outside.tolist()} are not training classes 0..{len(names) - 1}")
+            return names
+        if labels.ndim == 1 and found.tolist() != list(range(len(found))):
+            raise DatasetError(f"{source}: labels {found.tolist()} are not 0..K-1 (a class number with no image "
+                               f"would be a class the model never sees)")
+        return [str(i) for i in range(int(labels.max()) + 1)]
+
+    def check_split(self, dataset: ImageDataset, which: str, source: str) -> None:
+        """Two classes or more, and every class in every split: AUC and per-class metrics need them."""
+        names = self.info["class_names"]
+        if len(names) < 2:
+            raise DatasetError(f"{source}: only one class {names}; classification needs two or more")
+        y = dataset.target_array("label")
+        if y.ndim != 1:
+            return  # multi-label: each column is its own binary task
+        counts = np.bincount(y, minlength=len(names))
+        absent = [n for n, c in zip(names, counts) if c == 0]
+        if absent:
+            raise DatasetError(f"{source}: the {which} split has no image of class {', '.join(map(repr, absent))} "
+                               f"(classes: {', '.join(f'{n}={c}' for n, c in zip(names, counts))})")
 
     def _scan_folder(self, root: Path) -> tuple[list[Path], np.ndarray, None, list[str]]:
         if not root.is_dir():
             raise DatasetError(f"{root}: class folder root does not exist")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        # files beside the class folders and hidden folders (.ipynb_checkpoints) belong to no class: reported
+        self.skipped += [Skipped(str(p), "not in a class folder", kind="not used") for p in sorted(root.iterdir())
+                         if p.is_file() or (p.is_dir() and p.name.startswith("."))]
         if not classes:
             raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
         if "class_names" in self.info:
@@ -144,17 +176,18 @@ class ClassificationTask(Task):
             classes = known
         paths, labels = [], []
         for ci, c in enumerate(classes):
-            files = list_images(root / c)
-            if not files:
-                raise DatasetError(f"{root / c}: class folder {c!r} holds no image ({', '.join(supported_suffixes())})")
-            paths += files
-            labels += [ci] * len(files)
+            scan = scan_folder(root / c)
+            self.skipped += scan.unused  # counted and named in the run's warning and summary, never dropped silently
+            if not scan.images:
+                raise DatasetError(f"{root / c}: class folder {c!r} holds no image ({', '.join(supported_suffixes())})"
+                                   + (f"; {len(scan.unused)} other files, e.g. {scan.unused[0].path}: "
+                                      f"{scan.unused[0].reason}" if scan.unused else ""))
+            paths += scan.images
+            labels += [ci] * len(scan.images)
         return paths, np.asarray(labels, dtype=np.int64), None, classes
 
     def _read_csv(self, path: Path) -> tuple[list[Path], np.ndarray, list[str] | None, list[str]]:
-        if not path.is_file():
-            raise DatasetError(f"{path}: CSV file not found")
-        df = pd.read_csv(path)
+        df = read_listing(path)
         for col in ("path", "label"):
             if col not in df.columns:
                 raise DatasetError(f"{path}: missing column {col!r} (columns: {list(df.columns)}; expected path, label[, group])")

@@ -65,7 +65,7 @@ class DetectionTask(Task):
             parsed = read_coco(path, classes, cfg.data.image_base(path), on_bad)
         if not parsed.items:
             raise DatasetError(f"{path}: no annotated image to load ({len(parsed.skipped)} skipped)")
-        loaded = load_images([it.image for it in parsed.items], cfg.data.image_size, cfg.data.cache_dir,
+        loaded = load_images([it.image for it in parsed.items], **cfg.data.decode_options(),
                              gray=cfg.backbone.in_chans == 1, on_bad=on_bad, progress=cfg.tracking.progress,
                              desc=f"decoding {which}")
         parsed.skipped += loaded.skipped

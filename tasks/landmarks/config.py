@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from transfer.config.io import ConfigError
+
 
 @dataclass
 class LandmarkConfig:
@@ -21,6 +23,16 @@ class LandmarkConfig:
     sigma_mm: float = 2.0  #: width of the target Gaussians in mm ("decoder" head)
     decode_radius: int = 3  #: half-width of the local soft-argmax window, heatmap pixels ("decoder" head)
     decoder_width: int = 32  #: channels of the decoder's finest level ("decoder" head)
+    #: the refinement stage (see tasks/landmarks/refine.py): a second backbone + decoder on crops of the
+    #: image at ``refine_image_size`` around each first estimate, trained jointly with the global stage
+    refine: bool = False
+    refine_image_size: list[int] | None = None  #: (H, W) the crops come from, e.g. the original size
+    refine_crop: int = 128  #: crop side, pixels of the refinement image
+    refine_stride: int = 2  #: heatmap stride on the crop: 1, 2 or 4
+    refine_sigma_mm: float = 0.5  #: width of the refinement stage's target Gaussians in mm
+    refine_jitter_mm: float = 2.0  #: SD of the training crops' offset from the truth (about the global error)
+    refine_per_image: int = 4  #: landmarks cropped per training image and step
+    refine_weight: float = 1.0  #: weight of the refinement losses beside the global stage's
     #: predict flags an image "low_confidence" when its landmarks' mean peak mass is below this
     low_confidence: float = 0.5
     #: predict flags an image "mirrored?" when its left-right flip is decoded this many times more confidently
@@ -30,3 +42,22 @@ class LandmarkConfig:
     #: left-right landmark pairs (1-based) swapped by a horizontal flip
     flip_pairs: list[tuple[int, int]] = field(default_factory=list)
     sdr_radii: list[float] = field(default_factory=lambda: [2.0, 2.5, 3.0, 4.0])
+
+    def __post_init__(self) -> None:
+        for key, ok, what in (
+            ("heatmap_stride", self.heatmap_stride in (1, 2, 4), "must be 1, 2 or 4"),
+            ("refine_stride", self.refine_stride in (1, 2, 4), "must be 1, 2 or 4"),
+            ("sigma_mm", self.sigma_mm > 0, "must be > 0"),
+            ("refine_sigma_mm", self.refine_sigma_mm > 0, "must be > 0"),
+            ("refine_jitter_mm", self.refine_jitter_mm >= 0, "must be >= 0"),
+            ("refine_image_size", not self.refine or (self.refine_image_size is not None
+                                                      and len(self.refine_image_size) == 2
+                                                      and min(self.refine_image_size) >= 16),
+             "refine: true needs the (H, W) the crops come from, each >= 16, e.g. the original size"),
+            ("refine_crop", self.refine_crop >= 16, "must be >= 16 pixels"),
+        ):
+            if not ok:
+                raise ConfigError(f"task.landmarks.{key}: {what}")
+    #: an empty coordinate cell (a landmark the annotator could not place): "error", or "mask" it out of the
+    #: loss and every metric (counted in summary.json as landmarks_masked)
+    missing: Literal["error", "mask"] = "error"

@@ -32,16 +32,21 @@ ISBI2015_LANDMARKS: tuple[str, ...] = (
 DEFAULT_RADII_MM: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
 
 
-def _check_points(pred_px: np.ndarray, true_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_points(
+    pred_px: np.ndarray, true_px: np.ndarray, visible: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pred = np.asarray(pred_px, dtype=np.float64)
     true = np.asarray(true_px, dtype=np.float64)
     if pred.ndim != 3 or pred.shape[-1] != 2:
         raise ValueError(f"pred_px must be (N, L, 2), got shape {pred.shape}")
     if true.shape != pred.shape:
         raise ValueError(f"true_px shape {true.shape} differs from pred_px shape {pred.shape}")
-    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(true))):
+    vis = np.ones(pred.shape[:2], bool) if visible is None else np.asarray(visible, dtype=bool)
+    if vis.shape != pred.shape[:2]:
+        raise ValueError(f"visible must be (N, L) = {pred.shape[:2]}, got shape {vis.shape}")
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(true[vis]))):
         raise ValueError("landmark coordinates contain non-finite values")
-    return pred, true
+    return pred, true, vis
 
 
 def _spacing_array(spacing_mm: float | np.ndarray, n: int) -> np.ndarray:
@@ -60,23 +65,31 @@ def _spacing_array(spacing_mm: float | np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def radial_errors_mm(pred_px: np.ndarray, true_px: np.ndarray, spacing_mm: float | np.ndarray) -> np.ndarray:
+def radial_errors_mm(
+    pred_px: np.ndarray, true_px: np.ndarray, spacing_mm: float | np.ndarray, visible: np.ndarray | None = None
+) -> np.ndarray:
     """Radial errors (N, L) in mm of predicted vs annotated points (N, L, 2) in original-image pixels (x, y).
 
     ``spacing_mm``: mm per pixel, a scalar, (N,) per image, or (N, 2) per image as (x, y) spacing.
+    ``visible``: optional (N, L) bool; a masked landmark (not annotated) has error NaN, and its ``true_px`` is
+    not read.
     """
-    pred, true = _check_points(pred_px, true_px)
-    d = (pred - true) * _spacing_array(spacing_mm, pred.shape[0])
-    return np.sqrt(np.sum(d * d, axis=-1))
+    pred, true, vis = _check_points(pred_px, true_px, visible)
+    d = (pred - np.where(vis[..., None], true, pred)) * _spacing_array(spacing_mm, pred.shape[0])
+    return np.where(vis, np.sqrt(np.sum(d * d, axis=-1)), np.nan)
 
 
 def _sd(x: np.ndarray, ddof: int) -> float:
     return float(np.std(x, ddof=ddof)) if x.size > ddof else float("nan")
 
 
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else float("nan")  # a landmark masked on every image has no error
+
+
 def _sdr(errors: np.ndarray, radii: Sequence[float]) -> dict[str, float]:
     # inclusive: error <= r counts as a successful detection
-    return {str(float(r)): float(100.0 * np.mean(errors <= r)) for r in radii}
+    return {str(float(r)): 100.0 * _mean(errors <= r) for r in radii}
 
 
 def landmark_metrics(
@@ -87,6 +100,7 @@ def landmark_metrics(
     names: Sequence[str] | None = None,
     *,
     ddof: int = 1,
+    visible: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """MRE, SD and SDR over all landmarks, and per landmark.
 
@@ -96,6 +110,7 @@ def landmark_metrics(
         radii: SDR radii in mm (inclusive: error <= r).
         names: L landmark names (default ``"L1".."LL"``; pass ``ISBI2015_LANDMARKS`` for the challenge).
         ddof: delta degrees of freedom of every SD (1: sample SD).
+        visible: optional (N, L) bool; masked landmarks count in no statistic (``n_masked`` says how many).
 
     Returns:
         ``{"mre_mm", "sd_mm", "sdr": {"2.0": pct, ...}, "n_images", "n_landmarks",
@@ -106,25 +121,27 @@ def landmark_metrics(
         raise ValueError(f"radii must be positive finite numbers, got {list(radii)}")
     if ddof < 0:
         raise ValueError(f"ddof must be >= 0, got {ddof}")
-    err = radial_errors_mm(pred_px, true_px, spacing_mm)
+    err = radial_errors_mm(pred_px, true_px, spacing_mm, visible)
     n, n_lm = err.shape
-    if n == 0 or n_lm == 0:
-        raise ValueError(f"no landmarks to evaluate (shape {err.shape})")
+    vis = np.isfinite(err)
+    if n == 0 or n_lm == 0 or not vis.any():
+        raise ValueError(f"no landmarks to evaluate (shape {err.shape}, {int(vis.sum())} not masked)")
     if names is None:
         names = [f"L{i + 1}" for i in range(n_lm)]
     if len(names) != n_lm:
         raise ValueError(f"{len(names)} names for {n_lm} landmarks")
     per = [
-        {"index": j + 1, "name": str(names[j]), "mean_mm": float(err[:, j].mean()), "sd_mm": _sd(err[:, j], ddof),
-         "sdr": _sdr(err[:, j], radii)}
-        for j in range(n_lm)
+        {"index": j + 1, "name": str(names[j]), "mean_mm": _mean(e), "sd_mm": _sd(e, ddof), "sdr": _sdr(e, radii)}
+        for j, e in ((j, err[vis[:, j], j]) for j in range(n_lm))
     ]
+    counted = err[vis]
     return {
-        "mre_mm": float(err.mean()),
-        "sd_mm": _sd(err, ddof),
-        "sdr": _sdr(err, radii),
+        "mre_mm": float(counted.mean()),
+        "sd_mm": _sd(counted, ddof),
+        "sdr": _sdr(counted, radii),
         "n_images": int(n),
         "n_landmarks": int(n_lm),
+        "n_masked": int((~vis).sum()),
         "per_landmark": per,
     }
 

@@ -7,7 +7,7 @@ every image size. Every metric is computed back in original pixels and mm.
 """
 from __future__ import annotations
 
-import re
+import copy
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -15,16 +15,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from tasks.landmarks.config import LandmarkConfig
+from tasks.landmarks.listing import (check_images_once, check_inside_images, image_paths, landmark_coordinates,
+                                     read_landmark_csv, spacing_column)
 from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
 from transfer.errors import DatasetError
 from transfer.api import EvalResult, Task, TaskModel, batched_forward
-
-_COL = re.compile(r"^(\d+)_([xy])$")
-_IMAGE_COLUMNS = ("image_path", "image", "path", "file")
 
 
 def to_normalised(px: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
@@ -39,77 +39,14 @@ def to_pixels(norm: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
     return norm * wh - 0.5
 
 
-def read_landmark_csv(csv: Path) -> tuple[pd.DataFrame, str, list[tuple[str, str]]]:
-    """The CSV, its image column, and the (x, y) column names of landmarks 1..L; checks the header."""
-    if not csv.is_file():
-        raise DatasetError(f"{csv}: landmark CSV not found")
-    df = pd.read_csv(csv)
-    image_col = next((c for c in _IMAGE_COLUMNS if c in df.columns), None)
-    if image_col is None:
-        raise DatasetError(f"{csv}: no image column (one of {list(_IMAGE_COLUMNS)}); columns: {list(df.columns)[:6]}...")
-    idx: dict[int, dict[str, str]] = {}
-    for c in df.columns:
-        m = _COL.match(str(c))
-        if m:
-            idx.setdefault(int(m.group(1)), {})[m.group(2)] = c
-    if not idx:
-        raise DatasetError(f"{csv}: no landmark columns named <k>_x, <k>_y")
-    ks = sorted(idx)
-    if ks != list(range(1, len(ks) + 1)):
-        raise DatasetError(f"{csv}: landmark numbers {ks} are not 1..{len(ks)}")
-    for k in ks:
-        for axis in "xy":
-            if axis not in idx[k]:
-                raise DatasetError(f"{csv}: missing column {k}_{axis}")
-    return df, image_col, [(idx[k]["x"], idx[k]["y"]) for k in ks]
-
-
-def landmark_coordinates(df: pd.DataFrame, image_col: str, columns: list[tuple[str, str]], csv: Path) -> np.ndarray:
-    """(N, L, 2) original pixel (x, y) of every row; a missing or non-numeric value names its line and column."""
-    coords = np.zeros((len(df), len(columns), 2))
-    for k, pair in enumerate(columns):
-        for axis, c in enumerate(pair):
-            vals = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
-            bad = np.flatnonzero(~np.isfinite(vals))
-            if len(bad):
-                r = int(bad[0])
-                raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): column {c} has "
-                                   f"non-numeric or missing value {df[c].iloc[r]!r}")
-            coords[:, k, axis] = vals
-    return coords
-
-
-def image_paths(images: pd.Series, csv: Path, base: Path) -> list[Path]:
-    """The image of every row, relative to ``base`` unless absolute; each must exist."""
-    paths = []
-    for r, p in enumerate(images.astype(str)):
-        full = Path(p) if Path(p).is_absolute() else base / p
-        if not full.is_file():
-            raise DatasetError(f"{csv}, line {r + 2}: image {full} does not exist")
-        paths.append(full)
-    return paths
-
-
-def check_inside_images(coords: np.ndarray, sizes_hw: np.ndarray, kept: np.ndarray, paths: list[Path],
-                        csv: Path) -> None:
-    """Every landmark (N, L, 2) of the kept rows lies inside its original (H, W) image."""
-    for i, r in enumerate(kept):
-        h, w = sizes_hw[i]
-        x, y = coords[i, :, 0], coords[i, :, 1]
-        out = np.flatnonzero((x < 0) | (x >= w) | (y < 0) | (y >= h))
-        if len(out):
-            k = int(out[0])
-            raise DatasetError(f"{csv}, line {int(r) + 2} ({paths[r].name}): landmark {k + 1} at "
-                               f"({coords[i, k, 0]:g}, {coords[i, k, 1]:g}) lies outside the {w}x{h} image")
-
-
 class LandmarkModel(TaskModel):
     """Backbone + regression head (pooled features) or heatmap head (one feature map)."""
 
     def __init__(self, backbone: StagedBackbone, num_landmarks: int, *, head: str, hidden: int, dropout: float,
                  heatmap_stage: str | None, heatmap_weight: float, heatmap_sigma: float,
                  augment: BatchAugment | None, heatmap_stride: int = 4, sigma_mm: float = 2.0,
-                 decode_radius: int = 3, decoder_width: int = 32) -> None:
+                 decode_radius: int = 3, decoder_width: int = 32, refine: nn.Module | None = None,
+                 refine_weight: float = 1.0) -> None:
         super().__init__()
         from tasks.landmarks.dense_head import DecoderHeatmapHead
         from tasks.landmarks.heads import HeatmapHead, RegressionHead
@@ -120,6 +57,8 @@ class LandmarkModel(TaskModel):
         self.heatmap_weight = heatmap_weight
         self.heatmap_sigma = heatmap_sigma
         self.sigma_mm = sigma_mm
+        self.refine_stage = refine  #: a :class:`~tasks.landmarks.refine.RefinementStage`, or None
+        self.refine_weight = refine_weight
         self.unused_stages: list[str] = []
         if head == "decoder":
             self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=heatmap_stride,
@@ -145,7 +84,21 @@ class LandmarkModel(TaskModel):
             names = list(backbone.stage_names)
             self.unused_stages = names[names.index(heatmap_stage) + 1 :]
 
-    def forward_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_stages(self) -> dict[str, tuple[StagedBackbone, nn.Module]]:
+        if self.refine_stage is None:
+            return {}
+        return {"refine": (self.refine_stage.backbone, self.refine_stage.head)}
+
+    def forward_all(self, images: torch.Tensor, refine_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every output of the global stage; with ``refine_images`` and a refinement stage, "coords" and
+        "confidence" are the refined ones and "global_coords" the first estimates."""
+        out = self._forward_global(images)
+        if self.refine_stage is not None and refine_images is not None:
+            coords, confidence = self.refine_stage.refine(refine_images, out["coords"])
+            out = {**out, "global_coords": out["coords"], "coords": coords, "confidence": confidence}
+        return out
+
+    def _forward_global(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.stage is None:
             return {"coords": self.head(self.backbone(images))}
         feats = self.backbone.forward_stages(images, upto=self.stage)
@@ -175,13 +128,29 @@ class LandmarkModel(TaskModel):
             units = (size_wh * batch["spacing"].float())[:, None, :]
         else:
             units = (size_wh / size_wh.max(dim=1, keepdim=True).values)[:, None, :]
-        loss = euclidean_loss(out["coords"].float() * units, target * units)
+        # NaN marks a landmark masked by task.landmarks.missing=mask: it counts in no loss term
+        visible = torch.isfinite(target).all(-1)
+        target = torch.nan_to_num(target, nan=0.5)
+        loss = euclidean_loss(out["coords"].float() * units, target * units, visible)
         logs = {"euclidean": loss.detach()}
         if self.heatmap_weight > 0 and "heatmaps" in out:
-            hl = heatmap_loss(out["heatmaps"].float(), target, self._target_sigma(batch, out["heatmaps"]))
+            hl = heatmap_loss(out["heatmaps"].float(), target, self._target_sigma(batch, out["heatmaps"]), visible)
             loss = loss + self.heatmap_weight * hl
             logs["heatmap"] = hl.detach()
+        if self.refine_stage is not None:
+            refined = self._refinement_loss(batch)
+            loss = loss + self.refine_weight * (refined["euclidean"] + self.heatmap_weight * refined["heatmap"])
+            logs.update({f"refine_{k}": v.detach() for k, v in refined.items()})
         return {"loss": loss, **logs}
+
+    def _refinement_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The refinement stage's losses on the un-augmented refinement images (the crops' jitter is their
+        augmentation)."""
+        images, true = batch["refine_image"], batch["landmarks"].float()
+        refine_wh = torch.tensor(images.shape[-1:-3:-1], dtype=true.dtype, device=true.device)
+        mm_per_pixel = batch["spacing"].float() * batch["orig_size"].float().flip(-1) / refine_wh
+        visible = torch.isfinite(true).all(-1)
+        return self.refine_stage.training_loss(images, torch.nan_to_num(true, nan=0.5), mm_per_pixel, visible)
 
     def _target_sigma(self, batch: dict[str, Any], heatmaps: torch.Tensor) -> float | torch.Tensor:
         """The target Gaussians' SD in heatmap pixels: fixed for the coarse head, from mm for the decoder head."""
@@ -209,17 +178,22 @@ class LandmarkTask(Task):
         csv = self.resolve(spec)
         df, image_col, columns = read_landmark_csv(csv)
         self._set_landmarks(len(columns), csv)
-        coords = landmark_coordinates(df, image_col, columns, csv)
+        coords, visible = landmark_coordinates(df, image_col, columns, csv, self.options.missing)
+        csv_spacing = spacing_column(df, image_col, csv)
         paths = image_paths(df[image_col], csv, self.cfg.data.image_base(csv))
+        check_images_once(paths, coords, csv)
         loaded = self._load_images(paths, which)
-        coords = coords[loaded.kept]
+        coords, visible = coords[loaded.kept], visible[loaded.kept]
         check_inside_images(coords, loaded.original_sizes, loaded.kept, paths, csv)
-        spacing = self._spacing(df, loaded)
-        targets = {
+        self._report_masked(visible, csv, which)
+        spacing = self._spacing(csv_spacing, loaded)
+        targets = {  # a masked landmark stays NaN: it rides through augmentation (flips swap it too)
             "landmarks": torch.from_numpy(to_normalised(coords, loaded.original_sizes)).float(),
             "orig_size": torch.from_numpy(loaded.original_sizes.astype(np.float32)),
             "spacing": torch.from_numpy(spacing.astype(np.float32)),
         }
+        if self.options.refine:
+            targets["refine_image"] = self._refine_images([paths[r] for r in loaded.kept], which)
         return ImageDataset(loaded.images, targets, [paths[r].name for r in loaded.kept])
 
     def _set_landmarks(self, n_landmarks: int, csv: Path) -> None:
@@ -235,16 +209,24 @@ class LandmarkTask(Task):
     def _load_images(self, paths: list[Path], which: str) -> LoadedImages:
         """Decode (or read from the cache) at the working size; skipped files are recorded in ``self.skipped``."""
         cfg = self.cfg
-        loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1,
+        loaded = load_images(paths, **cfg.data.decode_options(), gray=cfg.backbone.in_chans == 1,
                              on_bad=cfg.data.on_bad, progress=cfg.tracking.progress, desc=f"decoding {which}")
         self.skipped += loaded.skipped
         return loaded
 
-    def _spacing(self, df: pd.DataFrame, loaded: LoadedImages) -> np.ndarray:
+    def _report_masked(self, visible: np.ndarray, csv: Path, which: str) -> None:
+        """Count the landmarks ``missing=mask`` leaves out (console line, and ``summary.json`` via ``data_report``)."""
+        n = int((~visible).sum())
+        if n:
+            self.data_report.setdefault("landmarks_masked", {})[which] = n
+            print(f"warning: {csv}: {n} missing landmarks in {int((~visible).any(1).sum())} images masked out of "
+                  f"the loss and metrics (task.landmarks.missing=mask)")
+
+    def _spacing(self, csv_spacing: np.ndarray | None, loaded: LoadedImages) -> np.ndarray:
         """(N, 2) mm per pixel as (x, y) of the kept images: the CSV's column, else the file's, else the option."""
         spacing = np.full((len(loaded.kept), 2), self.options.pixel_spacing, dtype=np.float64)
-        if "spacing" in df.columns:
-            spacing[:] = pd.to_numeric(df["spacing"], errors="coerce").to_numpy()[loaded.kept, None]
+        if csv_spacing is not None:
+            spacing[:] = csv_spacing[loaded.kept, None]
         else:
             for i, s in enumerate(loaded.spacings):
                 if s is not None:
@@ -257,11 +239,36 @@ class LandmarkTask(Task):
         return LandmarkModel(backbone, self.info["num_landmarks"], head=c.head, hidden=c.hidden, dropout=c.dropout,
                              heatmap_stage=c.heatmap_stage, heatmap_weight=c.heatmap_weight,
                              heatmap_sigma=c.heatmap_sigma, augment=aug, heatmap_stride=c.heatmap_stride,
-                             sigma_mm=c.sigma_mm, decode_radius=c.decode_radius, decoder_width=c.decoder_width)
+                             sigma_mm=c.sigma_mm, decode_radius=c.decode_radius, decoder_width=c.decoder_width,
+                             refine=self._refinement_stage(backbone), refine_weight=c.refine_weight)
+
+    def _refinement_stage(self, backbone: StagedBackbone) -> nn.Module | None:
+        """The second stage, on a copy of ``backbone`` as initialised (the same ``init`` for both stages)."""
+        c = self.options
+        if not c.refine:
+            return None
+        from tasks.landmarks.refine import RefinementStage
+
+        return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,
+                               out_stride=c.refine_stride, radius=c.decode_radius, width=c.decoder_width,
+                               sigma_mm=c.refine_sigma_mm, jitter_mm=c.refine_jitter_mm,
+                               per_image=c.refine_per_image)
+
+    def _refine_images(self, paths: list[Path], which: str) -> torch.Tensor:
+        """The images the refinement stage crops from, at ``refine_image_size``, as uint8: a full-resolution
+        cephalogram is 4.6 MB so, 18.6 MB as float (8-bit sources lose nothing; 16-bit ones keep 8 bits)."""
+        cfg = self.cfg
+        size = tuple(self.options.refine_image_size)
+        loaded = load_images(paths, size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1, on_bad="error",
+                             progress=cfg.tracking.progress, desc=f"decoding {which} at {size[0]}x{size[1]}")
+        return (loaded.images * 255).round().to(torch.uint8)
 
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
-        norm = batched_forward(model, dataset.images, device, batch_size).numpy().astype(np.float64)
-        return to_pixels(norm, dataset.target_array("orig_size"))
+        from tasks.landmarks.inference import landmark_outputs
+
+        out = landmark_outputs(model, dataset.images, device, batch_size,
+                               refine_images=dataset.targets.get("refine_image"))
+        return to_pixels(out.coords, dataset.target_array("orig_size"))
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
                  *, with_ci: bool = False) -> EvalResult:
@@ -272,9 +279,10 @@ class LandmarkTask(Task):
         true = to_pixels(dataset.target_array("landmarks").astype(np.float64), sizes)
         true = np.round(true, 3)
         spacing = dataset.target_array("spacing").astype(np.float64)
+        visible = np.isfinite(true).all(-1)  # NaN: masked (task.landmarks.missing=mask)
         m = landmark_metrics(pred, true, spacing, radii=tuple(self.options.sdr_radii),
-                             names=self.info["landmark_names"])
-        err = radial_errors_mm(pred, true, spacing)
+                             names=self.info["landmark_names"], visible=visible)
+        err = radial_errors_mm(pred, true, spacing, visible)
         df = self._frame(dataset, pred)
         for k in range(pred.shape[1]):
             df[f"{k + 1}_x_true"] = true[:, k, 0]
@@ -294,8 +302,9 @@ class LandmarkTask(Task):
         :mod:`tasks.landmarks.inference`); flagged images are also named on stderr."""
         from tasks.landmarks.inference import image_flags, landmark_outputs
 
-        out = landmark_outputs(model, dataset.images, device, batch_size)
-        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True)
+        refine = self._refine_images([Path(i) for i in dataset.ids], "inputs") if self.options.refine else None
+        out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=refine)
+        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True, refine_images=refine)
         df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))
         for k in range(out.confidence.shape[1]):
             df[f"{k + 1}_confidence"] = out.confidence[:, k]
@@ -314,7 +323,7 @@ class LandmarkTask(Task):
         from tasks.landmarks.metrics import plot_landmark_overlay
 
         out = []
-        err = result.outputs["err"].mean(1)
+        err = np.nanmean(result.outputs["err"], 1)  # masked landmarks are NaN
         # the best, the median and the worst image
         order = np.argsort(err)
         for tag, i in (("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])):

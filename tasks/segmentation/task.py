@@ -231,7 +231,7 @@ class SegmentationTask(Task):
         triples = self.pair_files(split)
         if not triples:
             raise DatasetError(f"{split}: no image with a mask")
-        loaded = load_images([t[0] for t in triples], cfg.data.image_size, cfg.data.cache_dir,
+        loaded = load_images([t[0] for t in triples], **cfg.data.decode_options(),
                              gray=cfg.backbone.in_chans == 1, on_bad=cfg.data.on_bad, progress=cfg.tracking.progress,
                              desc=f"decoding {which}")
         self.skipped += loaded.skipped

@@ -13,6 +13,9 @@ from transfer.runs.finetune import run_finetune
 from transfer.runs.predict import predict_images, skipped_csv
 
 
+_CACHE_HELP = "decode cache folder (default: $MEDTRANSFER_CACHE, else ~/.cache/medtransfer; never the run's)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("finetune", help="stage 2: fine-tune one model and write a run directory",
                        description=f"Tasks (task.name): {', '.join(TASKS.names())}.")
@@ -31,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--image-dir", help="image folder for CSV formats, relative to the root")
     e.add_argument("--out", help="write predictions CSV here (metrics beside it as .metrics.json)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--cache-dir", help=_CACHE_HELP)
     e.set_defaults(fn=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict on new, unlabelled images")
@@ -40,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--on-bad", choices=["error", "skip"], default="error",
                     help="skip: predict the readable images and list the others in <out>.skipped.csv (path, reason)")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--cache-dir", help=_CACHE_HELP)
     pr.set_defaults(fn=cmd_predict)
 
 
@@ -73,14 +78,15 @@ def _print_summary(summary: dict, run_dir: Path, report_metrics: tuple[str, ...]
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate_run(args.run, args.data, device=args.device, data_format=args.format, root=args.root,
-                       image_dir=args.image_dir, out=Path(args.out) if args.out else None)
+                       image_dir=args.image_dir, out=Path(args.out) if args.out else None, cache_dir=args.cache_dir)
     print(json.dumps(res.metrics, indent=2, default=float))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    df, skipped = predict_images(args.run, args.images, out, device=args.device, on_bad=args.on_bad)
+    df, skipped = predict_images(args.run, args.images, out, device=args.device, on_bad=args.on_bad,
+                                 cache_dir=args.cache_dir)
     print(f"wrote {len(df)} predictions to {out}"
           + (f"; {len(skipped)} skipped, listed in {skipped_csv(out)}" if skipped else ""))
     return 0

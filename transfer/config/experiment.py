@@ -5,6 +5,7 @@ Every value has a default so ``medtransfer config show`` works without a file;
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from transfer.config.io import ConfigError, plugin_sections, section_of
 from transfer.config.pretrain import PretrainConfig
 from transfer.data.builtin import PREFIX as BUILTIN_PREFIX
 from transfer.data.builtin import builtin_path
+from transfer.data.windows import dicom_window
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -65,7 +67,14 @@ class DataConfig:
     image_size: tuple[int, int] = (224, 224)  #: (height, width) the network sees
     val_fraction: float = 0.2
     label_fraction: float = 1.0
-    cache_dir: str = "${MEDTRANSFER_CACHE:-.cache/medtransfer}"
+    #: decode cache folder; None: $MEDTRANSFER_CACHE, else ~/.cache/medtransfer. Resolved when a command runs
+    #: (predict/evaluate take --cache-dir), never taken from a trained run: the cache belongs to the machine
+    cache_dir: str | None = None
+    #: smallest accepted side of an image file in px: a smaller one would be upscaled into a made-up image
+    min_image_size: int = 16
+    #: DICOM window replacing the file's VOI: [center, width] or a preset (lung, mediastinum, soft_tissue, bone,
+    #: brain); other formats ignore it
+    dicom_window: list[float] | str | None = None
     num_workers: int = 0
     #: on an unreadable or invalid sample: stop with an error, or skip it and report it
     on_bad: Literal["error", "skip"] = "error"
@@ -76,6 +85,29 @@ class DataConfig:
         _check(0 < self.label_fraction <= 1, "data.label_fraction", f"must be in (0, 1], got {self.label_fraction}")
         _check(all(s >= 8 for s in self.image_size), "data.image_size", f"must be >= 8 px, got {self.image_size}")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.min_image_size >= 1, "data.min_image_size", f"must be >= 1, got {self.min_image_size}")
+        try:
+            dicom_window(self.dicom_window)
+        except ValueError as e:
+            raise ConfigError(f"data.dicom_window: {e}") from None
+
+    def window(self) -> tuple[float, float] | None:
+        """``dicom_window`` as (center, width), presets looked up."""
+        return dicom_window(self.dicom_window)
+
+    def decode_options(self) -> dict[str, Any]:
+        """What ``transfer.data.datasets.load_images`` needs from this section, resolved now."""
+        return {"size": tuple(self.image_size), "cache_dir": self.cache_path(), "min_size": self.min_image_size,
+                "window": self.window()}
+
+    def cache_path(self) -> Path:
+        """The decode cache folder for this process: ``cache_dir``, else $MEDTRANSFER_CACHE, else the user cache."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        env = os.environ.get("MEDTRANSFER_CACHE")
+        if env:
+            return Path(env).expanduser()
+        return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "medtransfer"
 
     def resolve(self, rel: str) -> Path:
         """A path named in the config: ``builtin:<name>``, or relative to ``root`` unless absolute (``#key`` kept)."""

@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from transfer.data.readers import decode_image_bytes, read_file_bytes
+from transfer.data.readers import decode_image_bytes, is_dicom, read_file_bytes
 
 __all__ = ["CACHE_VERSION", "CachedImage", "DecodeCache", "content_hash", "resize_image"]
 
@@ -154,25 +154,28 @@ class DecodeCache:
     # ------------------------------------------------------------------ public
 
     def get(
-        self, path: str | Path, size: tuple[int, int], *, gray: bool | None = True, resample: Resample = "bilinear"
+        self, path: str | Path, size: tuple[int, int], *, gray: bool | None = True, resample: Resample = "bilinear",
+        window: tuple[float, float] | None = None,
     ) -> CachedImage:
         """The image at ``path`` as float32 (C, H, W) at ``size`` = (H, W).
 
         ``gray`` as in :func:`~transfer.data.readers.read_image` (True -> C = 1,
         False -> C = 3, None -> as stored). ``resample="nearest"`` for label masks.
+        ``window``: DICOM (center, width), part of the key; other formats ignore it.
         """
         size = _check_size(size)
         if resample not in ("bilinear", "nearest"):
             raise ValueError(f"resample must be 'bilinear' or 'nearest', got {resample!r}")
+        window = window if window is not None and is_dicom(path) else None
         if not self.enabled:
             self.misses += 1
-            return self._decode(read_file_bytes(path), path, size, gray, resample)[0]
+            return self._decode(read_file_bytes(path), path, size, gray, resample, window)[0]
 
         data: bytes | None = None
         digest = self._known_digest(path)
         if digest is None:
             data, digest = self._read_and_hash(path)
-        entry = self.entry_path(digest, size, gray, resample)
+        entry = self.entry_path(digest, size, gray, resample, window)
         cached = self._load(entry, size, gray)
         if cached is not None:
             self.hits += 1
@@ -180,16 +183,19 @@ class DecodeCache:
 
         if data is None:  # the stat said "unchanged"; decode exactly the bytes we hash
             data, digest = self._read_and_hash(path)
-            entry = self.entry_path(digest, size, gray, resample)
+            entry = self.entry_path(digest, size, gray, resample, window)
         self.misses += 1
-        image, quantized = self._decode(data, path, size, gray, resample)
+        image, quantized = self._decode(data, path, size, gray, resample, window)
         self._store(entry, quantized, image)
         return image
 
-    def entry_path(self, digest: str, size: tuple[int, int], gray: bool | None, resample: Resample = "bilinear") -> Path:
+    def entry_path(self, digest: str, size: tuple[int, int], gray: bool | None, resample: Resample = "bilinear",
+                   window: tuple[float, float] | None = None) -> Path:
         """Where the entry for these bytes and settings lives (sharded by the hash's first byte)."""
         g = {True: "gray", False: "rgb", None: "asis"}[gray]
-        name = f"{digest}-{size[0]}x{size[1]}-{g}-{resample}-v{CACHE_VERSION}.npz"
+        # another DICOM window maps the same bytes to other pixels: its own entry
+        w = "" if window is None else f"-w{float(window[0]):g}_{float(window[1]):g}"
+        name = f"{digest}-{size[0]}x{size[1]}-{g}-{resample}{w}-v{CACHE_VERSION}.npz"
         return self.root / digest[2:4] / name
 
     def clear(self) -> int:
@@ -254,11 +260,12 @@ class DecodeCache:
 
     @staticmethod
     def _decode(
-        data: bytes, path: str | Path, size: tuple[int, int], gray: bool | None, resample: Resample
+        data: bytes, path: str | Path, size: tuple[int, int], gray: bool | None, resample: Resample,
+        window: tuple[float, float] | None = None,
     ) -> tuple[CachedImage, np.ndarray]:
         # gray=False: decode as stored and replicate gray to 3 channels *after* resizing (the
         # same result, as resizing is per channel; a 3x smaller resize for gray files)
-        img = decode_image_bytes(data, path, gray=None if gray is False else gray)
+        img = decode_image_bytes(data, path, gray=None if gray is False else gray, window=window)
         resized = resize_image(img.array, size, resample)
         if gray is False and resized.shape[0] == 1:
             resized = np.repeat(resized, 3, axis=0)

@@ -14,13 +14,27 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from transfer.errors import MedTransferError
+from transfer.errors import ImageReadError, MedTransferError
+
+
+class ImageTooSmallError(ImageReadError):
+    """An image below ``data.min_image_size``."""
 
 
 @dataclass
 class Skipped:
     path: str
     reason: str
+    #: "unreadable" (a bad file under data.on_bad=skip), "too small", "not used" (not an image the readers know)
+    kind: str = "unreadable"
+
+
+def check_min_size(path: str | Path, original_size: tuple[int, int], min_size: int) -> None:
+    """A file smaller than ``min_size`` px on a side would be upscaled into a made-up image: refuse it."""
+    h, w = original_size
+    if min(h, w) < min_size:
+        raise ImageTooSmallError(f"{path}: image is {w}x{h} px, smaller than data.min_image_size={min_size} "
+                                 f"(it would be upscaled to the working size)")
 
 
 @dataclass
@@ -33,8 +47,12 @@ class LoadedImages:
 
 
 def load_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: str | Path, *, gray: bool = True,
-                on_bad: str = "error", progress: bool = True, desc: str = "decoding") -> LoadedImages:
-    """Decode (or read from the cache) every path at ``size``; bad files raise or are skipped and reported."""
+                on_bad: str = "error", progress: bool = True, desc: str = "decoding", min_size: int = 1,
+                window: tuple[float, float] | None = None) -> LoadedImages:
+    """Decode (or read from the cache) every path at ``size``; bad files raise or are skipped and reported.
+
+    ``min_size``: smallest accepted side of the file in px; ``window``: DICOM (center, width), other files ignore it.
+    """
     from transfer.data.cache import DecodeCache
 
     cache = DecodeCache(cache_dir)
@@ -46,10 +64,11 @@ def load_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
         it = tqdm(paths, desc=desc, leave=False)
     for i, p in enumerate(it):
         try:
-            c = cache.get(p, size, gray=gray)
+            c = cache.get(p, size, gray=gray, window=window)
+            check_min_size(p, c.original_size, min_size)
         except MedTransferError as e:
             if on_bad == "skip":
-                skipped.append(Skipped(str(p), str(e)))
+                skipped.append(Skipped(str(p), str(e), "too small" if isinstance(e, ImageTooSmallError) else "unreadable"))
                 continue
             raise
         arrays.append(torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.float32)))
@@ -57,7 +76,8 @@ def load_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
         spacings.append(c.spacing)
         kept.append(i)
     if not arrays:
-        raise MedTransferError(f"no image could be read ({len(skipped)} skipped, e.g. {skipped[0] if skipped else '-'})")
+        example = f"e.g. {skipped[0].reason}" if skipped else "no path given"
+        raise MedTransferError(f"no image could be read ({len(skipped)} skipped, {example})")
     return LoadedImages(torch.stack(arrays), np.asarray(sizes, dtype=np.int64), spacings, np.asarray(kept), skipped)
 
 

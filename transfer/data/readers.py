@@ -92,8 +92,14 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Every readable image under ``folder`` (recursive), sorted."""
+    """Every readable image under ``folder`` (recursive), sorted; :func:`transfer.data.inventory.scan_folder`
+    also reports the files it leaves out."""
     return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
+def is_dicom(path: str | Path) -> bool:
+    """A file the DICOM decoder reads (the only one a window applies to)."""
+    return Path(path).suffix.lower() in (".dcm", ".dicom")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -148,7 +154,8 @@ def _drop_alpha(a: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- PIL formats
 
-_PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}
+# WebP: PIL reads it natively, so a .webp in a class or predict folder is read rather than left out
+_PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
 _FORMAT_NAMES = {**_PIL_FORMATS, ".tif": "TIFF", ".tiff": "TIFF"}
 _truncation_lock = threading.Lock()
 _truncation_depth = 0

@@ -11,18 +11,27 @@ from transfer.errors import DatasetError
 
 def validation_split(
     n: int, fraction: float, seed: int, labels: np.ndarray | None = None, groups: Sequence | None = None,
+    class_names: Sequence[str] | None = None, source: str = "training set",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val): stratified by ``labels`` when given, group-aware when ``groups`` given."""
     if n < 2:
-        raise DatasetError(f"cannot carve a validation split from {n} training sample(s)")
+        raise DatasetError(f"{source}: cannot carve a validation split from {n} training sample(s)")
     idx = np.arange(n)
     if groups is not None:
         splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         tr, va = next(splitter.split(idx, groups=np.asarray(groups)))
     elif labels is not None and labels.ndim == 1:
-        _, counts = np.unique(labels, return_counts=True)
+        values, counts = np.unique(labels, return_counts=True)
         if counts.min() < 2:
-            raise DatasetError("a class has fewer than 2 training samples; cannot stratify a validation split")
+            c = int(values[counts.argmin()])
+            name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+            raise DatasetError(f"{source}: class {name!r} has {counts.min()} sample(s); a validation split carved "
+                               f"from training needs 2 or more per class (a label typo? or give data.val)")
+        n_val = int(np.ceil(fraction * n))  # sklearn's rounding: validation ceil, training the rest
+        if min(n_val, n - n_val) < len(values):
+            raise DatasetError(f"{source}: {fraction:g} of {n} samples is {n_val} for validation and {n - n_val} for "
+                               f"training, fewer than the {len(values)} classes; give data.val, more samples, or "
+                               f"another data.val_fraction")
         splitter = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         tr, va = next(splitter.split(idx, labels))
     else:

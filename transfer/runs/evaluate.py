@@ -11,13 +11,14 @@ from transfer.tracking import atomic_write_json
 
 
 def evaluate_run(run: str | Path, data: str, *, device: str = "auto", data_format: str | None = None,
-                 root: str | None = None, image_dir: str | None = None, out: Path | None = None) -> EvalResult:
+                 root: str | None = None, image_dir: str | None = None, out: Path | None = None,
+                 cache_dir: str | None = None) -> EvalResult:
     """Evaluate the model of ``run`` on ``data`` (read like the run's training data unless told otherwise).
 
     ``out``: write the predictions CSV there and the metrics beside it (``.metrics.json``).
     """
     dev = resolve_device(device)
-    cfg, task, model = load_model(run, dev)
+    cfg, task, model = load_model(run, dev, cache_dir)
     overrides = {"format": data_format, "root": root, "image_dir": image_dir}
     if any(v is not None for v in overrides.values()):
         for k, v in overrides.items():
@@ -26,7 +27,9 @@ def evaluate_run(run: str | Path, data: str, *, device: str = "auto", data_forma
         info = task.info
         task = type(task)(cfg)  # re-validates the format for this task
         task.info = info
-    res = task.evaluate(model, task.load_split(data, "eval"), dev, with_ci=True)
+    split = task.load_split(data, "eval")
+    task.check_split(split, "eval", data)  # e.g. a class with no image: a one-line error, not a metric's traceback
+    res = task.evaluate(model, split, dev, with_ci=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with_image_columns(res.predictions).to_csv(out, index=False)

@@ -19,8 +19,13 @@ def model_checkpoint(model: TaskModel, cfg: Config, task: Task, depth: str) -> d
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
-def load_model(path: str | Path, device: torch.device | None = None) -> tuple[Config, Task, TaskModel]:
-    """Rebuild a trained model from a run directory or its ``model.pt``."""
+def load_model(path: str | Path, device: torch.device | None = None,
+               cache_dir: str | None = None) -> tuple[Config, Task, TaskModel]:
+    """Rebuild a trained model from a run directory or its ``model.pt``.
+
+    ``cache_dir``: the decode cache of this command (None: $MEDTRANSFER_CACHE or the user cache); the folder the
+    run was trained with is another machine's or another working directory's, so it is never reused.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -30,6 +35,7 @@ def load_model(path: str | Path, device: torch.device | None = None) -> tuple[Co
     if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a medtransfer model checkpoint")
     cfg = from_dict(Config, ck["config"], source=str(path))
+    cfg.data.cache_dir = cache_dir
     task = TASKS.get(cfg.task.name)(cfg)
     task.info = dict(ck["task_info"])
     backbone, _ = backbone_from_config(cfg.backbone, "scratch")  # the weights come from the state dict

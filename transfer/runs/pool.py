@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from transfer.api import TASKS
 from transfer.config import Config
 from transfer.data.cache import content_hash
-from transfer.data.datasets import load_images
-from transfer.data.readers import list_images, read_file_bytes, supported_suffixes
+from transfer.data.datasets import Skipped, load_images
+from transfer.data.inventory import describe_skipped, scan_folder
+from transfer.data.readers import read_file_bytes, supported_suffixes
+from transfer.data.tables import read_listing
 from transfer.errors import DatasetError
 
 PATH_COLUMNS = ("path", "image_path", "image", "file")
@@ -36,16 +38,17 @@ def load_pool(cfg: Config) -> Pool:
     if not p.pool:
         raise DatasetError("pretrain.pool is empty: name a folder or CSV of unlabelled images")
     root = cfg.data.resolve(p.pool)
-    paths = _folder_paths(root) if p.pool_format == "folder" else _csv_paths(root, cfg)
+    unused: list[Skipped] = []  # files of the pool folder that are not images: reported, never silent
+    paths = _folder_paths(root, unused) if p.pool_format == "folder" else _csv_paths(root, cfg)
     if not paths:
         raise DatasetError(f"{root}: the pretrain pool holds no image ({', '.join(supported_suffixes())})")
-    loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1,
+    loaded = load_images(paths, **cfg.data.decode_options(), gray=cfg.backbone.in_chans == 1,
                          on_bad=p.on_bad, progress=cfg.tracking.progress, desc="decoding pool")
     digests = sorted(content_hash(read_file_bytes(paths[i])) for i in loaded.kept)
     fp = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
-    skipped = [vars(s) for s in loaded.skipped]
+    skipped = [vars(s) for s in unused + loaded.skipped]
     if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable pool images, e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
+        print(describe_skipped(unused + loaded.skipped), file=sys.stderr)
     return Pool(loaded.images, [str(paths[i]) for i in loaded.kept], fp, skipped, str(root))
 
 
@@ -60,16 +63,16 @@ def _labelled_pool(cfg: Config) -> Pool:
                 f"images of {p.pool or cfg.data.train} (labels ignored)")
 
 
-def _folder_paths(root: Path) -> list[Path]:
+def _folder_paths(root: Path, unused: list[Skipped]) -> list[Path]:
     if not root.is_dir():
         raise DatasetError(f"{root}: pretrain pool folder does not exist")
-    return list_images(root)
+    scan = scan_folder(root)
+    unused += scan.unused
+    return scan.images
 
 
 def _csv_paths(root: Path, cfg: Config) -> list[Path]:
-    if not root.is_file():
-        raise DatasetError(f"{root}: pretrain pool CSV does not exist")
-    df = pd.read_csv(root)
+    df = read_listing(root, "pretrain pool CSV")
     col = next((c for c in PATH_COLUMNS if c in df.columns), None)
     if col is None:
         raise DatasetError(f"{root}: no path column ({', '.join(PATH_COLUMNS)}); columns: {list(df.columns)[:6]}")

@@ -8,7 +8,8 @@ import pandas as pd
 import torch
 
 from transfer.data.datasets import ImageDataset, Skipped, load_images
-from transfer.data.readers import list_images, supported_suffixes
+from transfer.data.inventory import describe_skipped, scan_folder
+from transfer.data.readers import supported_suffixes
 from transfer.engine import resolve_device
 from transfer.errors import MedTransferError
 from transfer.runs.image_columns import with_image_columns
@@ -21,13 +22,16 @@ def skipped_csv(out: Path) -> Path:
     return out.with_name(f"{out.name}.skipped.csv")
 
 
-def image_paths(items: list[str]) -> list[Path]:
-    """Files as given, folders expanded to the images under them."""
+def image_paths(items: list[str], unused: list[Skipped] | None = None) -> list[Path]:
+    """Files as given, folders expanded to the images under them; their other files are added to ``unused``."""
     paths: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            paths += list_images(p)
+            scan = scan_folder(p)
+            paths += scan.images
+            if unused is not None:
+                unused += scan.unused
         elif p.is_file():
             paths.append(p)
         else:
@@ -38,22 +42,26 @@ def image_paths(items: list[str]) -> list[Path]:
 
 
 def predict_images(run: str | Path, items: list[str], out: Path, *, device: str = "auto",
-                   on_bad: str = "error") -> tuple[pd.DataFrame, list[Skipped]]:
+                   on_bad: str = "error", cache_dir: str | None = None) -> tuple[pd.DataFrame, list[Skipped]]:
     """Write one row per readable image to ``out`` (CSV); return it and the skipped files.
 
     Skipped files (``on_bad="skip"``) are written to :func:`skipped_csv` as well as stderr, so the record of what
     was left out stays with the predictions; a stale sidecar of an earlier call is removed.
     """
     dev = resolve_device(device)
-    cfg, task, model = load_model(run, dev)
-    paths = image_paths(items)
-    loaded = load_images(paths, cfg.data.image_size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1,
+    cfg, task, model = load_model(run, dev, cache_dir)
+    unused: list[Skipped] = []  # files of a folder that are not images: counted in the sidecar, never silent
+    paths = image_paths(items, unused)
+    loaded = load_images(paths, **cfg.data.decode_options(), gray=cfg.backbone.in_chans == 1,
                          on_bad=on_bad, progress=False)
     for s in loaded.skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    skipped = unused + loaded.skipped
+    if unused:
+        print(describe_skipped(unused, where=str(skipped_csv(out))), file=sys.stderr)
     sidecar = skipped_csv(out)
-    if loaded.skipped:
-        atomic_write_text(sidecar, pd.DataFrame([vars(s) for s in loaded.skipped]).to_csv(index=False))
+    if skipped:
+        atomic_write_text(sidecar, pd.DataFrame([vars(s) for s in skipped]).to_csv(index=False))
     else:
         sidecar.unlink(missing_ok=True)
     ds = ImageDataset(loaded.images, {"orig_size": torch.from_numpy(loaded.original_sizes.astype("float32"))},
@@ -62,4 +70,4 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
     df = with_image_columns(task.predict(model, ds, dev))
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
-    return df, loaded.skipped
+    return df, skipped

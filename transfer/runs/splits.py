@@ -1,12 +1,16 @@
 """The labelled splits of a stage-2 run: train (at its label fraction), validation, test."""
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from transfer.api import Task
 from transfer.config import Config
 from transfer.data.datasets import ImageDataset
+from transfer.data.inventory import describe_skipped
+from transfer.data.overlap import shared_images
 from transfer.data.splits import nested_fraction, validation_split
 from transfer.errors import DatasetError
 
@@ -34,7 +38,8 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
         carved = False
     else:
         groups = full.meta.get("groups")
-        tr, va = validation_split(len(full), d.val_fraction, cfg.seed, task.label_array(full), groups)
+        tr, va = validation_split(len(full), d.val_fraction, cfg.seed, task.label_array(full), groups,
+                                  task.info.get("class_names"), source=str(d.train))
         train, val = full.subset(tr), full.subset(va)
         carved = True
     n_before = len(train)
@@ -42,10 +47,30 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
                            task.info.get("class_names"), source=f"training split {d.train}")
     train = train.subset(keep)
     test = task.load_split(d.test, "test") if d.test else None
+    # every split holds what training and scoring need (e.g. every class), checked before anything trains
+    for which, ds, source in (("train", train, d.train), ("val", val, d.val or f"{d.train} (carved)"),
+                              ("test", test, d.test)):
+        if ds is not None:
+            task.check_split(ds, which, str(source))
     info = {"n_train": len(train), "n_train_before_fraction": n_before, "n_val": len(val),
             "n_test": len(test) if test is not None else 0, "val_carved_from_train": carved,
+            **_overlaps(train, {"val": val, "test": test}), **task.data_report,
+            "skipped_counts": dict(Counter(s.kind for s in task.skipped)),
             "skipped": [vars(s) for s in task.skipped]}
     if task.skipped:
-        print(f"warning: skipped {len(task.skipped)} items (unreadable images or invalid annotations; listed in "
-              f"summary.json), e.g. {task.skipped[0].path}: {task.skipped[0].reason}")
+        print(describe_skipped(task.skipped), file=sys.stderr)
     return Splits(train, val, test, info)
+
+
+def _overlaps(train: ImageDataset, others: dict[str, ImageDataset | None]) -> dict[str, int]:
+    """``<split>_overlaps_train``: images of a split that are training images too (then it is not held out)."""
+    out = {}
+    for name, ds in others.items():
+        if ds is None:
+            continue
+        shared = shared_images(train, ds)
+        out[f"{name}_overlaps_train"] = len(shared)
+        if shared:
+            print(f"WARNING: {len(shared)} of {len(ds)} {name} images are also training images (same pixels), "
+                  f"e.g. {shared[0][0]} = {shared[0][1]}: {name} metrics are not held out", file=sys.stderr)
+    return out

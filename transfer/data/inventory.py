@@ -1,0 +1,61 @@
+"""What a folder holds: the images a run reads, and every other file with the reason it is not used.
+
+Nothing is dropped silently (DESIGN, Data): a ``.nii`` or ``.txt`` in a class
+folder is not an image the readers know, so it is left out, but it is counted
+and named in the run's warning line and ``summary.json``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from transfer.data.datasets import Skipped
+from transfer.data.readers import IMAGE_DECODERS
+
+__all__ = ["FolderScan", "scan_folder", "describe_skipped"]
+
+
+@dataclass
+class FolderScan:
+    images: list[Path]  #: sorted, readable by a registered decoder
+    unused: list[Skipped]  #: every other file, with why it is left out
+
+
+def _why_unused(path: Path) -> str | None:
+    """None for an image file; else the reason it is left out (path-free, so reasons group)."""
+    if path.name.startswith("."):  # .DS_Store, ._x.png (macOS resource forks), editor swap files
+        return "hidden file"
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_DECODERS:
+        return f"unsupported file type {suffix or '(no suffix)'!r}"
+    return None
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """Every file under ``folder`` (recursive): images to read, and the rest with the reason."""
+    images, unused = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        why = _why_unused(p)
+        if why is None:
+            images.append(p)
+        else:
+            unused.append(Skipped(str(p), why, kind="not used"))
+    return FolderScan(images, unused)
+
+
+def describe_skipped(skipped: Sequence[Skipped], where: str = "summary.json") -> str:
+    """One warning line: how many items were left out, counted by reason, with an example of each."""
+    # files left out by a scan share path-free reasons; an unreadable file's reason names it already
+    def key(s: Skipped) -> str:
+        return s.reason if s.kind == "not used" else s.kind
+
+    by_reason = Counter(key(s) for s in skipped)
+    examples: dict[str, str] = {}
+    for s in skipped:
+        examples.setdefault(key(s), s.path if s.kind == "not used" else s.reason)
+    parts = [f"{n} {reason} (e.g. {examples[reason]})" for reason, n in by_reason.most_common()]
+    return f"warning: {len(skipped)} files or rows not used (listed in {where}): " + "; ".join(parts)
