@@ -28,7 +28,7 @@ from transfer.backbones import StagedBackbone
 from transfer.config import AugmentConfig
 from transfer.data.augment import BatchAugment
 from transfer.data.datasets import ImageDataset, Skipped, load_images
-from transfer.data.readers import list_images
+from transfer.data.inventory import scan_folder
 from transfer.errors import DatasetError, MedTransferError
 from transfer.heads import DenseDecoder
 
@@ -197,7 +197,9 @@ class SegmentationTask(Task):
         rx = re.compile(o.image_pattern)
         triples: list[tuple[Path, Path, Path | None]] = []
         claimed: set[Path] = set()
-        images = list_images(img_dir)
+        scan = scan_folder(img_dir)
+        self.skipped += scan.unused  # .txt, hidden files...: counted in the run's warning and summary, not silent
+        images = scan.images
         if not images:
             raise DatasetError(f"{img_dir}: no image files")
         for img in images:
