@@ -18,7 +18,7 @@ from transfer.errors import DatasetError
 
 _COL = re.compile(r"^(\d+)_([xy])$")
 #: a name that reads as a coordinate but is not ``<k>_x`` / ``<k>_y``: upper case, other separators, prefixes
-_COORD_LIKE = re.compile(r"^\s*(?:l|lm|landmark|p|pt|point)?[ _-]?(\d+)[ _-]?([xy])\s*$", re.IGNORECASE)
+_COORD_LIKE = re.compile(r"^\s*(?:l|lm|landmark|p|pt|point)?[ _-]?(?:\d+[ _-]?[xy]|[xy][ _-]?\d+)\s*$", re.IGNORECASE)
 #: pandas renames a repeated header ``a`` to ``a.1``
 _REPEATED = re.compile(r"^(.+)\.(\d+)$")
 IMAGE_COLUMNS = ("image_path", "image", "path", "file")

@@ -64,13 +64,11 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
 
 def _overlaps(train: ImageDataset, others: dict[str, ImageDataset | None]) -> dict[str, int]:
     """``<split>_overlaps_train``: images of a split that are training images too (then it is not held out)."""
+    present = {name: ds for name, ds in others.items() if ds is not None}
     out = {}
-    for name, ds in others.items():
-        if ds is None:
-            continue
-        shared = shared_images(train, ds)
+    for name, shared in shared_images(train, present).items():
         out[f"{name}_overlaps_train"] = len(shared)
         if shared:
-            print(f"WARNING: {len(shared)} of {len(ds)} {name} images are also training images (same pixels), "
-                  f"e.g. {shared[0][0]} = {shared[0][1]}: {name} metrics are not held out", file=sys.stderr)
+            print(f"WARNING: {len(shared)} of {len(present[name])} {name} images are also training images (same "
+                  f"pixels), e.g. {shared[0][0]} = {shared[0][1]}: {name} metrics are not held out", file=sys.stderr)
     return out
