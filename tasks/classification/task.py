@@ -271,7 +271,9 @@ class ClassificationTask(Task):
             raise DatasetError(f"paired AUC comparison is implemented for binary tasks, got classes {names}")
         y = np.asarray([names.index(v) for v in a["label"].astype(str)])
         col = f"prob_{names[1]}"
-        return paired_bootstrap_auc(y, a[col].to_numpy(), b[col].to_numpy(), seed=self.cfg.seed)
+        # the configured resample count (task.classification.bootstrap), as for the CIs; 0 there only turns the CIs off
+        n = self.options.bootstrap or 2000
+        return paired_bootstrap_auc(y, a[col].to_numpy(), b[col].to_numpy(), n=n, seed=self.cfg.seed)
 
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         out = super().summary_metrics(metrics)

@@ -331,7 +331,7 @@ def test_detection_bad_annotation_stops_the_run_with_file_and_object(tmp_path, c
 def test_detection_bench_finetune(tmp_path, capsys):
     voc = make_voc(tmp_path / "voc")
     assert main(["bench", "finetune", *_common(tmp_path, voc)[:-6], "--set", "data.train=ImageSets/Main/train.txt",
-                 "--set", "data.val=ImageSets/Main/val.txt", "--steps", "2", "--warmup", "1"]) == 0
+                 "--set", "data.val=ImageSets/Main/val.txt", "--steps", "1", "--warmup", "1", "--rounds", "1"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["task"] == "detection" and res["engine_images_per_s"] > 0 and res["bare_images_per_s"] > 0
 

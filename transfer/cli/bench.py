@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(bf)
     bf.add_argument("--steps", type=int, default=20)
     bf.add_argument("--warmup", type=int, default=3)
+    bf.add_argument("--rounds", type=int, default=3, help="timed rounds of --steps each; the best round counts")
     bf.set_defaults(fn=cmd_bench_finetune)
 
     bp = bsub.add_parser("pretrain", help="our stage-1 step vs lightly's reference loop and a bare loop")
@@ -62,7 +63,7 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 def cmd_bench_finetune(args: argparse.Namespace) -> int:
     from transfer.bench.finetune import bench_finetune
 
-    print(json.dumps(bench_finetune(load(args), steps=args.steps, warmup=args.warmup), indent=2))
+    print(json.dumps(bench_finetune(load(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds), indent=2))
     return 0
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from transfer.api import PRETRAIN_METHODS
 from transfer.cli.common import add_config_args, load
-from transfer.runs.pretrain import run_pretrain
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from transfer.runs.pretrain import run_pretrain  # here, not at the top: it imports lightly (start-up of every command)
+
     s = run_pretrain(load(args), name=args.name, restart=args.restart)
     if s.get("already_complete"):
         print(f"{Path(s['checkpoint']).parent}: already complete (summary.json, backbone.pt); nothing trained. "
