@@ -6,6 +6,7 @@ from pathlib import Path
 
 from transfer.api import PRETRAIN_METHODS
 from transfer.cli.common import add_config_args, load
+from transfer.distributed import is_main_process
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from transfer.runs.pretrain import run_pretrain  # here, not at the top: it imports lightly (start-up of every command)
 
     s = run_pretrain(load(args), name=args.name, restart=args.restart)
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
     if s.get("already_complete"):
         print(f"{Path(s['checkpoint']).parent}: already complete (summary.json, backbone.pt); nothing trained. "
               f"--restart trains it again")

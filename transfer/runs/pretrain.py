@@ -13,6 +13,7 @@ from PIL import Image
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
 from transfer.data.datasets import ImageDataset
+from transfer.distributed import barrier, is_main_process
 from transfer.engine import Engine, FitResult, make_loader
 from transfer.errors import DatasetError
 from transfer.runs.pool import Pool, load_pool
@@ -46,10 +47,11 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     pool = load_pool(cfg)
     if len(pool.images) < p.batch_size:
         raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
-    if restart:
+    if restart and is_main_process():
         discard_run_state(run_dir)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
                           tags=["pretrain", p.method, cfg.backbone.name])
+    barrier()  # under torchrun: no rank reads a resume state before rank 0 has discarded it (--restart)
     try:
         backbone, report = backbone_from_config(cfg.backbone, cfg.init)
         print(report.summary())
@@ -68,9 +70,13 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
             "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
         }
         run.log_summary(summary)  # summary.json + backbone.pt: complete, the resume state is no longer needed
-        (run.dir / "last.pt").unlink(missing_ok=True)
+        if run.writes:
+            (run.dir / "last.pt").unlink(missing_ok=True)
         run.log_artifact(ckpt, f"backbone-{name}", "backbone", {k: v for k, v in provenance.items() if k != "config"})
         return summary
+    except Exception as e:
+        run.fail(e)
+        raise
     finally:
         run.finish()
 
@@ -158,6 +164,8 @@ def _save(cfg: Config, method: PretrainMethod, pool: Pool, report: LoadReport, r
         "data_fingerprint": pool.fingerprint, "pool": pool.source, "pool_size": len(pool.images),
         "input_size": list(cfg.data.image_size), "config": to_dict(cfg), "artifact_name": f"backbone-{run.name}",
     }
+    if not run.writes:  # under torchrun: rank 0's files
+        return ckpt, provenance
     save_backbone_checkpoint(method.encoder, ckpt, provenance)
     sample = {"image": pool.images[: min(8, len(pool.images))].to(next(method.parameters()).device)}
     for k, v in _media(method, sample).items():
