@@ -168,6 +168,9 @@ class Run:
                     project=project, entity=entity, name=name, id=_wandb_id(self.dir), resume="allow" if resume else None,
                     dir=str(self.dir), mode=wandb_mode, job_type=job_type, config=config, tags=tags or [], group=group,
                     reinit="finish_previous",
+                    # W&B's own console lines (banner, run summary) would drown the one line per run; its run
+                    # files are written all the same
+                    settings=wandb.Settings(silent=True, quiet=True),
                 )
             except Exception as e:  # W&B problems must not lose the run; the run dir is the record
                 self.warn(f"W&B unavailable ({type(e).__name__}: {e}); results are in {self.dir}")
@@ -177,7 +180,8 @@ class Run:
                     tags: list[str]) -> "Run":
         """The run directory ``tracking.out_dir/name`` and its W&B mirror, as the ``tracking`` section says."""
         return cls(tracking.out_dir, name, config, wandb_mode=tracking.wandb_mode, project=tracking.wandb_project,
-                   entity=tracking.wandb_entity, job_type=job_type, tags=tags, group=tracking.wandb_group)
+                   entity=tracking.wandb_entity, job_type=job_type, tags=[*tags, *tracking.tags],
+                   group=tracking.wandb_group)
 
     def warn(self, msg: str) -> None:
         import sys

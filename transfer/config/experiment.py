@@ -197,6 +197,7 @@ class TrackingConfig:
     wandb_project: str = "medtransfer"
     wandb_entity: str | None = None
     wandb_group: str | None = None  #: W&B group (a study sets it to its name)
+    tags: list[str] = field(default_factory=list)  #: extra W&B tags (a study tags each cell with its factors)
     progress: bool = True
     log_media: bool = True
 

@@ -76,5 +76,12 @@ def cell_config(cfg: Config, cell: Cell, root: Path) -> Config:
         train=dataclasses.replace(cfg.train, depth=cell.depth),
         data=dataclasses.replace(cfg.data, label_fraction=cell.label_fraction),
         tracking=dataclasses.replace(cfg.tracking, out_dir=str(root / "runs"), name=cell.name,
-                                     wandb_group=cfg.tracking.wandb_group or cfg.study.name),
+                                     wandb_group=cfg.tracking.wandb_group or cfg.study.name,
+                                     tags=[*cfg.tracking.tags, *cell_tags(cfg, cell)]),
     )
+
+
+def cell_tags(cfg: Config, cell: Cell) -> list[str]:
+    """W&B tags for every factor of the grid, so the dashboard filters and groups by any of them."""
+    return [f"study:{cfg.study.name}", f"init:{cell.label}", f"depth:{cell.depth}",
+            f"labels:{cell.label_fraction:g}", f"seed:{cell.seed}"]

@@ -8,6 +8,7 @@ same study directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import time
 from pathlib import Path
@@ -68,6 +69,8 @@ def pretrain_job(cfg: Config, method: str, root: str) -> str:
     one making it (a file lock on the study's shared folder) instead of training it twice."""
     out = Path(root) / "pretrain"
     out.mkdir(parents=True, exist_ok=True)
+    tags = [*cfg.tracking.tags, f"study:{cfg.study.name}", f"init:{method}"]
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tags=tags))
     with open(out / f".{method}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return str(resolve_pretrain_init(cfg, method, Path(root)))

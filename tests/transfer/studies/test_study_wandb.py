@@ -1,0 +1,41 @@
+"""A study's W&B mirror, offline: runs grouped by study, typed pretrain / finetune / study, tagged with every factor,
+the results tables logged, the stage-1 checkpoint referenced by the cells that start from it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from transfer.cli import main
+
+
+def _wandb_text(run_dir: Path) -> bytes:
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert files, f"no offline W&B run under {run_dir}"
+    return b"".join(f.read_bytes() for f in files)
+
+
+def test_study_writes_offline_wandb_runs_with_group_types_tags_tables(tmp_path, tiny_npz, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "s"
+    sets = ["backbone.name=tiny_resnet", "backbone.in_chans=1", "init=scratch", "data.format=npz",
+            f"data.root={tiny_npz.parent}", "data.train=tiny.npz#train", "data.val=tiny.npz#val",
+            "data.test=tiny.npz#test", "data.image_size=[32, 32]", "train.epochs=1", "train.max_steps=1",
+            "train.batch_size=4", "tracking.wandb_mode=offline", "tracking.progress=false", "runtime.device=cpu",
+            "task.classification.bootstrap=10", "pretrain.pool_format=labelled", "pretrain.epochs=1",
+            "pretrain.warmup_epochs=0", "pretrain.batch_size=8", "pretrain.max_steps=1", "pretrain.method=cae",
+            f"study.out_dir={out}", "study.name=wb", "study.inits=[scratch, 'pretrain:cae']", "study.depths=[all]"]
+    assert main(["study", *[x for s in sets for x in ("--set", s)]]) == 0
+    text = capsys.readouterr()
+    assert "wandb:" not in text.out + text.err  # W&B's own console lines are silenced
+    root = out / "wb"
+    cell = _wandb_text(root / "runs" / "cae-all-frac1-seed0")
+    for token in (b"finetune", b"wb", b"init:cae", b"depth:all", b"labels:1", b"seed:0", b"study:wb"):
+        assert token in cell, token
+    # lineage: the cell's config names the stage-1 checkpoint (an input artifact too when online)
+    assert b"init_checkpoint" in cell and b"backbone.pt" in cell
+    assert b"pretrain" in _wandb_text(root / "pretrain" / "cae")
+    study = _wandb_text(root / "wandb-study")
+    assert b"study/results" in study and b"study/comparisons" in study
+    cfg = yaml.safe_load((root / "runs" / "scratch-all-frac1-seed0" / "config.yaml").read_text())
+    assert "init:scratch" in cfg["tracking"]["tags"]
