@@ -25,8 +25,9 @@ class ImageTooSmallError(ImageReadError):
 class Skipped:
     path: str
     reason: str
-    #: "unreadable" (a bad file under data.on_bad=skip), "too small", "not used" (not an image the readers know)
-    kind: str = "unreadable"
+    #: "unreadable" (an image file that cannot be decoded), "too small" (below data.min_image_size), "not used"
+    #: (not an image the readers know), "invalid" (any other item a task skips, e.g. a box or an annotation)
+    kind: str = "invalid"
 
 
 def check_min_size(path: str | Path, original_size: tuple[int, int], min_size: int) -> None:
