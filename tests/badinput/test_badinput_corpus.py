@@ -256,6 +256,37 @@ def _val_shares_train(c: Ctx) -> list[str]:
     return finetune(c.tmp, "data.format=csv", "data.train=train.csv", "data.val=val.csv")
 
 
+def _ragged_csv(c: Ctx) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    with open(c.tmp / "train.csv", "a") as f:
+        f.write("img/train.csv_0.png,a,extra\n")
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _binary_csv(c: Ctx) -> list[str]:
+    (c.tmp / "train.csv").write_bytes(b"path,label\n\xff\xfe\x00x.png,a\n")
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _npz_missing_key(c: Ctx) -> list[str]:
+    _npz(c, [0, 1] * 4, [0, 1])
+    return finetune(c.tmp, "data.format=npz", "data.train=d.npz#training")
+
+
+def _unknown_backbone(c: Ctx) -> list[str]:
+    class_folders(c.tmp / "train")
+    return finetune(c.tmp, "data.format=folder", "data.train=train", "backbone.name=tiny_resnett")
+
+
+def _unknown_depth(c: Ctx) -> list[str]:
+    class_folders(c.tmp / "train")
+    return finetune(c.tmp, "data.format=folder", "data.train=train", "train.depth=conv9-head")
+
+
+def _nothing_written(o: Outcome) -> None:
+    assert not (o.tmp / "runs" / "case").exists(), "a config error left a run directory"
+
+
 def _unknown_key(c: Ctx) -> list[str]:
     return finetune(c.tmp, "data.fromat=csv")
 
@@ -365,6 +396,21 @@ def _predict_tiny(c: Ctx, *flags: str) -> list[str]:
     return ["predict", str(c.shared["cls"]), str(c.tmp / "new"), "--out", str(c.tmp / "p.csv"), *flags]
 
 
+def _predict_missing_run(c: Ctx) -> list[str]:
+    png(c.tmp / "x.png", 1)
+    return ["predict", str(c.tmp / "no_run"), str(c.tmp / "x.png"), "--out", str(c.tmp / "p.csv")]
+
+
+def _predict_missing_file(c: Ctx) -> list[str]:
+    return ["predict", str(c.shared["cls"]), str(c.tmp / "absent.png"), "--out", str(c.tmp / "p.csv")]
+
+
+def _predict_only_unsupported(c: Ctx) -> list[str]:
+    (c.tmp / "new").mkdir()
+    (c.tmp / "new" / "scan.nii").write_bytes(b"\x00" * 348)
+    return ["predict", str(c.shared["cls"]), str(c.tmp / "new"), "--out", str(c.tmp / "p.csv")]
+
+
 def _evaluate_empty_csv(c: Ctx) -> list[str]:
     (c.tmp / "e.csv").write_bytes(b"")
     return ["evaluate", str(c.shared["lm"]), "--data", str(c.tmp / "e.csv")]
@@ -411,7 +457,15 @@ CASES = [
     Case("a validation CSV equal to the training CSV", _val_shares_train, 0,
          ("WARNING: 8 of 8 val images are also training images",),
          lambda o: o.summary()["val_overlaps_train"] == 8 or pytest.fail("not recorded")),
-    Case("an unknown config key", _unknown_key, 2, ("unknown key 'data.fromat'",)),
+    Case("a CSV with a ragged row", _ragged_csv, 2, ("train.csv: CSV cannot be parsed", "Expected 2 fields in line 10")),
+    Case("a CSV that is not text", _binary_csv, 2, ("train.csv: CSV cannot be parsed (UnicodeDecodeError",)),
+    Case("an npz without the named key", _npz_missing_key, 2,
+         ("d.npz: missing key 'training_images' and 'training_labels'; keys present:",)),
+    Case("an unknown config key", _unknown_key, 2, ("unknown key 'data.fromat'",), _nothing_written),
+    Case("an unknown backbone", _unknown_backbone, 2, ("unknown backbone 'tiny_resnett'; registered:",),
+         _nothing_written),
+    Case("an unknown fine-tuning depth", _unknown_depth, 2, ("unknown fine-tuning depth 'conv9-head'; valid:",),
+         _nothing_written),
     Case("an unknown DICOM window preset", _bad_window, 2, ("data.dicom_window: unknown preset 'lungs'",)),
     Case("landmark CSV: a duplicate row", _lm_duplicate_row, 2,
          ("train.csv, lines 3, 10: image 0_1.png is listed 2 times, with the same coordinates",)),
@@ -439,6 +493,10 @@ CASES = [
     Case("predict: a 1x1 image", _predict_tiny, 2, ("tiny.png: image is 1x1 px",)),
     Case("predict: a 1x1 image, --on-bad skip", lambda c: _predict_tiny(c, "--on-bad", "skip"), 0,
          ("wrote 1 predictions", "1 skipped")),
+    Case("predict: a run directory without model.pt", _predict_missing_run, 2, ("no_run: no trained model here",)),
+    Case("predict: an image that does not exist", _predict_missing_file, 2, ("absent.png: no such file or folder",)),
+    Case("predict: a folder with no image, only a .nii", _predict_only_unsupported, 2,
+         ("no image (", "found only other files, e.g.", "scan.nii (unsupported file type '.nii')")),
     Case("evaluate: an empty CSV", _evaluate_empty_csv, 2, ("e.csv: landmark CSV is empty",)),
     Case("evaluate: a class with no image (only a .nii)", _evaluate_one_class, 2,
          ("class folder 'b' holds no image", "x.nii: unsupported file type '.nii'")),

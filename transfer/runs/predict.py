@@ -25,19 +25,22 @@ def skipped_csv(out: Path) -> Path:
 def image_paths(items: list[str], unused: list[Skipped] | None = None) -> list[Path]:
     """Files as given, folders expanded to the images under them; their other files are added to ``unused``."""
     paths: list[Path] = []
+    others: list[Skipped] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             scan = scan_folder(p)
             paths += scan.images
-            if unused is not None:
-                unused += scan.unused
+            others += scan.unused
         elif p.is_file():
             paths.append(p)
         else:
             raise MedTransferError(f"{p}: no such file or folder")
     if not paths:
-        raise MedTransferError(f"no image ({', '.join(supported_suffixes())}) found in {items}")
+        found = f"; found only other files, e.g. {others[0].path} ({others[0].reason})" if others else ""
+        raise MedTransferError(f"no image ({', '.join(supported_suffixes())}) found in {items}{found}")
+    if unused is not None:
+        unused += others
     return paths
 
 
