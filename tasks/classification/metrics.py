@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from scipy import stats as st
 from sklearn import metrics as skm
 
+from transfer.stats import rank_auc
+
 
 def _check_inputs(y_true: np.ndarray, prob: np.ndarray, positive: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Validate labels (N,) and probabilities (N, K); return them as arrays and K."""
@@ -154,10 +156,17 @@ def _auc_ci(y: np.ndarray, p: np.ndarray, positive: int, n_resamples: int, seed:
         idx = idx.astype(np.int64)
         return _roc_auc(y[idx], p[idx], positive) if len(np.unique(y[idx])) == n_classes else math.nan
 
+    def binary_auc_of(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        # all resamples at once: the rank (Mann-Whitney) AUC equals roc_auc_score and is NaN for one-class resamples;
+        # one sklearn call per resample took 9 s of a 20 s quickstart run for 1000 resamples
+        idx = np.moveaxis(idx, axis, -1).astype(np.int64)
+        return rank_auc(y[idx] == positive, p[idx, positive])
+
+    binary = p.shape[1] == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", st.DegenerateDataWarning)
-        res = st.bootstrap((np.arange(len(y)),), auc_of, n_resamples=n_resamples, vectorized=False,
-                           method="percentile", rng=np.random.default_rng(seed))
+        res = st.bootstrap((np.arange(len(y)),), binary_auc_of if binary else auc_of, n_resamples=n_resamples,
+                           vectorized=binary, method="percentile", rng=np.random.default_rng(seed))
     aucs = res.bootstrap_distribution[~np.isnan(res.bootstrap_distribution)]
     return [float(q) for q in np.percentile(aucs, [2.5, 97.5])] if len(aucs) else [math.nan, math.nan]
 

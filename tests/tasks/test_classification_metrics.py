@@ -133,3 +133,30 @@ def test_roc_points_and_plots(tmp_path) -> None:
     assert plot_roc(y3, p3, tmp_path / "roc3.png", class_names=["a", "b", "c"]).exists()
     cm = classification_metrics(y3, p3, bootstrap=0)["confusion_matrix"]
     assert plot_confusion(cm, ["a", "b", "c"], tmp_path / "cm.png").stat().st_size > 1000
+
+
+def test_binary_auc_ci_vectorised_equals_one_sklearn_call_per_resample():
+    """The vectorised rank AUC gives the interval of sklearn's roc_auc_score on the same resamples (ties included)."""
+    import warnings
+
+    import numpy as np
+    from scipy import stats as st
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.classification.metrics import _auc_ci
+
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(8), np.ones(30)].astype(int)
+    score = np.round(rng.random(38) * 0.5 + 0.4 * y, 1)  # rounded: many ties
+    prob = np.column_stack([1 - score, score])
+
+    def sk(idx):
+        idx = idx.astype(int)
+        return roc_auc_score(y[idx], score[idx]) if len(np.unique(y[idx])) == 2 else np.nan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", st.DegenerateDataWarning)
+        ref = st.bootstrap((np.arange(38),), sk, n_resamples=300, vectorized=False, method="percentile",
+                           rng=np.random.default_rng(0)).bootstrap_distribution
+    ref = ref[~np.isnan(ref)]
+    assert _auc_ci(y, prob, 1, 300, 0) == pytest.approx(np.percentile(ref, [2.5, 97.5]), abs=1e-12)
