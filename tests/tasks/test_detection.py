@@ -300,9 +300,10 @@ def test_detection_finetune_evaluate_predict(tmp_path, capsys):
     assert main(["predict", str(run), str(voc / "JPEGImages/img_010.jpg"), str(voc / "JPEGImages/img_011.jpg"),
                  "--out", str(out)]) == 0
     pred = pd.read_csv(out)
-    assert list(pred.columns) == ["image", "class", "score", "x1", "y1", "x2", "y2"]
+    # image: the file name, as in predictions_test.csv (the tables join on it); path: as given on the command line
+    assert list(pred.columns) == ["image", "path", "class", "score", "x1", "y1", "x2", "y2"]
     mine = pred_test[pred_test["kind"] == "pred"]
-    assert len(pred) == len(mine)
+    assert len(pred) == len(mine) and list(pred["image"]) == list(mine["image"])
     assert np.allclose(pred[["x1", "y1", "x2", "y2"]].to_numpy(), mine[["x1", "y1", "x2", "y2"]].to_numpy(), atol=1e-3)
 
     capsys.readouterr()
