@@ -64,7 +64,8 @@ def _estimate(cfg: Config, root: Path, cells: list[Cell], todo: list[Cell],
 
 
 def _steps(cfg: Config, n_images: float, fraction: float) -> int:
-    return cfg.train.epochs * math.ceil(n_images * fraction / cfg.train.batch_size)
+    per_epoch = cfg.train.steps_per_epoch or math.ceil(n_images * fraction / cfg.train.batch_size)
+    return cfg.train.epochs * per_epoch
 
 
 def probe_step_seconds(cfg: Config, cell: Cell) -> dict[str, float]:
