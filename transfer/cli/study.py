@@ -5,9 +5,9 @@ import argparse
 import json
 
 from transfer.cli.common import add_config_args, load
-from transfer.studies.cells import parse_shard
-from transfer.studies.grid import run_study
-from transfer.studies.tables import rebuild_report
+
+# The studies package is imported by its commands: it pulls in matplotlib, scipy and submitit, 1.4 s of start-up
+# that every other command (each torchrun rank, each subprocess of the tests) paid for nothing.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from transfer.studies.cells import parse_shard
+    from transfer.studies.grid import run_study
+
     if args.executor:
         args.overrides = [*args.overrides, f"study.executor={args.executor}"]
     shard = parse_shard(args.shard) if args.shard else None
@@ -45,6 +48,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from transfer.studies.tables import rebuild_report
+
     out = rebuild_report(args.study_dir, args.out)
     print(json.dumps({k: v for k, v in out.items() if k != "missing"} | {"missing": len(out["missing"])}, indent=2))
     return 0
