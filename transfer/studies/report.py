@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from transfer.api import Task
 from transfer.config import Config, StudyConfig
 from transfer.studies.html_report import markdown_to_html
+from transfer.studies.per_class import per_class_recall
 from transfer.studies.study_plots import interval_yerr, plot_convergence, plot_roc_intervals
 from transfer.tracking import atomic_write_text
 
@@ -116,6 +117,7 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
         *_references_section(st),
         *_plots_section(st, task, df, agg, runs_dir, out),
         *task.report_sections(summaries, md_table),
+        *per_class_section(runs_dir, df),
         *_runs_section(task, df),
         *_notes_section(st),
     ]
@@ -123,6 +125,15 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
     atomic_write_text(out, text)
     atomic_write_text(out.with_suffix(".html"), markdown_to_html(text, out.parent, st.title or st.name))
     return out
+
+
+def per_class_section(runs_dir: Path, df: pd.DataFrame) -> list[str]:
+    table = per_class_recall(runs_dir, df)
+    if not len(table):
+        return []
+    return ["## Per-class recall on the test split", "",
+            "The share of each true class predicted as itself (at the argmax threshold): mean over seeds with its 95% "
+            "t-interval. On an imbalanced set this shows what accuracy hides.", "", md_table(table, 3), ""]
 
 
 def _missing_section(missing: Sequence[str]) -> list[str]:
