@@ -146,16 +146,17 @@ def _unsupported_in_class_folder(c: Ctx) -> list[str]:
     (c.tmp / "train" / "a" / "scan.nii").write_bytes(b"\x00" * 348)
     (c.tmp / "train" / "b" / "notes.txt").write_text("annotator notes")
     (c.tmp / "train" / "b" / ".DS_Store").write_bytes(b"\x00\x01")
+    png(c.tmp / "train" / "b" / ".thumbnails" / "0.png", 5)  # a hidden folder's image is not a training image
     (c.tmp / "train" / "README").write_text("class folders")
     return finetune(c.tmp, "data.format=folder", "data.train=train")
 
 
 def _check_unsupported(o: Outcome) -> None:
     s = o.summary()
-    assert s["skipped_counts"] == {"not used": 4}
-    assert {Path(x["path"]).name: x["reason"] for x in s["skipped"]} == {
-        "scan.nii": "unsupported file type '.nii'", "notes.txt": "unsupported file type '.txt'",
-        ".DS_Store": "hidden file", "README": "not in a class folder"}
+    assert s["skipped_counts"] == {"not used": 5}
+    assert {Path(x["path"]).relative_to(o.tmp / "train").as_posix(): x["reason"] for x in s["skipped"]} == {
+        "a/scan.nii": "unsupported file type '.nii'", "b/notes.txt": "unsupported file type '.txt'",
+        "b/.DS_Store": "hidden file", "b/.thumbnails/0.png": "hidden file", "README": "not in a class folder"}
     assert s["n_train"] + s["n_val"] == 9  # 8 PNGs and the WebP
 
 
@@ -425,8 +426,8 @@ def _evaluate_one_class(c: Ctx) -> list[str]:
 
 
 CASES = [
-    Case("unsupported files in a class folder (.nii .txt .DS_Store, a file beside the classes; .webp read)",
-         _unsupported_in_class_folder, 0, ("4 files or rows not used", "unsupported file type '.nii'", "hidden file"),
+    Case("unsupported files in a class folder (.nii .txt .DS_Store .thumbnails/, a file beside the classes; .webp read)",
+         _unsupported_in_class_folder, 0, ("5 files or rows not used", "unsupported file type '.nii'", "2 hidden file"),
          _check_unsupported),
     Case("a single class folder", _single_class, 2, ("train: only one class ['a']",)),
     Case("a class missing from the validation CSV", _class_missing_in_val, 2,

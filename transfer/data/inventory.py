@@ -23,9 +23,10 @@ class FolderScan:
     unused: list[Skipped]  #: every other file, with why it is left out
 
 
-def _why_unused(path: Path) -> str | None:
+def _why_unused(path: Path, folder: Path) -> str | None:
     """None for an image file; else the reason it is left out (path-free, so reasons group)."""
-    if path.name.startswith("."):  # .DS_Store, ._x.png (macOS resource forks), editor swap files
+    # .DS_Store, ._x.png (macOS resource forks), anything under .thumbnails/ or .ipynb_checkpoints/
+    if any(part.startswith(".") for part in path.relative_to(folder).parts):
         return "hidden file"
     suffix = path.suffix.lower()
     if suffix not in IMAGE_DECODERS:
@@ -39,7 +40,7 @@ def scan_folder(folder: Path) -> FolderScan:
     for p in sorted(folder.rglob("*")):
         if not p.is_file():
             continue
-        why = _why_unused(p)
+        why = _why_unused(p, folder)
         if why is None:
             images.append(p)
         else:
