@@ -63,14 +63,15 @@ class LRSpec:
 
 
 def param_groups(
-    backbone: StagedBackbone, head: nn.Module, trainable: Sequence[str], spec: LRSpec
+    backbone: StagedBackbone, head: nn.Module, trainable: Sequence[str], spec: LRSpec, prefix: str = ""
 ) -> list[dict]:
     """Optimiser parameter groups; pure (never touches ``requires_grad``).
 
     One group per (stage, decay / no decay, bias) combination. Pretrained
     stages get ``lr`` (times ``layer_decay ** distance_from_top`` when set),
     the head ``lr * head_lr_mult``, biases a further ``bias_lr_mult``; weight
-    decay only on tensors with more than one dimension.
+    decay only on tensors with more than one dimension. ``prefix`` starts every group's name (a model's
+    second stage).
     """
     names = list(backbone.stage_names)
     groups: list[dict] = []
@@ -86,7 +87,7 @@ def param_groups(
                 "params": ps,
                 "lr": base_lr * (spec.bias_lr_mult if is_bias else 1.0),
                 "weight_decay": spec.weight_decay if decay else 0.0,
-                "name": f"{label}/{'decay' if decay else 'no_decay'}{'/bias' if is_bias else ''}",
+                "name": f"{prefix}{label}/{'decay' if decay else 'no_decay'}{'/bias' if is_bias else ''}",
             })
 
     stage_params = backbone.stage_parameters()

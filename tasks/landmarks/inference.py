@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from tasks.landmarks.decoding import peak_mass
-from transfer.api import batched_forward
 
 __all__ = ["LandmarkOutputs", "landmark_outputs", "image_flags"]
 
@@ -28,37 +27,45 @@ __all__ = ["LandmarkOutputs", "landmark_outputs", "image_flags"]
 class LandmarkOutputs:
     coords: np.ndarray  #: (N, L, 2) normalised (x, y)
     confidence: np.ndarray  #: (N, L) peak mass in (0, 1]; NaN for the regression head
+    global_confidence: np.ndarray  #: (N, L) the global stage's (= ``confidence`` without refinement)
 
 
-class _AllOutputs(nn.Module):
-    """``forward_all`` as ``forward``, so :func:`batched_forward` returns every output, with a confidence."""
-
-    def __init__(self, model: nn.Module, flip: bool) -> None:
-        super().__init__()
-        self.model, self.flip = model, flip
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model.forward_all(images.flip(-1) if self.flip else images)
-        coords = out["coords"]
-        if "confidence" in out:
-            conf = out["confidence"]
-        elif "heatmaps" in out:  # the coarse head: one cell around the peak
-            conf = peak_mass(out["heatmaps"], 1)
-        else:
-            conf = torch.full(coords.shape[:2], float("nan"), device=coords.device)
-        return {"coords": coords, "confidence": conf}
+def _confidence(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "confidence" in out:
+        return out["confidence"]
+    if "heatmaps" in out:  # the coarse head: one cell around the peak
+        return peak_mass(out["heatmaps"], 1)
+    return torch.full(out["coords"].shape[:2], float("nan"), device=out["coords"].device)
 
 
+@torch.no_grad()
 def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
-                     *, flip: bool = False) -> LandmarkOutputs:
-    """Coordinates and confidences of ``images`` (flipped left-right first when ``flip``)."""
-    out = batched_forward(_AllOutputs(model, flip), images, device, batch_size)
-    return LandmarkOutputs(out["coords"].numpy().astype(np.float64), out["confidence"].numpy().astype(np.float64))
+                     *, flip: bool = False, refine_images: torch.Tensor | None = None) -> LandmarkOutputs:
+    """Coordinates and confidences of ``images`` (flipped left-right first when ``flip``), refined on
+    ``refine_images`` (the same images at the refinement stage's size) when given.
+
+    A loop of our own rather than :func:`~transfer.api.batched_forward`: each batch has two inputs.
+    """
+    was = model.training
+    model.eval()
+    coords, conf, global_conf = [], [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device)
+        r = None if refine_images is None else refine_images[i : i + batch_size].to(device)
+        if flip:
+            x, r = x.flip(-1), (None if r is None else r.flip(-1))
+        out = model.forward_all(x, r) if r is not None else model.forward_all(x)
+        coords.append(out["coords"].float().cpu())
+        conf.append(_confidence(out).float().cpu())
+        global_conf.append(out.get("global_confidence", conf[-1]).float().cpu())
+    model.train(was)
+    return LandmarkOutputs(*(torch.cat(x).numpy().astype(np.float64) for x in (coords, conf, global_conf)))
 
 
 def image_flags(confidence: np.ndarray, flipped_confidence: np.ndarray, *, low: float,
                 mirror_ratio: float) -> list[str]:
-    """Per image: "" (fine), "low_confidence" or "mirrored?" from (N, L) confidences of the image and its flip."""
+    """Per image: "" (fine), "low_confidence" or "mirrored?" from (N, L) confidences of the image and its flip
+    (the same stage's: the global one)."""
     if np.isnan(confidence).all():  # the regression head: nothing to judge by
         return [""] * len(confidence)
     mean, mean_flipped = np.nanmean(confidence, 1), np.nanmean(flipped_confidence, 1)

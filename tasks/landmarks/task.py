@@ -23,6 +23,7 @@ from tasks.landmarks.listing import (check_images_once, check_inside_images, ima
 from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
+from transfer.config.io import ConfigError
 from transfer.errors import DatasetError
 from transfer.api import EvalResult, Task, TaskModel, batched_forward
 
@@ -95,7 +96,8 @@ class LandmarkModel(TaskModel):
         out = self._forward_global(images)
         if self.refine_stage is not None and refine_images is not None:
             coords, confidence = self.refine_stage.refine(refine_images, out["coords"])
-            out = {**out, "global_coords": out["coords"], "coords": coords, "confidence": confidence}
+            out = {**out, "global_coords": out["coords"], "coords": coords, "confidence": confidence,
+                   "global_confidence": out.get("confidence", torch.full_like(confidence, float("nan")))}
         return out
 
     def _forward_global(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -247,6 +249,12 @@ class LandmarkTask(Task):
         c = self.options
         if not c.refine:
             return None
+        if self.cfg.init == "scratch" and self.cfg.train.depth != "all":
+            # frozen random stages get BatchNorm statistics from whole training images (recalibrate_batchnorm),
+            # which are not what the refinement backbone sees
+            raise ConfigError("task.landmarks.refine with init: scratch needs train.depth: all (frozen random "
+                              f"stages of the refinement backbone would have no BatchNorm statistics), got "
+                              f"{self.cfg.train.depth!r}")
         from tasks.landmarks.refine import RefinementStage
 
         return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,
@@ -259,9 +267,13 @@ class LandmarkTask(Task):
         cephalogram is 4.6 MB so, 18.6 MB as float (8-bit sources lose nothing; 16-bit ones keep 8 bits)."""
         cfg = self.cfg
         size = tuple(self.options.refine_image_size)
-        loaded = load_images(paths, size, cfg.data.cache_dir, gray=cfg.backbone.in_chans == 1, on_bad="error",
-                             progress=cfg.tracking.progress, desc=f"decoding {which} at {size[0]}x{size[1]}")
-        return (loaded.images * 255).round().to(torch.uint8)
+        options = {**cfg.data.decode_options(), "size": size}
+        chunks = []
+        for i in range(0, len(paths), 16):  # 16 at a time: never the whole split as float
+            loaded = load_images(paths[i : i + 16], **options, gray=cfg.backbone.in_chans == 1, on_bad="error",
+                                 progress=False)
+            chunks.append((loaded.images * 255).round().to(torch.uint8))
+        return torch.cat(chunks)
 
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
         from tasks.landmarks.inference import landmark_outputs
@@ -304,14 +316,16 @@ class LandmarkTask(Task):
 
         refine = self._refine_images([Path(i) for i in dataset.ids], "inputs") if self.options.refine else None
         out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=refine)
-        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True, refine_images=refine)
+        # the mirror check compares the global stage's confidences: the flipped pass needs no refinement
+        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True)
         df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))
         for k in range(out.confidence.shape[1]):
             df[f"{k + 1}_confidence"] = out.confidence[:, k]
         df["mean_confidence"] = out.confidence.mean(1)
         df["flipped_confidence"] = flipped.confidence.mean(1)
         c = self.options
-        df["flag"] = image_flags(out.confidence, flipped.confidence, low=c.low_confidence, mirror_ratio=c.mirror_ratio)
+        df["flag"] = image_flags(out.global_confidence, flipped.confidence, low=c.low_confidence,
+                                 mirror_ratio=c.mirror_ratio)
         flagged = df[df["flag"] != ""]
         if len(flagged):
             listed = ", ".join(f"{i} ({f})" for i, f in zip(flagged["image"][:5], flagged["flag"][:5]))

@@ -36,3 +36,66 @@ def test_decoder_head_finetunes_and_predicts_with_confidence(tmp_path, tiny_land
     test_pred = pd.read_csv(run / "predictions_test.csv")
     cols = ["1_x", "1_y", "2_x", "2_y"]
     assert np.allclose(pred[cols].to_numpy(), test_pred[cols].to_numpy(), atol=1e-3)
+
+
+def test_global_plus_refinement_trains_both_stages_and_predicts_refined_coordinates(tmp_path, tiny_landmarks):
+    runs = tmp_path / "runs"
+    args = ["finetune", "--name", "two", "--set", "backbone.name=tiny_efficientnet", "--set", "init=scratch",
+            "--set", "backbone.in_chans=1", "--set", "train.epochs=1", "--set", "train.max_steps=2",
+            "--set", "train.batch_size=4", "--set", f"tracking.out_dir={runs}", "--set", "tracking.wandb_mode=disabled",
+            "--set", "tracking.progress=false", "--set", "data.format=landmark_csv",
+            "--set", f"data.root={tiny_landmarks}", "--set", "data.train=train.csv", "--set", "data.test=test.csv",
+            "--set", "data.image_dir=images", "--set", "data.image_size=[32, 24]", "--set", "task.name=landmarks",
+            "--set", "task.landmarks.head=decoder", "--set", "task.landmarks.heatmap_weight=1.0",
+            "--set", "task.landmarks.sigma_mm=0.5", "--set", "task.landmarks.refine=true",
+            "--set", "task.landmarks.refine_image_size=[60, 48]", "--set", "task.landmarks.refine_crop=16",
+            "--set", "task.landmarks.refine_sigma_mm=0.2",
+            "--set", "train.optimizer=adamw"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "two"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train_refine_euclidean"] > 0 and rows[0]["train_refine_heatmap"] > 0
+    summary = json.loads((run / "summary.json").read_text())
+    import torch
+
+    state = torch.load(run / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    assert any(k.startswith("refine_stage.backbone.") for k in state)
+    assert summary["test"]["mre_mm"] > 0
+    out = tmp_path / "pred.csv"
+    imgs = [tiny_landmarks / "images" / f"{i:03d}.png" for i in (9, 10, 11)]
+    assert main(["predict", str(run), *map(str, imgs), "--out", str(out)]) == 0
+    pred, test_pred = pd.read_csv(out), pd.read_csv(run / "predictions_test.csv")
+    cols = ["1_x", "1_y", "2_x", "2_y"]
+    assert np.allclose(pred[cols].to_numpy(), test_pred[cols].to_numpy(), atol=1e-3)
+
+
+def test_the_depth_freezes_the_same_stages_of_both_stages_backbones():
+    import copy
+
+    import torch
+
+    from tasks.landmarks.refine import RefinementStage
+    from tasks.landmarks.task import LandmarkModel
+    from transfer.backbones import get_entry
+    from transfer.config import Config
+    from transfer.runs.depth import setup_depth
+
+    backbone = get_entry("tiny_efficientnet").build()
+    refine = RefinementStage(copy.deepcopy(backbone), 2, crop=16, width=8)
+    model = LandmarkModel(backbone, 2, head="decoder", hidden=8, dropout=0.0, heatmap_stage=None, heatmap_weight=1.0,
+                          heatmap_sigma=1.0, augment=None, decoder_width=8, refine=refine)
+    stages, opt, train_mode = setup_depth(model, Config(), "blocks5-head")
+    assert stages == ["blocks5", "blocks6", "conv_head"]
+    for bb in (model.backbone, refine.backbone):
+        for stage, params in bb.stage_parameters().items():
+            assert all(p.requires_grad == (stage in stages) for _, p in params), stage
+    optimised = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in optimised for p in refine.head.parameters())
+    assert any(g["name"].startswith("refine.blocks5/") for g in opt.param_groups)
+    train_mode()
+
+    def bn_training(stage: str) -> set[bool]:
+        view = refine.backbone.stages()[stage]
+        return {m.training for m in view.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert bn_training("blocks0") == {False} and bn_training("blocks6") == {True}

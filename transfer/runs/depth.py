@@ -20,17 +20,23 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
     """Freeze for ``depth``; return the trained stages, the optimiser over their LR groups, and the train-mode hook."""
     bb = model.backbone
     stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in model.unused_stages]
-    freeze_stages(bb, stages)
-    for p in model.head.parameters():
-        p.requires_grad_(True)
     t = cfg.train
-    groups = param_groups(bb, model.head, stages, LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay,
-                                                          t.weight_decay))
+    spec = LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay, t.weight_decay)
+    # the model's own stage, then any further stage (same depth, its own backbone and head)
+    pairs = [("", bb, model.head, stages)] + [
+        (f"{name}.", b, h, trainable_stages(depth, b.stage_names)) for name, (b, h) in model.extra_stages().items()]
+    groups: list[dict] = []
+    for prefix, b, head, trained in pairs:
+        freeze_stages(b, trained)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        groups += param_groups(b, head, trained, spec, prefix=prefix)
     opt = build_optimizer(groups, t.optimizer, t.momentum)
 
     def train_mode() -> None:
         model.train()
-        set_train_mode(bb, stages)  # frozen stages keep BatchNorm in eval mode
+        for _, b, _, trained in pairs:
+            set_train_mode(b, trained)  # frozen stages keep BatchNorm in eval mode
 
     return stages, opt, train_mode
 

@@ -1,0 +1,143 @@
+"""The refinement stage: one model over all landmarks, on high-resolution crops around each first estimate.
+
+The global stage sees the whole cephalogram at ~0.5 mm per pixel; its errors are
+a millimetre or two. The refinement stage crops the image at (up to) full
+resolution around each estimate, and a second backbone + decoder (the same
+``init`` and ``depth`` as the first) predicts the landmark's position in the
+crop. It is one model for all landmarks: its decoder has one output map per
+landmark and a crop of landmark k is read from map k (the identity as an output
+channel), so every landmark's crops train the shared features. In training the
+crops are centred on the truth plus Gaussian jitter of ``refine_jitter_mm``
+(chosen to match the global stage's validation error), and decoded, like the
+first stage, by a local soft-argmax with the Euclidean loss in mm plus the
+heatmap term.
+
+Crop geometry (exact, borders included): in continuous pixel coordinates of the
+refinement image (pixel j spans [j, j + 1], so a normalised u is u * W), a crop
+of size c centred at X spans [X - c/2, X + c/2]; its pixel i samples the image at
+continuous x0 + i + 0.5 (torchvision's ``roi_align`` with ``aligned=True`` and one
+sample per bin, bilinear between pixels), and a point at crop-normalised v is at
+image-normalised u = (x0 + v c) / W. Outside the image the crop reads zeros.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from tasks.landmarks.decoding import local_soft_argmax, peak_mass
+from tasks.landmarks.dense_head import DecoderHeatmapHead
+from transfer.backbones import StagedBackbone
+
+__all__ = ["crop_origins", "extract_crops", "from_crop", "to_crop", "RefinementStage"]
+
+
+def crop_origins(coords: torch.Tensor, image_hw: tuple[int, int], crop: int) -> torch.Tensor:
+    """Normalised centres (N, 2) -> top-left corners (N, 2) of ``crop``-pixel windows, continuous image pixels."""
+    wh = torch.tensor(image_hw[::-1], dtype=coords.dtype, device=coords.device)
+    return coords * wh - crop / 2
+
+
+def extract_crops(images: torch.Tensor, image_index: torch.Tensor, origins: torch.Tensor, crop: int) -> torch.Tensor:
+    """(B, C, H, W) images, (N,) image of each crop, (N, 2) corners -> (N, C, crop, crop) float crops."""
+    boxes = torch.cat([image_index[:, None].to(origins.dtype), origins, origins + crop], dim=1)
+    return roi_align(images.float(), boxes.float(), output_size=crop, spatial_scale=1.0, sampling_ratio=1,
+                     aligned=True)
+
+
+def to_crop(coords: torch.Tensor, origins: torch.Tensor, image_hw: tuple[int, int], crop: int) -> torch.Tensor:
+    """Image-normalised (N, 2) -> crop-normalised (N, 2)."""
+    wh = torch.tensor(image_hw[::-1], dtype=coords.dtype, device=coords.device)
+    return (coords * wh - origins) / crop
+
+
+def from_crop(coords: torch.Tensor, origins: torch.Tensor, image_hw: tuple[int, int], crop: int) -> torch.Tensor:
+    """Crop-normalised (N, 2) -> image-normalised (N, 2); the inverse of :func:`to_crop`."""
+    wh = torch.tensor(image_hw[::-1], dtype=coords.dtype, device=coords.device)
+    return (origins + coords * crop) / wh
+
+
+class RefinementStage(nn.Module):
+    """Crops (N, C, c, c) and their landmark ids (N,) -> heatmap logits (N, h, w), crop coords (N, 2), confidence (N,).
+
+    Args:
+        backbone: the stage's own backbone (same architecture and init as the global stage's).
+        num_landmarks: L output maps, one per landmark.
+        crop: crop size in pixels of the refinement image.
+        out_stride, radius, width: the decoder's heatmap stride, soft-argmax window and width.
+    """
+
+    def __init__(self, backbone: StagedBackbone, num_landmarks: int, *, crop: int, out_stride: int = 2,
+                 radius: int = 3, width: int = 32, sigma_mm: float = 0.5, jitter_mm: float = 2.0,
+                 per_image: int = 4) -> None:
+        super().__init__()
+        if crop < 16:
+            raise ValueError(f"task.landmarks.refine_crop must be >= 16 pixels, got {crop}")
+        if per_image < 1:
+            raise ValueError(f"task.landmarks.refine_per_image must be >= 1, got {per_image}")
+        self.backbone = backbone
+        self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=out_stride, radius=radius,
+                                       width=width)
+        self.crop, self.sigma_mm, self.jitter_mm, self.per_image = crop, sigma_mm, jitter_mm, per_image
+
+    def forward(self, crops: torch.Tensor, landmark: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone.forward_stages(crops, upto=self.head.top_stage)
+        logits = self.head.decoder(feats, (self.crop, self.crop))
+        chosen = logits[torch.arange(len(landmark), device=logits.device), landmark][:, None]  # (N, 1, h, w)
+        return {"heatmaps": chosen[:, 0], "coords": local_soft_argmax(chosen, self.head.radius)[:, 0],
+                "confidence": peak_mass(chosen, self.head.radius)[:, 0]}
+
+    def training_loss(self, refine_images: torch.Tensor, true: torch.Tensor, mm_per_pixel: torch.Tensor,
+                      visible: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Euclidean (mm) and heatmap losses on crops centred on the truth plus jitter.
+
+        Args:
+            refine_images: (B, C, H, W) the refinement images (uint8 or float in [0, 1]).
+            true: (B, L, 2) image-normalised truth.
+            mm_per_pixel: (B, 2) mm per refinement-image pixel as (x, y).
+            visible: optional (B, L) bool; landmarks not visible are never cropped.
+        """
+        from tasks.landmarks.dense_head import sigma_in_heatmap_pixels
+        from tasks.landmarks.heads import euclidean_loss, heatmap_loss
+
+        b, n = true.shape[:2]
+        hw = (int(refine_images.shape[-2]), int(refine_images.shape[-1]))
+        k = min(self.per_image, n)
+        # k random landmarks per image (visible ones first: random keys, invisible ones pushed last)
+        keys = torch.rand(b, n, device=true.device) + (0.0 if visible is None else (~visible).float() * 2)
+        ids = keys.argsort(dim=1)[:, :k].reshape(-1)
+        image = torch.arange(b, device=true.device).repeat_interleave(k)
+        target = true[image, ids]
+        scale = mm_per_pixel[image]  # (N, 2)
+        jitter = torch.randn_like(target) * (self.jitter_mm / scale)  # continuous pixels
+        wh = torch.tensor(hw[::-1], dtype=target.dtype, device=target.device)
+        origins = target * wh + jitter - self.crop / 2
+        crops = extract_crops(_as_float(refine_images), image, origins, self.crop)
+        out = self(crops, ids)
+        target_crop = to_crop(target, origins, hw, self.crop)
+        units = (scale * self.crop)[:, None, :]
+        keep = None if visible is None else visible[image, ids][:, None]
+        euclid = euclidean_loss(out["coords"][:, None].float() * units, target_crop[:, None] * units, keep)
+        cell_mm = scale * self.crop / torch.tensor(out["heatmaps"].shape[-1:-3:-1], dtype=scale.dtype,
+                                                   device=scale.device)
+        sigma = (self.sigma_mm / cell_mm)[:, None, :]
+        hm = heatmap_loss(out["heatmaps"][:, None].float(), target_crop[:, None], sigma, keep)
+        return {"euclidean": euclid, "heatmap": hm}
+
+    @torch.no_grad()
+    def refine(self, refine_images: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image-normalised estimates (B, L, 2) -> refined (B, L, 2) and confidence (B, L), one crop each."""
+        b, n = coords.shape[:2]
+        hw = (int(refine_images.shape[-2]), int(refine_images.shape[-1]))
+        flat = coords.reshape(-1, 2).float()
+        image = torch.arange(b, device=coords.device).repeat_interleave(n)
+        ids = torch.arange(n, device=coords.device).repeat(b)
+        origins = crop_origins(flat, hw, self.crop)
+        out = self(extract_crops(_as_float(refine_images), image, origins, self.crop), ids)
+        refined = from_crop(out["coords"].float(), origins, hw, self.crop)
+        return refined.view(b, n, 2), out["confidence"].view(b, n)
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (stored so to fit full-resolution copies in memory) -> float in [0, 1]."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()

@@ -1,0 +1,64 @@
+"""The refinement stage: crop geometry at the border, and that training it moves estimates towards the truth."""
+from __future__ import annotations
+
+import torch
+
+from tasks.landmarks.refine import RefinementStage, crop_origins, extract_crops, from_crop, to_crop
+from transfer.backbones import get_entry
+
+
+def test_crops_read_the_right_pixels_pad_outside_and_map_back_exactly() -> None:
+    h, w, crop = 20, 30, 8
+    image = (torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w) + 1) / (h * w)
+    # a centre near the top-left corner: the window starts at (-2, -3), outside the image
+    centre_px = torch.tensor([[2.0, 1.0]])  # continuous pixels (pixel j spans [j, j + 1])
+    centre = centre_px / torch.tensor([w, h])
+    origins = crop_origins(centre, (h, w), crop)
+    assert torch.equal(origins, torch.tensor([[-2.0, -3.0]]))
+    crops = extract_crops(image, torch.tensor([0]), origins, crop)[0, 0]
+    for i in range(crop):  # rows
+        for j in range(crop):  # columns
+            y, x = -3 + i, -2 + j
+            inside = 0 <= y < h and 0 <= x < w
+            expected = image[0, 0, y, x].item() if inside else 0.0
+            if inside or (y < -1 or x < -1):  # roi_align clamps within one pixel of the border
+                assert abs(crops[i, j].item() - expected) < 1e-6, (i, j)
+    # a point maps into the crop and back exactly, wherever the window is
+    point = torch.tensor([[0.31, 0.07]])
+    in_crop = to_crop(point, origins, (h, w), crop)
+    assert torch.allclose(from_crop(in_crop, origins, (h, w), crop), point, atol=1e-7)
+    assert torch.allclose(in_crop * crop, point * torch.tensor([w, h]) - origins)
+
+
+def _blob_images(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 3, size, size) noise with one bright Gaussian blob each, and its normalised centre (n, 1, 2)."""
+    centres = 12 + torch.rand(n, 2, generator=generator) * (size - 24)  # continuous pixels
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    d2 = (xs[None] - centres[:, 0, None, None]) ** 2 + (ys[None] - centres[:, 1, None, None]) ** 2
+    img = 0.8 * torch.exp(-d2 / (2 * 1.5 ** 2)) + 0.1 * torch.rand(n, size, size, generator=generator)
+    return img[:, None].expand(-1, 3, -1, -1).contiguous(), (centres / size)[:, None, :]
+
+
+def test_training_the_refinement_stage_moves_perturbed_estimates_towards_the_truth() -> None:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    size, crop = 64, 24
+    stage = RefinementStage(get_entry("tiny_efficientnet").build(), 1, crop=crop, out_stride=2, radius=3, width=16,
+                            sigma_mm=1.0, jitter_mm=3.0, per_image=1)
+    opt = torch.optim.Adam(stage.parameters(), lr=3e-3)
+    mm_per_pixel = torch.ones(16, 2)  # 1 mm per pixel: jitter and sigma in pixels
+    stage.train()
+    for _ in range(80):
+        images, true = _blob_images(16, size, g)
+        losses = stage.training_loss(images, true, mm_per_pixel)
+        opt.zero_grad()
+        (losses["euclidean"] + losses["heatmap"]).backward()
+        opt.step()
+    stage.eval()
+    images, true = _blob_images(32, size, g)
+    offset = torch.randn(32, 1, 2, generator=g) * 3.0 / size  # first estimates ~3 px off
+    refined, confidence = stage.refine(images, true + offset)
+    before = ((offset * size).norm(dim=-1)).mean()
+    after = (((refined - true) * size).norm(dim=-1)).mean()
+    assert after < 0.4 * before, (before.item(), after.item())
+    assert confidence.shape == (32, 1) and bool(((confidence > 0) & (confidence <= 1)).all())
