@@ -31,6 +31,8 @@ from transfer.backbones import StagedBackbone
 
 __all__ = ["crop_origins", "extract_crops", "from_crop", "to_crop", "RefinementStage"]
 
+_CROPS_PER_PASS = 64  #: crops through the refinement network at once in inference
+
 
 def crop_origins(coords: torch.Tensor, image_hw: tuple[int, int], crop: int) -> torch.Tensor:
     """Normalised centres (N, 2) -> top-left corners (N, 2) of ``crop``-pixel windows, continuous image pixels."""
@@ -39,10 +41,16 @@ def crop_origins(coords: torch.Tensor, image_hw: tuple[int, int], crop: int) -> 
 
 
 def extract_crops(images: torch.Tensor, image_index: torch.Tensor, origins: torch.Tensor, crop: int) -> torch.Tensor:
-    """(B, C, H, W) images, (N,) image of each crop, (N, 2) corners -> (N, C, crop, crop) float crops."""
-    boxes = torch.cat([image_index[:, None].to(origins.dtype), origins, origins + crop], dim=1)
-    return roi_align(images.float(), boxes.float(), output_size=crop, spatial_scale=1.0, sampling_ratio=1,
-                     aligned=True)
+    """(B, C, H, W) images (uint8 or float in [0, 1]), (N,) image of each crop, (N, 2) corners -> (N, C, crop, crop)
+    float crops. One image is made float at a time: a batch of full-resolution cephalograms as float is GBs."""
+    out = torch.empty(len(origins), images.shape[1], crop, crop, device=images.device)
+    for b in image_index.unique().tolist():
+        sel = (image_index == b).nonzero().flatten()
+        boxes = torch.cat([torch.zeros(len(sel), 1, dtype=origins.dtype, device=origins.device), origins[sel],
+                           origins[sel] + crop], dim=1)
+        out[sel] = roi_align(_as_float(images[b : b + 1]), boxes.float(), output_size=crop, spatial_scale=1.0,
+                             sampling_ratio=1, aligned=True)
+    return out
 
 
 def to_crop(coords: torch.Tensor, origins: torch.Tensor, image_hw: tuple[int, int], crop: int) -> torch.Tensor:
@@ -112,7 +120,7 @@ class RefinementStage(nn.Module):
         jitter = torch.randn_like(target) * (self.jitter_mm / scale)  # continuous pixels
         wh = torch.tensor(hw[::-1], dtype=target.dtype, device=target.device)
         origins = target * wh + jitter - self.crop / 2
-        crops = extract_crops(_as_float(refine_images), image, origins, self.crop)
+        crops = extract_crops(refine_images, image, origins, self.crop)
         out = self(crops, ids)
         target_crop = to_crop(target, origins, hw, self.crop)
         units = (scale * self.crop)[:, None, :]
@@ -133,9 +141,13 @@ class RefinementStage(nn.Module):
         image = torch.arange(b, device=coords.device).repeat_interleave(n)
         ids = torch.arange(n, device=coords.device).repeat(b)
         origins = crop_origins(flat, hw, self.crop)
-        out = self(extract_crops(_as_float(refine_images), image, origins, self.crop), ids)
-        refined = from_crop(out["coords"].float(), origins, hw, self.crop)
-        return refined.view(b, n, 2), out["confidence"].view(b, n)
+        coords, confidence = [], []
+        for i in range(0, len(flat), _CROPS_PER_PASS):  # bounded memory whatever the batch of images
+            part = slice(i, i + _CROPS_PER_PASS)
+            out = self(extract_crops(refine_images, image[part], origins[part], self.crop), ids[part])
+            coords.append(from_crop(out["coords"].float(), origins[part], hw, self.crop))
+            confidence.append(out["confidence"])
+        return torch.cat(coords).view(b, n, 2), torch.cat(confidence).view(b, n)
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,11 @@ def to_pixels(norm: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
     return norm * wh - 0.5
 
 
+def _inference_batch(batch_size: int, images: torch.Tensor) -> int:
+    """At most 4 M input pixels per inference batch (19 images at 512x416): the decoder keeps every stage's map."""
+    return max(1, min(batch_size, (1 << 22) // (images.shape[-1] * images.shape[-2])))
+
+
 class LandmarkModel(TaskModel):
     """Backbone + regression head (pooled features) or heatmap head (one feature map)."""
 
@@ -278,7 +283,7 @@ class LandmarkTask(Task):
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
         from tasks.landmarks.inference import landmark_outputs
 
-        out = landmark_outputs(model, dataset.images, device, batch_size,
+        out = landmark_outputs(model, dataset.images, device, _inference_batch(batch_size, dataset.images),
                                refine_images=dataset.targets.get("refine_image"))
         return to_pixels(out.coords, dataset.target_array("orig_size"))
 
@@ -315,6 +320,7 @@ class LandmarkTask(Task):
         from tasks.landmarks.inference import image_flags, landmark_outputs
 
         refine = self._refine_images([Path(i) for i in dataset.ids], "inputs") if self.options.refine else None
+        batch_size = _inference_batch(batch_size, dataset.images)
         out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=refine)
         # the mirror check compares the global stage's confidences: the flipped pass needs no refinement
         flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True)
