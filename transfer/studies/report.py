@@ -99,7 +99,7 @@ def plot_curves(runs_dir: Path, runs: list[str], monitor: str, path: Path) -> Pa
 
 def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame,
                  root: Path, out: Path | None = None, *, efficiency: pd.DataFrame | None = None,
-                 missing: Sequence[str] = ()) -> Path:
+                 missing: Sequence[str] = (), within_seeds: pd.DataFrame | None = None) -> Path:
     """The study's markdown report at ``out`` (default ``study.report``), its plots next to it, and the same
     report as one self-contained HTML page (``.html`` beside the ``.md``)."""
     st = cfg.study
@@ -113,6 +113,7 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
         *_setup_section(cfg, task, df, describe_devices(run_devices(runs_dir, summaries))),
         *_results_section(task, agg),
         *comparisons_section(task, comparisons, st.seed_test),
+        *within_seeds_section(within_seeds),
         *efficiency_section(task, efficiency),
         *_references_section(st),
         *_plots_section(st, task, df, agg, runs_dir, out),
@@ -278,6 +279,19 @@ def _limits_line(seed_test: str, pairs: int, n: int, min_p, seeds_needed) -> str
     return (f"- Limits: the paired t-test with {pairs} seeds has {pairs - 1} degree(s) of freedom and assumes "
             "normally distributed differences, which so few seeds cannot check; the exact Wilcoxon test "
             f"(`study.seed_test: wilcoxon`) needs {seeds_needed(0.05)} seeds to reach p < 0.05 at all.")
+
+
+def within_seeds_section(within: pd.DataFrame | None) -> list[str]:
+    """The supplementary per-seed comparisons on the test images."""
+    if within is None or not len(within):
+        return []
+    cols = [c for c in ["depth", "label_fraction", "seed", "init", "vs", "metric", "difference", "ci95_lo", "ci95_hi",
+                        "p_value", "p_holm", "test"] if c in within]
+    return ["### Within each seed, on the test images (supplementary)", "",
+            "Each seed's two runs compared on the same test images (Holm over these rows). This measures how sure we "
+            "are about these two trained models, not about the inits: another seed trains differently, which is "
+            "what the seed-level test above accounts for. Read it as the within-seed view while seeds are few.", "",
+            md_table(within[cols], 4), ""]
 
 
 def efficiency_section(task: Task, efficiency: pd.DataFrame | None) -> list[str]:

@@ -63,6 +63,25 @@ def compare_inits(task: Task, df: pd.DataFrame, runs_dir: Path, test: SeedTest =
     return out
 
 
+def compare_within_seeds(task: Task, df: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
+    """With several seeds, the supplementary view: each seed's two runs compared on the test images (the task's
+    paired test), Holm over these rows. It says how sure we are about two trained models, not about the inits."""
+    if df["seed"].nunique() < 2:
+        return pd.DataFrame()
+    rows = []
+    for (depth, frac, seed), g in df.groupby(["depth", "label_fraction", "seed"], sort=False):
+        runs = dict(zip(g["init"], g["run"]))
+        for init, base in _pairs(df):
+            if init in runs and base in runs:
+                res = _paired_images(task, runs_dir / runs[init], runs_dir / runs[base])
+                if res is not None:
+                    rows.append({"depth": depth, "label_fraction": frac, "seed": seed, "init": init, "vs": base, **res})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = holm(out["p_value"].tolist())
+    return out
+
+
 def _paired_images(task: Task, run: Path, base: Path) -> dict[str, Any] | None:
     """The task's paired comparison of two runs' test predictions (None when either run has none)."""
     a, b = run / "predictions_test.csv", base / "predictions_test.csv"

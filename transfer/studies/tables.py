@@ -16,10 +16,10 @@ from transfer.config import Config
 from transfer.studies.cells import Cell, grid_cells, is_finished
 from transfer.studies.manifest import manifest_config
 from transfer.studies.report import write_report
-from transfer.studies.statistics import aggregate_seeds, compare_inits, label_efficiency_table
+from transfer.studies.statistics import aggregate_seeds, compare_inits, compare_within_seeds, label_efficiency_table
 
 #: the CSV tables beside the report
-TABLES = ("results.csv", "aggregate.csv", "comparisons.csv", "label_efficiency.csv")
+TABLES = ("results.csv", "aggregate.csv", "comparisons.csv", "label_efficiency.csv", "comparisons_within_seeds.csv")
 
 
 def collect_results(task: Task, root: Path, cells: list[Cell]) -> pd.DataFrame:
@@ -63,10 +63,11 @@ def write_study_outputs(cfg: Config, root: Path, report: Path | None = None) -> 
     agg = aggregate_seeds(df, task)
     comparisons = compare_inits(task, df, root / "runs", cfg.study.seed_test)
     efficiency = label_efficiency_table(task, agg)
-    for name, table in zip(TABLES, (df, agg, comparisons, efficiency)):
+    within = compare_within_seeds(task, df, root / "runs")
+    for name, table in zip(TABLES, (df, agg, comparisons, efficiency, within)):
         table.to_csv(root / name, index=False)
     md = write_report(cfg, task, df, agg, comparisons, root, report or report_path(cfg, root),
-                      efficiency=efficiency, missing=missing)
+                      efficiency=efficiency, missing=missing, within_seeds=within)
     out.update(report=str(md), html=str(md.with_suffix(".html")))
     return out
 

@@ -45,7 +45,7 @@ def study_args(tmp_path: Path, tiny_npz: Path, out: Path, *extra: str) -> list[s
 
 def tables(root: Path) -> dict[str, pd.DataFrame]:
     out = {}
-    for name in ("results", "aggregate", "comparisons", "label_efficiency"):
+    for name in ("results", "aggregate", "comparisons", "label_efficiency", "comparisons_within_seeds"):
         df = pd.read_csv(root / f"{name}.csv")
         out[name] = df.drop(columns=[c for c in TIMING if c in df.columns])
     return out
@@ -144,7 +144,7 @@ def test_report_rebuilds_tables_and_html_from_run_directories(tmp_path, tiny_npz
     md = (root / "report.md").read_text()
     # every table and plot the report promises is in the page, plots embedded (no file or network reference)
     for heading in ("Results on the test split", "95% interval over seeds", "Paired comparisons", "Label efficiency",
-                    "Plots", "Per-class recall on the test split", "Runs"):
+                    "Within each seed, on the test images", "Plots", "Per-class recall on the test split", "Runs"):
         assert heading in md and heading in html
     assert html.count("<h2>") == md.count("\n## ") and html.count("<h3>") == md.count("\n### ")
     assert md.count("\n|---") == html.count("<table>")
