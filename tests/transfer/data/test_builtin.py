@@ -29,5 +29,5 @@ def test_quickstart_data_loads_without_a_data_root(tmp_path):
     cfg = load_config(Config, QUICKSTART, [f"data.root={tmp_path / 'nothing-here'}"])
     task = TASKS.get(cfg.task.name)(cfg)
     val = task.load_split(cfg.data.val, "val")
-    assert len(val) == 524 and tuple(val.images.shape[1:]) == (1, 64, 64)
+    assert len(val) == 524 and tuple(val.images.shape[1:]) == (1, *cfg.data.image_size)
     assert sorted(set(val.target_array("label").tolist())) == [0, 1]
