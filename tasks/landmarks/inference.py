@@ -28,6 +28,7 @@ class LandmarkOutputs:
     coords: np.ndarray  #: (N, L, 2) normalised (x, y)
     confidence: np.ndarray  #: (N, L) peak mass in (0, 1]; NaN for the regression head
     global_confidence: np.ndarray  #: (N, L) the global stage's (= ``confidence`` without refinement)
+    global_coords: np.ndarray  #: (N, L, 2) the global stage's (= ``coords`` without refinement)
 
 
 def _confidence(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,7 +49,7 @@ def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.devic
     """
     was = model.training
     model.eval()
-    coords, conf, global_conf = [], [], []
+    coords, conf, global_conf, global_coords = [], [], [], []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(device)
         r = None if refine_images is None else refine_images[i : i + batch_size].to(device)
@@ -58,8 +59,10 @@ def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.devic
         coords.append(out["coords"].float().cpu())
         conf.append(_confidence(out).float().cpu())
         global_conf.append(out.get("global_confidence", conf[-1]).float().cpu())
+        global_coords.append(out.get("global_coords", out["coords"]).float().cpu())
     model.train(was)
-    return LandmarkOutputs(*(torch.cat(x).numpy().astype(np.float64) for x in (coords, conf, global_conf)))
+    return LandmarkOutputs(*(torch.cat(x).numpy().astype(np.float64)
+                             for x in (coords, conf, global_conf, global_coords)))
 
 
 def image_flags(confidence: np.ndarray, flipped_confidence: np.ndarray, *, low: float,

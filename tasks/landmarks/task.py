@@ -280,18 +280,21 @@ class LandmarkTask(Task):
             chunks.append((loaded.images * 255).round().to(torch.uint8))
         return torch.cat(chunks)
 
-    def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
+    def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device,
+                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Final and global-stage predictions (the same without refinement), original pixels (N, L, 2)."""
         from tasks.landmarks.inference import landmark_outputs
 
         out = landmark_outputs(model, dataset.images, device, _inference_batch(batch_size, dataset.images),
                                refine_images=dataset.targets.get("refine_image"))
-        return to_pixels(out.coords, dataset.target_array("orig_size"))
+        sizes = dataset.target_array("orig_size")
+        return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes)
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
                  *, with_ci: bool = False) -> EvalResult:
         from tasks.landmarks.metrics import landmark_metrics, radial_errors_mm
 
-        pred = self._pixels(model, dataset, device, batch_size)
+        pred, global_pred = self._pixels(model, dataset, device, batch_size)
         sizes = dataset.target_array("orig_size")
         true = to_pixels(dataset.target_array("landmarks").astype(np.float64), sizes)
         true = np.round(true, 3)
@@ -300,6 +303,8 @@ class LandmarkTask(Task):
         m = landmark_metrics(pred, true, spacing, radii=tuple(self.options.sdr_radii),
                              names=self.info["landmark_names"], visible=visible)
         err = radial_errors_mm(pred, true, spacing, visible)
+        if getattr(model, "refine_stage", None) is not None:  # what the refinement stage adds, on the same images
+            m["global_mre_mm"] = float(np.nanmean(radial_errors_mm(global_pred, true, spacing, visible)))
         df = self._frame(dataset, pred)
         for k in range(pred.shape[1]):
             df[f"{k + 1}_x_true"] = true[:, k, 0]

@@ -60,7 +60,7 @@ def test_global_plus_refinement_trains_both_stages_and_predicts_refined_coordina
 
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
     assert any(k.startswith("refine_stage.backbone.") for k in state)
-    assert summary["test"]["mre_mm"] > 0
+    assert summary["test"]["mre_mm"] > 0 and summary["test"]["global_mre_mm"] > 0  # both stages scored
     out = tmp_path / "pred.csv"
     imgs = [tiny_landmarks / "images" / f"{i:03d}.png" for i in (9, 10, 11)]
     assert main(["predict", str(run), *map(str, imgs), "--out", str(out)]) == 0
