@@ -9,16 +9,19 @@ import pandas as pd
 from transfer.cli import main
 
 
+def _finetune(name: str, runs, data_root, *settings: str) -> list[str]:
+    """``medtransfer finetune`` of a decoder-head landmark model on the tiny landmark set, plus ``settings``."""
+    fixed = ["backbone.name=tiny_efficientnet", "init=scratch", "backbone.in_chans=1", "train.max_steps=2",
+             "train.batch_size=4", f"tracking.out_dir={runs}", "tracking.wandb_mode=disabled", "tracking.progress=false",
+             "data.format=landmark_csv", f"data.root={data_root}", "data.train=train.csv", "data.test=test.csv",
+             "data.image_dir=images", "task.name=landmarks", "task.landmarks.head=decoder",
+             "task.landmarks.heatmap_weight=1.0", "task.landmarks.sigma_mm=0.5", "train.optimizer=adamw"]
+    return ["finetune", "--name", name, *(a for kv in (*fixed, *settings) for a in ("--set", kv))]
+
+
 def test_decoder_head_finetunes_and_predicts_with_confidence(tmp_path, tiny_landmarks, capsys):
     runs = tmp_path / "runs"
-    args = ["finetune", "--name", "global", "--set", "backbone.name=tiny_efficientnet", "--set", "init=scratch",
-            "--set", "backbone.in_chans=1", "--set", "train.epochs=2", "--set", "train.max_steps=2",
-            "--set", "train.batch_size=4", "--set", f"tracking.out_dir={runs}", "--set", "tracking.wandb_mode=disabled",
-            "--set", "tracking.progress=false", "--set", "data.format=landmark_csv",
-            "--set", f"data.root={tiny_landmarks}", "--set", "data.train=train.csv", "--set", "data.test=test.csv",
-            "--set", "data.image_dir=images", "--set", "data.image_size=[64, 48]", "--set", "task.name=landmarks",
-            "--set", "task.landmarks.head=decoder", "--set", "task.landmarks.heatmap_weight=1.0",
-            "--set", "task.landmarks.sigma_mm=0.5", "--set", "train.optimizer=adamw"]
+    args = _finetune("global", runs, tiny_landmarks, "train.epochs=2", "data.image_size=[64, 48]")
     assert main(args) == 0
     run = runs / "global"
     summary = json.loads((run / "summary.json").read_text())
@@ -40,17 +43,9 @@ def test_decoder_head_finetunes_and_predicts_with_confidence(tmp_path, tiny_land
 
 def test_global_plus_refinement_trains_both_stages_and_predicts_refined_coordinates(tmp_path, tiny_landmarks):
     runs = tmp_path / "runs"
-    args = ["finetune", "--name", "two", "--set", "backbone.name=tiny_efficientnet", "--set", "init=scratch",
-            "--set", "backbone.in_chans=1", "--set", "train.epochs=1", "--set", "train.max_steps=2",
-            "--set", "train.batch_size=4", "--set", f"tracking.out_dir={runs}", "--set", "tracking.wandb_mode=disabled",
-            "--set", "tracking.progress=false", "--set", "data.format=landmark_csv",
-            "--set", f"data.root={tiny_landmarks}", "--set", "data.train=train.csv", "--set", "data.test=test.csv",
-            "--set", "data.image_dir=images", "--set", "data.image_size=[32, 24]", "--set", "task.name=landmarks",
-            "--set", "task.landmarks.head=decoder", "--set", "task.landmarks.heatmap_weight=1.0",
-            "--set", "task.landmarks.sigma_mm=0.5", "--set", "task.landmarks.refine=true",
-            "--set", "task.landmarks.refine_image_size=[60, 48]", "--set", "task.landmarks.refine_crop=16",
-            "--set", "task.landmarks.refine_sigma_mm=0.2",
-            "--set", "train.optimizer=adamw"]
+    args = _finetune("two", runs, tiny_landmarks, "train.epochs=1", "data.image_size=[32, 24]",
+                     "task.landmarks.refine=true", "task.landmarks.refine_image_size=[60, 48]",
+                     "task.landmarks.refine_crop=16", "task.landmarks.refine_sigma_mm=0.2")
     assert main(args) == 0
     run = tmp_path / "runs" / "two"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
