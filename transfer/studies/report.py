@@ -108,7 +108,7 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
     runs_dir = root / "runs"
     summaries = run_summaries(runs_dir, list(df["run"]))
     lines = [
-        *_title_section(st),
+        *_title_section(st, str(cfg.data.train).startswith("builtin:")),
         *_missing_section(missing),
         *_setup_section(cfg, task, df, describe_devices(run_devices(runs_dir, summaries))),
         *_results_section(task, agg),
@@ -191,10 +191,11 @@ def _device_phrase(device: str, name: str | None) -> str:
     return name or f"`{device}`"
 
 
-def _title_section(st: StudyConfig) -> list[str]:
+def _title_section(st: StudyConfig, builtin_data: bool = False) -> list[str]:
     lines = [f"# {st.title or st.name}", ""]
     if st.command:
-        lines += ["Regenerate (from the project root, with `../shared/data` present):", "", "```", st.command, "```", ""]
+        where = "from the project root" if builtin_data else "from the project root, with `../shared/data` present"
+        lines += [f"Regenerate ({where}):", "", "```", st.command, "```", ""]
     return lines
 
 
