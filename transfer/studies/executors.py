@@ -30,10 +30,7 @@ def run_submitit(cfg: Config, root: Path, fn: Job, args: Sequence[tuple], name: 
     """All jobs as one job array (``map_array``), then wait for them; results in the order of ``args``."""
     import submitit
 
-    sc = cfg.study.submitit
-    folder = Path(sc.folder) if sc.folder else root / "submitit"
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=sc.cluster)
-    executor.update_parameters(name=f"{cfg.study.name}-{name}", **sc.parameters())
+    executor, folder = make_executor(cfg, root, name)
     jobs = executor.map_array(fn, *zip(*args))
     progress(f"submitted {len(jobs)} {name} job(s) to submitit's {executor.cluster} executor "
              f"(job ids {jobs[0].job_id}..{jobs[-1].job_id}; logs in {folder})")
@@ -46,6 +43,18 @@ def run_submitit(cfg: Config, root: Path, fn: Job, args: Sequence[tuple], name: 
             raise StudyJobError(f"{name} job {job.job_id} failed ({first}); its log: {job.paths.stderr}") from None
         progress(f"{name} job {job.job_id} done: {results[job.job_id]}")
     return [results[j.job_id] for j in jobs]
+
+
+def make_executor(cfg: Config, root: Path, name: str) -> tuple[Any, Path]:
+    """submitit's ``AutoExecutor`` with ``study.submitit``'s parameters (a wrong ``slurm_*`` name is submitit's own
+    error naming the valid ones), and the folder of its pickles and logs."""
+    import submitit
+
+    sc = cfg.study.submitit
+    folder = Path(sc.folder) if sc.folder else root / "submitit"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=sc.cluster)
+    executor.update_parameters(name=f"{cfg.study.name}-{name}", **sc.parameters())
+    return executor, folder
 
 
 #: ``study.executor`` -> how its jobs run
