@@ -140,13 +140,18 @@ def _conv_channels(in_chans: int, policy: str) -> int:
     return 1 if (in_chans == 1 and policy == "adapt") else 3
 
 
+def read_checkpoint(path: Path) -> Any:
+    """The object in a PyTorch file on the CPU; a file torch cannot read is one CheckpointError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle/zip errors vary; all mean the file is not a checkpoint
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
 def load_checkpoint_into(backbone: StagedBackbone, path: str | Path) -> LoadReport:
     """Load a medtransfer checkpoint, or a raw torchvision/timm state dict, into ``backbone``."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle/zip errors vary; all mean the file is not a checkpoint
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    obj = read_checkpoint(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         prov = obj.get("provenance", {})
         if obj["backbone"] != backbone.name:

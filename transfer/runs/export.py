@@ -16,7 +16,7 @@ import torch
 
 from transfer.errors import CheckpointError
 from transfer.tracking import atomic_torch_save, atomic_write_text
-from transfer.weights import CHECKPOINT_FORMAT, TASK_MODEL_FORMAT_PREFIX, build_backbone
+from transfer.weights import CHECKPOINT_FORMAT, TASK_MODEL_FORMAT_PREFIX, build_backbone, read_checkpoint
 
 ExportFormat = Literal["timm", "torchvision"]
 
@@ -43,10 +43,7 @@ def target_model(backbone: str, fmt: ExportFormat) -> str:
 
 def checkpoint_backbone(path: Path) -> tuple[str, int, str]:
     """(backbone name, input channels, channel policy) of a stage-1 ``backbone.pt`` or a stage-2 ``model.pt``."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle/zip errors vary; all mean the file is not a checkpoint
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    obj = read_checkpoint(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         prov = obj.get("provenance", {})
         return obj["backbone"], prov.get("channels", 3), prov.get("channel_policy", "replicate")
