@@ -8,15 +8,9 @@ import pandas as pd
 from transfer.cli import main
 
 
-def test_submitit_local_executor_runs_pretrain_then_cells(tmp_path, tiny_npz, capsys):
+def test_submitit_local_executor_runs_pretrain_then_cells(tmp_path, tiny_npz, tiny_cae_study, capsys):
     out = tmp_path / "s"
-    sets = ["backbone.name=tiny_resnet", "backbone.in_chans=1", "init=scratch", "data.format=npz",
-            f"data.root={tiny_npz.parent}", "data.train=tiny.npz#train", "data.val=tiny.npz#val",
-            "data.test=tiny.npz#test", "data.image_size=[32, 32]", "train.epochs=1", "train.max_steps=2",
-            "train.batch_size=4", "tracking.wandb_mode=disabled", "tracking.progress=false", "runtime.device=cpu",
-            "task.classification.bootstrap=10", "pretrain.pool_format=labelled", "pretrain.epochs=1",
-            "pretrain.warmup_epochs=0", "pretrain.batch_size=8", "pretrain.max_steps=2", "pretrain.method=cae",
-            f"study.out_dir={out}", "study.name=t", "study.inits=[scratch, 'pretrain:cae']", "study.depths=[all]",
+    sets = [*tiny_cae_study(tiny_npz, out, "t", steps=2),
             "study.seeds=[0, 1]", "study.submitit.cluster=local", "study.submitit.cells_per_job=2",
             "study.submitit.timeout_min=10"]
     args = ["study", "--executor", "submitit", *[x for s in sets for x in ("--set", s)]]

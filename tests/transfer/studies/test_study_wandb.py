@@ -15,16 +15,11 @@ def _wandb_text(run_dir: Path) -> bytes:
     return b"".join(f.read_bytes() for f in files)
 
 
-def test_study_writes_offline_wandb_runs_with_group_types_tags_tables(tmp_path, tiny_npz, monkeypatch, capsys):
+def test_study_writes_offline_wandb_runs_with_group_types_tags_tables(tmp_path, tiny_npz, tiny_cae_study, monkeypatch,
+                                                                     capsys):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     out = tmp_path / "s"
-    sets = ["backbone.name=tiny_resnet", "backbone.in_chans=1", "init=scratch", "data.format=npz",
-            f"data.root={tiny_npz.parent}", "data.train=tiny.npz#train", "data.val=tiny.npz#val",
-            "data.test=tiny.npz#test", "data.image_size=[32, 32]", "train.epochs=1", "train.max_steps=1",
-            "train.batch_size=4", "tracking.wandb_mode=offline", "tracking.progress=false", "runtime.device=cpu",
-            "task.classification.bootstrap=10", "pretrain.pool_format=labelled", "pretrain.epochs=1",
-            "pretrain.warmup_epochs=0", "pretrain.batch_size=8", "pretrain.max_steps=1", "pretrain.method=cae",
-            f"study.out_dir={out}", "study.name=wb", "study.inits=[scratch, 'pretrain:cae']", "study.depths=[all]"]
+    sets = tiny_cae_study(tiny_npz, out, "wb", steps=1, wandb_mode="offline")
     assert main(["study", *[x for s in sets for x in ("--set", s)]]) == 0
     text = capsys.readouterr()
     for banner in ("Tracking run with wandb", "Run summary", "Run history", "wandb sync"):  # W&B's own lines
