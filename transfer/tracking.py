@@ -22,12 +22,23 @@ class RunStateError(MedTransferError):
     """A run directory holds a finished run of another config."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: once, at import, before any writer thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        # mkstemp makes the file 0600; give it the mode open() would, so a team shares its run directories
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -27,3 +27,14 @@ def test_wandb_offline_run_records_checkpoint_lineage(tmp_path, monkeypatch):
     assert run.warnings == []
     assert json.loads((tmp_path / "runs" / "r" / "summary.json").read_text()) == {"ok": 1}
     assert list((tmp_path / "runs" / "r" / "wandb").glob("offline-run-*"))
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    import os
+
+    from transfer.tracking import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    with open(tmp_path / "b.json", "w") as f:
+        f.write("{}")
+    assert os.stat(tmp_path / "a.json").st_mode & 0o777 == os.stat(tmp_path / "b.json").st_mode & 0o777
