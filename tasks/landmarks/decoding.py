@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-__all__ = ["local_window", "local_soft_argmax", "peak_mass"]
+from tasks.landmarks.heads import spatial_expectation
+
+__all__ = ["decode_heatmaps", "local_window", "local_soft_argmax", "peak_mass"]
 
 
 def local_window(logits: torch.Tensor, radius: int) -> torch.Tensor:
@@ -34,27 +36,28 @@ def local_window(logits: torch.Tensor, radius: int) -> torch.Tensor:
     return ((ys - py[..., None, None]).abs() <= radius) & ((xs - px[..., None, None]).abs() <= radius)
 
 
+def decode_heatmaps(logits: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmap logits (B, L, h, w) -> normalised (x, y) (B, L, 2) and confidence (B, L), one window per map.
+
+    The coordinates are the softmax expectation inside the peak's window; the confidence is the share of the
+    whole map's softmax inside that window (the peak mass: near 1 for one sharp mode, low for a flat or
+    multi-modal map, i.e. an image unlike the training images or a landmark the model cannot find), computed from
+    the same masked logits as exp(logsumexp(window) - logsumexp(map)) rather than a second softmax.
+    """
+    masked = logits.float().masked_fill(~local_window(logits, radius), float("-inf")).flatten(2)
+    coords = spatial_expectation(F.softmax(masked, dim=-1).view(logits.shape))
+    confidence = (masked.logsumexp(-1) - logits.float().flatten(2).logsumexp(-1)).exp()
+    return coords, confidence
+
+
 def local_soft_argmax(logits: torch.Tensor, radius: int) -> torch.Tensor:
-    """Heatmap logits (B, L, h, w) -> normalised (x, y) (B, L, 2): softmax expectation inside the peak's window.
+    """(B, L, h, w) -> (B, L, 2): the coordinates of :func:`decode_heatmaps`.
 
     With ``radius`` covering the map this is the global soft-argmax.
     """
-    h, w = logits.shape[-2:]
-    window = local_window(logits, radius)
-    probs = F.softmax(logits.float().masked_fill(~window, float("-inf")).flatten(2), dim=-1).view(logits.shape)
-    # pixel centres in normalised coordinates, (j + 0.5) / w
-    xs = (torch.arange(w, device=logits.device, dtype=probs.dtype) + 0.5) / w
-    ys = (torch.arange(h, device=logits.device, dtype=probs.dtype) + 0.5) / h
-    x = (probs.sum(-2) * xs).sum(-1)
-    y = (probs.sum(-1) * ys).sum(-1)
-    return torch.stack([x, y], dim=-1)
+    return decode_heatmaps(logits, radius)[0]
 
 
 def peak_mass(logits: torch.Tensor, radius: int) -> torch.Tensor:
-    """(B, L, h, w) -> (B, L) in (0, 1]: the share of each map's softmax inside its peak window.
-
-    A confidence: near 1 for one sharp mode, low for a flat or multi-modal map
-    (an image unlike the training images, a landmark the model cannot find).
-    """
-    probs = F.softmax(logits.float().flatten(2), dim=-1).view(logits.shape)
-    return (probs * local_window(logits, radius)).flatten(2).sum(-1)
+    """(B, L, h, w) -> (B, L) in (0, 1]: the confidence of :func:`decode_heatmaps`."""
+    return decode_heatmaps(logits, radius)[1]

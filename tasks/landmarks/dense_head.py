@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from tasks.landmarks.decoding import local_soft_argmax, peak_mass
+from tasks.landmarks.decoding import decode_heatmaps
 from transfer.backbones.staged import FeatureInfo
 from transfer.heads import DenseDecoder
 
@@ -64,5 +64,5 @@ class DecoderHeatmapHead(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor], image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         logits = self.decoder(features, image_size)
-        return {"heatmaps": logits, "coords": local_soft_argmax(logits, self.radius),
-                "confidence": peak_mass(logits, self.radius)}
+        coords, confidence = decode_heatmaps(logits, self.radius)
+        return {"heatmaps": logits, "coords": coords, "confidence": confidence}

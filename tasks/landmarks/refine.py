@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from tasks.landmarks.decoding import local_soft_argmax, peak_mass
+from tasks.landmarks.decoding import decode_heatmaps
 from tasks.landmarks.dense_head import DecoderHeatmapHead
 from transfer.backbones import StagedBackbone
 
@@ -92,8 +92,8 @@ class RefinementStage(nn.Module):
         feats = self.backbone.forward_stages(crops, upto=self.head.top_stage)
         logits = self.head.decoder(feats, (self.crop, self.crop))
         chosen = logits[torch.arange(len(landmark), device=logits.device), landmark][:, None]  # (N, 1, h, w)
-        return {"heatmaps": chosen[:, 0], "coords": local_soft_argmax(chosen, self.head.radius)[:, 0],
-                "confidence": peak_mass(chosen, self.head.radius)[:, 0]}
+        coords, confidence = decode_heatmaps(chosen, self.head.radius)
+        return {"heatmaps": chosen[:, 0], "coords": coords[:, 0], "confidence": confidence[:, 0]}
 
     def training_loss(self, refine_images: torch.Tensor, true: torch.Tensor, mm_per_pixel: torch.Tensor,
                       visible: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -105,7 +105,6 @@ class RefinementStage(nn.Module):
             mm_per_pixel: (B, 2) mm per refinement-image pixel as (x, y).
             visible: optional (B, L) bool; landmarks not visible are never cropped.
         """
-        from tasks.landmarks.dense_head import sigma_in_heatmap_pixels
         from tasks.landmarks.heads import euclidean_loss, heatmap_loss
 
         b, n = true.shape[:2]

@@ -25,7 +25,7 @@ from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
 from transfer.config.io import ConfigError
 from transfer.errors import DatasetError
-from transfer.api import EvalResult, Task, TaskModel, batched_forward
+from transfer.api import EvalResult, Task, TaskModel
 
 
 def to_normalised(px: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ def _ckpt(tmp_path: Path) -> Path:
 
 def study_args(tmp_path: Path, tiny_npz: Path, out: Path, *extra: str) -> list[str]:
     """A tiny 8-cell study: two inits x one depth x two label fractions x two seeds."""
-    sets = [f"backbone.name=tiny_resnet", "backbone.in_chans=1", "data.format=npz", f"data.root={tiny_npz.parent}",
+    sets = ["backbone.name=tiny_resnet", "backbone.in_chans=1", "data.format=npz", f"data.root={tiny_npz.parent}",
             "data.train=tiny.npz#train", "data.val=tiny.npz#val", "data.test=tiny.npz#test",
             "data.image_size=[32, 32]", "train.epochs=2", "train.max_steps=2", "train.batch_size=4",
             "tracking.wandb_mode=disabled", "tracking.progress=false", "runtime.device=cpu",
