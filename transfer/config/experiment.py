@@ -6,6 +6,7 @@ Every value has a default so ``medtransfer config show`` works without a file;
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -232,11 +233,31 @@ class StudyConfig:
     #: local: cells one after another in this process; submitit: Slurm job arrays (or submitit's local executor)
     executor: Literal["local", "submitit"] = "local"
     submitit: SubmititConfig = field(default_factory=SubmititConfig)
+    #: a fifth factor: named pipelines, each a set of dotted overrides of this config (``{global256:
+    #: {task.landmarks.refine: false}, refine: {}}``); empty = no variant factor
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(bool(self.inits) and bool(self.depths) and bool(self.label_fractions) and bool(self.seeds),
                "study", "inits, depths, label_fractions and seeds must be non-empty")
         _check(all(0 < f <= 1 for f in self.label_fractions), "study.label_fractions", "each must be in (0, 1]")
+        for name, overrides in self.variants.items():
+            _check(re.fullmatch(r"[A-Za-z0-9_.]+", str(name)) is not None, f"study.variants.{name}",
+                   "a variant's name is part of run directory names: letters, digits, '_' and '.' only")
+            _check(isinstance(overrides, dict), f"study.variants.{name}",
+                   f"must be a mapping of dotted keys to values, got {overrides!r}")
+            for key in overrides:
+                _check(not _is_fixed_by_grid(str(key)), f"study.variants.{name}.{key}",
+                       "a variant may not set the grid's own factors (init, seed, train.depth, data.label_fraction) "
+                       "or study/pretrain/tracking keys (stage 1 is shared by all variants)")
+
+
+#: keys a study variant may not override: the grid sets them per cell, or every variant shares them
+_GRID_KEYS = ("init", "seed", "train.depth", "data.label_fraction", "study", "pretrain", "tracking")
+
+
+def _is_fixed_by_grid(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in _GRID_KEYS)
 
 
 @dataclass

@@ -215,18 +215,26 @@ def to_dict(obj: Any) -> Any:
 
 def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
     """``["a.b=3", "c=x"]`` -> nested dict; values are parsed as YAML scalars."""
-    out: dict[str, Any] = {}
+    pairs = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw != "" else ""))
+    return nest_dotted(pairs, "--set")
+
+
+def nest_dotted(pairs: typing.Iterable[tuple[str, Any]], source: str) -> dict[str, Any]:
+    """``[("a.b", 3), ("c", "x")]`` -> ``{"a": {"b": 3}, "c": "x"}``; a key set both as a value and as a section
+    is an error naming ``source``."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
         node = out
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is set twice")
+                raise ConfigError(f"{source}: {key!r}: {p!r} is set twice")
         node[parts[-1]] = value
     return out
 

@@ -126,7 +126,10 @@ def _score(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) 
     plots = task.plots(val, splits.val, run.dir, "val") if media else []
     out: dict[str, Any] = {"val": val.metrics}
     if splits.test is not None and cfg.train.eval_test:
+        t0 = time.perf_counter()
         test = task.evaluate(model, splits.test, device, with_ci=True)
+        # inference and metrics together, per image: what scoring a new image costs, within the metric's overhead
+        out["test_seconds_per_image"] = round((time.perf_counter() - t0) / max(len(splits.test), 1), 4)
         run.write_csv("predictions_test.csv", with_image_columns(test.predictions))
         out["test"] = test.metrics
         plots += task.plots(test, splits.test, run.dir, "test") if media else []

@@ -1,4 +1,4 @@
-"""The cells of a study's grid (init x depth x label fraction x seed) and the slice a shard runs."""
+"""The cells of a study's grid ([variant x] init x depth x label fraction x seed) and the slice a shard runs."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,25 +6,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.config import Config
+from transfer.config.io import deep_merge, from_dict, nest_dotted, to_dict
 from transfer.errors import MedTransferError
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell: a run directory ``<label>-<depth>-frac<f>-seed<s>``."""
+    """One grid cell: a run directory ``[<variant>-]<label>-<depth>-frac<f>-seed<s>``."""
 
     init: str
     depth: str
     label_fraction: float
     seed: int
+    variant: str = ""  #: a name of ``study.variants``, or "" in a study without that factor
 
     @property
     def label(self) -> str:
         return init_label(self.init)
 
     @property
+    def arm(self) -> str:
+        """What the study's tables compare: the init, and the variant when the study has them."""
+        return f"{self.label} · {self.variant}" if self.variant else self.label
+
+    @property
     def name(self) -> str:
-        return f"{self.label}-{self.depth}-frac{self.label_fraction:g}-seed{self.seed}"
+        prefix = f"{self.variant}-" if self.variant else ""
+        return f"{prefix}{self.label}-{self.depth}-frac{self.label_fraction:g}-seed{self.seed}"
 
 
 def init_label(init: str) -> str:
@@ -36,9 +44,22 @@ def init_label(init: str) -> str:
 
 
 def grid_cells(cfg: Config) -> list[Cell]:
-    """Every cell of the study, init-major, then depth, label fraction and seed."""
+    """Every cell of the study, variant-major, then init, depth, label fraction and seed. Each variant's config
+    is built here, so a variant that names an unknown key or a bad value stops the study before any cell runs."""
     st = cfg.study
-    return [Cell(i, d, f, s) for i in st.inits for d in st.depths for f in st.label_fractions for s in st.seeds]
+    for v in st.variants:
+        variant_config(cfg, v)
+    return [Cell(i, d, f, s, v) for v in (list(st.variants) or [""]) for i in st.inits for d in st.depths
+            for f in st.label_fractions for s in st.seeds]
+
+
+def variant_config(cfg: Config, variant: str) -> Config:
+    """``cfg`` with the dotted overrides of ``study.variants[variant]`` ("" = ``cfg`` itself)."""
+    if not variant:
+        return cfg
+    source = f"study.variants.{variant}"
+    overrides = nest_dotted(cfg.study.variants[variant].items(), source)
+    return from_dict(Config, deep_merge(to_dict(cfg), overrides), source=source)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -71,10 +92,11 @@ def cell_config(cfg: Config, cell: Cell, root: Path) -> Config:
     init = cell.init
     if init.startswith("pretrain:"):
         init = str(root / "pretrain" / init.split(":", 1)[1] / "backbone.pt")
+    base = variant_config(cfg, cell.variant)
     return dataclasses.replace(
-        cfg, init=init, seed=cell.seed,
-        train=dataclasses.replace(cfg.train, depth=cell.depth),
-        data=dataclasses.replace(cfg.data, label_fraction=cell.label_fraction),
+        base, init=init, seed=cell.seed,
+        train=dataclasses.replace(base.train, depth=cell.depth),
+        data=dataclasses.replace(base.data, label_fraction=cell.label_fraction),
         tracking=dataclasses.replace(cfg.tracking, out_dir=str(root / "runs"), name=cell.name,
                                      wandb_group=cfg.tracking.wandb_group or cfg.study.name,
                                      tags=[*cfg.tracking.tags, *cell_tags(cfg, cell)]),
@@ -84,4 +106,4 @@ def cell_config(cfg: Config, cell: Cell, root: Path) -> Config:
 def cell_tags(cfg: Config, cell: Cell) -> list[str]:
     """W&B tags for every factor of the grid, so the dashboard filters and groups by any of them."""
     return [f"study:{cfg.study.name}", f"init:{cell.label}", f"depth:{cell.depth}",
-            f"labels:{cell.label_fraction:g}", f"seed:{cell.seed}"]
+            f"labels:{cell.label_fraction:g}", f"seed:{cell.seed}", *([f"variant:{cell.variant}"] if cell.variant else [])]

@@ -29,6 +29,8 @@ class StudyConfigError(MedTransferError):
 def study_key(cfg: Config) -> dict[str, Any]:
     """The flat training config every cell shares; stage-1 keys count when an init is pretrained by the study."""
     key = {k: v for k, v in training_config(to_dict(cfg), "finetune").items() if k not in CELL_KEYS}
+    if cfg.study.variants:  # each variant's overrides are part of its cells' training config
+        key["study.variants"] = to_dict(cfg.study.variants)
     if any(i.startswith("pretrain:") for i in cfg.study.inits):
         key.update({k: v for k, v in training_config(to_dict(cfg), "pretrain").items()
                     if k.startswith("pretrain.")})
@@ -40,7 +42,7 @@ def build_manifest(cfg: Config, cells: list[str]) -> dict[str, Any]:
     key = study_key(cfg)
     return {"format": 1, "name": st.name, "fingerprint": config_fingerprint(key),
             "grid": {"inits": list(st.inits), "depths": list(st.depths), "label_fractions": list(st.label_fractions),
-                     "seeds": list(st.seeds)},
+                     "seeds": list(st.seeds), **({"variants": list(st.variants)} if st.variants else {})},
             "cells": cells, "training_config": key, "config": to_dict(cfg), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

@@ -215,8 +215,11 @@ def _setup_section(cfg: Config, task: Task, df: pd.DataFrame, devices: str) -> l
         f"lr x{t.gamma:g} per epoch, at most {t.epochs} epochs, batch {t.batch_size}, early stopping patience "
         f"{t.patience} on validation `{task.monitor}`.",
         f"- Augmentation: {json.dumps(dataclasses_asdict(d.augment))}.",
-        f"- Grid: inits {list(st.inits)}, depths {list(st.depths)}, label fractions {list(st.label_fractions)}, "
-        f"seeds {list(st.seeds)}: {len(df)} runs, {total_s / 60:.1f} min of training in all on {devices}.",
+        f"- Grid: {f'variants {list(st.variants)}, ' if st.variants else ''}inits {list(st.inits)}, depths "
+        f"{list(st.depths)}, label fractions {list(st.label_fractions)}, seeds {list(st.seeds)}: {len(df)} runs, "
+        f"{total_s / 60:.1f} min of training in all on {devices}.",
+        *[f"- Variant `{v}`: {', '.join(f'`{k}: {json.dumps(x)}`' for k, x in o.items()) or 'this config as written'}."
+          for v, o in st.variants.items()],
         f"- Training images per run: {sorted(set(df['n_train']))}.",
         "",
     ]
@@ -228,13 +231,17 @@ def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
     table = pd.DataFrame({
         "init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"], "seeds": agg["seeds"],
         **{m: [_mean_std(r, f"test_{m}", task.report_digits) for _, r in agg.iterrows()] for m in metrics},
-    })
+        "train min": agg["train_minutes"].round(1) if "train_minutes" in agg else None,
+        "test s/image": agg["test_seconds_per_image"].round(3) if "test_seconds_per_image" in agg else None,
+    }).dropna(axis=1, how="all")
     m = f"test_{task.monitor}"
     ci = pd.DataFrame({"init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"],
                        "seeds": agg["seeds"], f"{task.monitor} mean": agg[f"{m}_mean"],
                        "95% CI low": agg.get(f"{m}_lo"), "95% CI high": agg.get(f"{m}_hi")})
     return ["## Results on the test split", "", md_table(table), "",
-            "Mean ± sample standard deviation over seeds where there is more than one seed.", "",
+            "Mean ± sample standard deviation over seeds where there is more than one seed. `train min`: wall time "
+            "of a run (data, training, selection, scoring); `test s/image`: scoring the test split, inference and "
+            "metrics, per image, on the device of the setup line.", "",
             f"### {task.monitor}: 95% interval over seeds", "",
             "t-interval of the mean over seeds (mean ± t(0.975, n-1) · SD/√n); none with one seed.", "",
             md_table(ci, task.report_digits), ""]

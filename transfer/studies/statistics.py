@@ -23,7 +23,9 @@ def aggregate_seeds(df: pd.DataFrame, task: Task) -> pd.DataFrame:
     rows = []
     metrics = [f"test_{m}" for m in task.report_metrics if f"test_{m}" in df.columns]
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
-        row: dict[str, Any] = {"init": init, "depth": depth, "label_fraction": frac, "seeds": len(g)}
+        row: dict[str, Any] = {"init": init, "depth": depth, "label_fraction": frac, "seeds": len(g),
+                               "train_minutes": _mean(g, "seconds") / 60,
+                               "test_seconds_per_image": _mean(g, "test_seconds_per_image")}
         for m in metrics:
             a = t_interval(g[m].tolist())
             row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_lo"], row[f"{m}_hi"] = a["mean"], a["sd"], a["lo"], a["hi"]
@@ -31,11 +33,28 @@ def aggregate_seeds(df: pd.DataFrame, task: Task) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _mean(g: pd.DataFrame, column: str) -> float:
+    """Mean of a column over seeds; NaN when the runs did not record it (runs written by older versions)."""
+    return float(pd.to_numeric(g[column], errors="coerce").mean()) if column in g else float("nan")
+
+
 def _pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(init, baseline) pairs: every init against imagenet and scratch; imagenet vs scratch once, as imagenet - scratch."""
-    inits = list(dict.fromkeys(df["init"]))
-    return [(i, b) for b in BASELINES if b in inits for i in inits
-            if i != b and not (b == "imagenet" and i == "scratch")]
+    """(arm, baseline) pairs. Within a variant (or in a study without variants): every init against imagenet and
+    scratch, imagenet vs scratch once (as imagenet - scratch). Across variants: each variant against the first one
+    listed, with the same init."""
+    arms = df.drop_duplicates("init")
+    names = arms["init_name"] if "init_name" in arms else arms["init"]
+    variants = arms["variant"] if "variant" in arms else pd.Series([""] * len(arms), index=arms.index)
+    arm_of = {(v, n): a for v, n, a in zip(variants, names, arms["init"])}
+    pairs = []
+    for v in dict.fromkeys(variants):
+        inits = [n for (w, n) in arm_of if w == v]
+        pairs += [(arm_of[v, i], arm_of[v, b]) for b in BASELINES if b in inits for i in inits
+                  if i != b and not (b == "imagenet" and i == "scratch")]
+    reference, *others = dict.fromkeys(variants)
+    pairs += [(arm_of[v, n], arm_of[reference, n]) for v in others for n in dict.fromkeys(names)
+              if (v, n) in arm_of and (reference, n) in arm_of]
+    return pairs
 
 
 def compare_inits(task: Task, df: pd.DataFrame, runs_dir: Path, test: SeedTest = "wilcoxon") -> pd.DataFrame:

@@ -34,9 +34,11 @@ def collect_results(task: Task, root: Path, cells: list[Cell]) -> pd.DataFrame:
 
 def _result_row(task: Task, cell: Cell, summary: dict[str, Any]) -> dict[str, Any]:
     return {
-        "init": cell.label, "depth": cell.depth, "label_fraction": cell.label_fraction, "seed": cell.seed,
+        "init": cell.arm, "init_name": cell.label, "variant": cell.variant,
+        "depth": cell.depth, "label_fraction": cell.label_fraction, "seed": cell.seed,
         "run": cell.name, "selected_depth": summary["selected_depth"], "best_epoch": summary["best_epoch"],
         "n_train": summary["n_train"], "seconds": summary.get("seconds"),
+        "test_seconds_per_image": summary.get("test_seconds_per_image"),
         **_flat_metrics(task, summary, "val"), **_flat_metrics(task, summary, "test"),
     }
 
