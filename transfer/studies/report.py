@@ -19,6 +19,7 @@ from transfer.api import Task
 from transfer.config import Config, StudyConfig
 from transfer.studies.html_report import markdown_to_html
 from transfer.studies.per_class import per_class_recall
+from transfer.studies.stage1_report import stage1_section
 from transfer.studies.study_plots import interval_yerr, plot_convergence, plot_roc_intervals
 from transfer.tracking import atomic_write_text
 
@@ -117,6 +118,7 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
         *efficiency_section(task, efficiency),
         *_references_section(st),
         *_plots_section(st, task, df, agg, runs_dir, out),
+        *stage1_section(root, out, md_table),
         *task.report_sections(summaries, md_table),
         *per_class_section(runs_dir, df),
         *_runs_section(task, df),
