@@ -258,11 +258,12 @@ def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = 
     better = "positive" if task.mode == "max" else "negative"
     n = len(comparisons)
     by_seed = comparisons[comparisons["unit"] == "seed"] if "unit" in comparisons else comparisons.iloc[:0]
-    cols = [c for c in ["depth", "label_fraction", "init", "vs", "seeds", "metric", "difference", "ci95_lo",
-                        "ci95_hi", "cohens_dz", "rank_biserial", "p_value", "p_holm", "test"] if c in comparisons]
+    cols = [c for c in ["depth", "label_fraction", "init", "vs", "seeds", "metric", "difference", "relative",
+                        "ci95_lo", "ci95_hi", "cohens_dz", "rank_biserial", "p_value", "p_holm", "test"] if c in comparisons]
     lines = ["## Paired comparisons", "",
              f"Difference = first init minus the baseline on the test split (for `{task.monitor}`, {better} is "
-             f"better), at the same depth and label fraction. Holm's correction runs over all {n} comparisons "
+             f"better), at the same depth and label fraction; `relative` = difference / the baseline's mean "
+             f"(-0.22: 22% lower than the baseline). Holm's correction runs over all {n} comparisons "
              "of this study (`p_holm`); read a difference as shown only where `p_holm` < 0.05.", ""]
     if len(by_seed):
         pairs = int(by_seed["seeds"].min())

@@ -68,14 +68,16 @@ def compare_inits(task: Task, df: pd.DataFrame, runs_dir: Path, test: SeedTest =
             if not seeds:
                 continue
             cell = {"depth": depth, "label_fraction": frac, "init": init, "vs": base, "seeds": len(seeds)}
+            col = f"test_{task.monitor}"
+            baseline = float(b.loc[seeds, col].mean()) if col in b else float("nan")
             if len(seeds) > 1:
-                col = f"test_{task.monitor}"
                 res = paired_seed_test(a.loc[seeds, col].to_numpy(), b.loc[seeds, col].to_numpy(), test)
-                rows.append({**cell, "metric": task.monitor, "unit": "seed", **res})
+                rows.append({**cell, "metric": task.monitor, "unit": "seed", **res,
+                             "relative": _relative(res["difference"], baseline)})
             else:
                 res = _paired_images(task, runs_dir / a.loc[seeds[0], "run"], runs_dir / b.loc[seeds[0], "run"])
                 if res is not None:
-                    rows.append({**cell, "unit": "test image", **res})
+                    rows.append({**cell, "unit": "test image", **res, "relative": _relative(res["difference"], baseline)})
     out = pd.DataFrame(rows)
     if len(out):
         out["p_holm"] = holm(out["p_value"].tolist())
@@ -99,6 +101,11 @@ def compare_within_seeds(task: Task, df: pd.DataFrame, runs_dir: Path) -> pd.Dat
     if len(out):
         out["p_holm"] = holm(out["p_value"].tolist())
     return out
+
+
+def _relative(difference: float, baseline: float) -> float:
+    """The difference as a fraction of the baseline's mean (how papers state "22% lower error")."""
+    return difference / baseline if baseline else float("nan")
 
 
 def _paired_images(task: Task, run: Path, base: Path) -> dict[str, Any] | None:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import yaml
 
 from transfer.cli import main
-from transfer.studies.statistics import _pairs
+from transfer.studies.statistics import _pairs, compare_inits
 
 
 def _args(settings: list[str], variants: str) -> list[str]:
@@ -65,3 +66,15 @@ def test_pairs_compare_inits_within_a_variant_and_variants_within_an_init():
     # without variants: the old rule (every init against imagenet and scratch)
     plain = pd.DataFrame({"init": ["imagenet", "scratch", "cae"]})
     assert _pairs(plain) == [("cae", "imagenet"), ("imagenet", "scratch"), ("cae", "scratch")]
+
+
+def test_comparisons_state_the_difference_relative_to_the_baseline(tmp_path):
+    """Over seeds: mean paired difference / the baseline's mean, as papers state "22% lower error"."""
+    task = type("T", (), {"monitor": "mre_mm"})()
+    df = pd.DataFrame({"init": ["imagenet"] * 3 + ["cae"] * 3, "depth": "all", "label_fraction": 1.0,
+                       "seed": [0, 1, 2] * 2, "run": [f"r{k}" for k in range(6)],
+                       "test_mre_mm": [2.0, 2.2, 1.8, 1.5, 1.7, 1.6]})
+    comp = compare_inits(task, df, tmp_path, "ttest")
+    row = comp.iloc[0]
+    assert (row["init"], row["vs"]) == ("cae", "imagenet")
+    assert row["difference"] == pytest.approx(-0.4) and row["relative"] == pytest.approx(-0.2)
