@@ -1,6 +1,7 @@
 """One stage-2 run: data, backbone, depth (fixed or ``auto``), training, selection, test once, run directory."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,24 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
         summary = _train_and_select(cfg, task, model, splits, run)
         summary.update(_score(cfg, task, model, splits, run))
         summary.update({"weights": report.source, "missing_keys": report.missing, "unused_keys": report.unexpected,
-                        "seconds": round(time.time() - t0, 1)})
+                        "seconds": round(time.time() - t0, 1), "peak_memory_gib": peak_memory_gib()})
         return _finish(cfg, task, model, run, summary)
     except Exception as e:
         run.fail(e)
         raise
     finally:
         run.finish()
+
+
+def peak_memory_gib() -> float | None:
+    """The largest resident set of this process or of any finished child (DataLoader workers), in GiB; None where
+    the platform has no ``resource`` module (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)  # bytes on macOS, KiB on Linux
 
 
 def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:

@@ -235,6 +235,7 @@ def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
         **{m: [_mean_std(r, f"test_{m}", task.report_digits) for _, r in agg.iterrows()] for m in metrics},
         "train min": agg["train_minutes"].round(1) if "train_minutes" in agg else None,
         "test s/image": agg["test_seconds_per_image"].round(3) if "test_seconds_per_image" in agg else None,
+        "peak GiB": agg["peak_memory_gib"].round(2) if "peak_memory_gib" in agg else None,
     }).dropna(axis=1, how="all")
     m = f"test_{task.monitor}"
     ci = pd.DataFrame({"init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"],
@@ -243,7 +244,8 @@ def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
     return ["## Results on the test split", "", md_table(table), "",
             "Mean ± sample standard deviation over seeds where there is more than one seed. `train min`: wall time "
             "of a run (data, training, selection, scoring); `test s/image`: scoring the test split, inference and "
-            "metrics, per image, on the device of the setup line.", "",
+            "metrics, per image, on the device of the setup line; `peak GiB`: the run's largest resident memory "
+            "(process or DataLoader worker).", "",
             f"### {task.monitor}: 95% interval over seeds", "",
             "t-interval of the mean over seeds (mean ± t(0.975, n-1) · SD/√n); none with one seed.", "",
             md_table(ci, task.report_digits), ""]

@@ -25,7 +25,8 @@ def aggregate_seeds(df: pd.DataFrame, task: Task) -> pd.DataFrame:
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
         row: dict[str, Any] = {"init": init, "depth": depth, "label_fraction": frac, "seeds": len(g),
                                "train_minutes": _mean(g, "seconds") / 60,
-                               "test_seconds_per_image": _mean(g, "test_seconds_per_image")}
+                               "test_seconds_per_image": _mean(g, "test_seconds_per_image"),
+                               "peak_memory_gib": _mean(g, "peak_memory_gib")}
         for m in metrics:
             a = t_interval(g[m].tolist())
             row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_lo"], row[f"{m}_hi"] = a["mean"], a["sd"], a["lo"], a["hi"]

@@ -38,7 +38,7 @@ def _result_row(task: Task, cell: Cell, summary: dict[str, Any]) -> dict[str, An
         "depth": cell.depth, "label_fraction": cell.label_fraction, "seed": cell.seed,
         "run": cell.name, "selected_depth": summary["selected_depth"], "best_epoch": summary["best_epoch"],
         "n_train": summary["n_train"], "seconds": summary.get("seconds"),
-        "test_seconds_per_image": summary.get("test_seconds_per_image"),
+        "test_seconds_per_image": summary.get("test_seconds_per_image"), "peak_memory_gib": summary.get("peak_memory_gib"),
         **_flat_metrics(task, summary, "val"), **_flat_metrics(task, summary, "test"),
     }
 

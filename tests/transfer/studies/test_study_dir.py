@@ -15,7 +15,7 @@ from transfer.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
 #: result columns that are wall-clock measurements, not results
-TIMING = ("seconds", "test_seconds_per_image", "train_minutes")
+TIMING = ("seconds", "test_seconds_per_image", "train_minutes", "peak_memory_gib")
 
 
 def _ckpt(tmp_path: Path) -> Path:

@@ -24,7 +24,7 @@ def test_variants_are_a_grid_factor_with_their_own_configs(tmp_path, tiny_npz, t
     res = pd.read_csv(root / "results.csv")
     assert list(res["run"]) == ["base-scratch-all-frac1-seed0", "small-scratch-all-frac1-seed0"]
     assert list(res["init"]) == ["scratch · base", "scratch · small"] and list(res["variant"]) == ["base", "small"]
-    assert (res["test_seconds_per_image"] > 0).all()
+    assert (res["test_seconds_per_image"] > 0).all() and (res["peak_memory_gib"] > 0.1).all()
     small = yaml.safe_load((root / "runs" / "small-scratch-all-frac1-seed0" / "config.yaml").read_text())
     base = yaml.safe_load((root / "runs" / "base-scratch-all-frac1-seed0" / "config.yaml").read_text())
     assert small["data"]["image_size"] == [24, 24] and small["train"]["lr"] == 0.003
