@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tasks.landmarks.decoding import peak_mass
+from tasks.landmarks.on_demand import ImagesOnDemand
 
 __all__ = ["LandmarkOutputs", "landmark_outputs", "image_flags"]
 
@@ -41,9 +42,10 @@ def _confidence(out: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
-                     *, flip: bool = False, refine_images: torch.Tensor | None = None) -> LandmarkOutputs:
+                     *, flip: bool = False, refine_images: torch.Tensor | ImagesOnDemand | None = None
+                     ) -> LandmarkOutputs:
     """Coordinates and confidences of ``images`` (flipped left-right first when ``flip``), refined on
-    ``refine_images`` (the same images at the refinement stage's size) when given.
+    ``refine_images`` (the same images at the refinement stage's size, in memory or read per batch) when given.
 
     A loop of our own rather than :func:`~transfer.api.batched_forward`: each batch has two inputs.
     """

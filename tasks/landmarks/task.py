@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tasks.landmarks.config import LandmarkConfig
+from tasks.landmarks.on_demand import ImagesOnDemand
 from tasks.landmarks.listing import (check_images_once, check_inside_images, image_paths, landmark_coordinates,
                                      read_landmark_csv, spacing_column)
 from transfer.data.augment import BatchAugment
@@ -41,8 +42,10 @@ def to_pixels(norm: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
 
 
 def _inference_batch(batch_size: int, images: torch.Tensor) -> int:
-    """At most 4 M input pixels per inference batch (19 images at 512x416): the decoder keeps every stage's map."""
-    return max(1, min(batch_size, (1 << 22) // (images.shape[-1] * images.shape[-2])))
+    """At most 1 M input pixels per inference batch (19 images at 256x208, 4 at 512x416): the decoder keeps every
+    stage's map, and each image brings its full-resolution copy for the refinement stage (measured: 64 images at
+    256x208 added 1.4 GB to a two-stage run's peak). On a CPU a larger batch is not faster per image."""
+    return max(1, min(batch_size, (1 << 20) // (images.shape[-1] * images.shape[-2])))
 
 
 class LandmarkModel(TaskModel):
@@ -199,9 +202,12 @@ class LandmarkTask(Task):
             "orig_size": torch.from_numpy(loaded.original_sizes.astype(np.float32)),
             "spacing": torch.from_numpy(spacing.astype(np.float32)),
         }
-        if self.options.refine:
-            targets["refine_image"] = self._refine_images([paths[r] for r in loaded.kept], which)
-        return ImageDataset(loaded.images, targets, [paths[r].name for r in loaded.kept])
+        kept = [paths[r] for r in loaded.kept]
+        if self.options.refine and which == "train":  # cropped in every training step: held in memory
+            targets["refine_image"] = self._refine_images(kept)
+        # every other split is only scored, a batch at a time: its full-resolution images are read then
+        # (see _refine_source), so memory holds one batch of them, not the split
+        return ImageDataset(loaded.images, targets, [p.name for p in kept], meta={"paths": kept})
 
     def _set_landmarks(self, n_landmarks: int, csv: Path) -> None:
         """Record the number of landmarks and their names; every split must have as many as the first."""
@@ -267,18 +273,32 @@ class LandmarkTask(Task):
                                sigma_mm=c.refine_sigma_mm, jitter_mm=c.refine_jitter_mm,
                                per_image=c.refine_per_image)
 
-    def _refine_images(self, paths: list[Path], which: str) -> torch.Tensor:
+    def _refine_images(self, paths: list[Path]) -> torch.Tensor:
         """The images the refinement stage crops from, at ``refine_image_size``, as uint8: a full-resolution
         cephalogram is 4.6 MB so, 18.6 MB as float (8-bit sources lose nothing; 16-bit ones keep 8 bits)."""
         cfg = self.cfg
         size = tuple(self.options.refine_image_size)
         options = {**cfg.data.decode_options(), "size": size}
         chunks = []
-        for i in range(0, len(paths), 16):  # 16 at a time: never the whole split as float
-            loaded = load_images(paths[i : i + 16], **options, gray=cfg.backbone.in_chans == 1, on_bad="error",
+        for i in range(0, len(paths), 8):  # 8 at a time: never the whole split as float
+            loaded = load_images(paths[i : i + 8], **options, gray=cfg.backbone.in_chans == 1, on_bad="error",
                                  progress=False)
             chunks.append((loaded.images * 255).round().to(torch.uint8))
         return torch.cat(chunks)
+
+    def _refine_source(self, dataset: ImageDataset) -> torch.Tensor | ImagesOnDemand | None:
+        """What the refinement stage of a scoring pass crops from: the split's images in memory (training), else
+        read a batch at a time from the files this dataset was loaded from."""
+        if not self.options.refine:
+            return None
+        if "refine_image" in dataset.targets:
+            return dataset.targets["refine_image"]
+        paths = [Path(p) for p in dataset.meta.get("paths", [])]
+        # ids are file names (splits) or paths (predict); a subset keeps its parent's meta, whose paths then no
+        # longer line up with its rows: refuse rather than crop from the wrong image
+        if len(paths) != len(dataset) or any(i not in (str(p), p.name) for i, p in zip(dataset.ids, paths)):
+            raise RuntimeError("landmark dataset without row-aligned source paths for the refinement stage")
+        return ImagesOnDemand(paths, self._refine_images)
 
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +306,7 @@ class LandmarkTask(Task):
         from tasks.landmarks.inference import landmark_outputs
 
         out = landmark_outputs(model, dataset.images, device, _inference_batch(batch_size, dataset.images),
-                               refine_images=dataset.targets.get("refine_image"))
+                               refine_images=self._refine_source(dataset))
         sizes = dataset.target_array("orig_size")
         return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes)
 
@@ -324,9 +344,8 @@ class LandmarkTask(Task):
         :mod:`tasks.landmarks.inference`); flagged images are also named on stderr."""
         from tasks.landmarks.inference import image_flags, landmark_outputs
 
-        refine = self._refine_images([Path(i) for i in dataset.ids], "inputs") if self.options.refine else None
         batch_size = _inference_batch(batch_size, dataset.images)
-        out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=refine)
+        out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=self._refine_source(dataset))
         # the mirror check compares the global stage's confidences: the flipped pass needs no refinement
         flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True)
         df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))

@@ -41,3 +41,31 @@ def test_confidence_and_mirror_flag_follow_what_the_model_recognises() -> None:
 def test_regression_head_gives_nan_confidence_and_no_flags() -> None:
     conf = np.full((2, 3), np.nan)
     assert image_flags(conf, conf, low=0.5, mirror_ratio=1.5) == ["", ""]
+
+
+class RefineEcho(nn.Module):
+    """Coordinates read from the refinement images (their mean), so an image from the wrong row shows."""
+
+    def forward_all(self, images: torch.Tensor, refine_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        source = images if refine_images is None else refine_images.float()
+        value = source.mean(dim=(1, 2, 3))[:, None, None].expand(-1, 1, 2)
+        return {"coords": value, "confidence": torch.ones(len(images), 1)}
+
+
+def test_refinement_images_read_on_demand_give_the_in_memory_result_one_batch_at_a_time() -> None:
+    from tasks.landmarks.on_demand import ImagesOnDemand
+
+    images = torch.rand(5, 1, 8, 8)
+    full_res = torch.randint(0, 255, (5, 1, 20, 20), dtype=torch.uint8)
+    paths = [f"{k}.png" for k in range(5)]
+    reads: list[list[str]] = []
+
+    def load(batch: list[str]) -> torch.Tensor:
+        reads.append(batch)
+        return full_res[[paths.index(p) for p in batch]]
+
+    in_memory = landmark_outputs(RefineEcho(), images, torch.device("cpu"), 2, refine_images=full_res)
+    on_demand = landmark_outputs(RefineEcho(), images, torch.device("cpu"), 2,
+                                 refine_images=ImagesOnDemand(paths, load))
+    assert np.array_equal(in_memory.coords, on_demand.coords)
+    assert reads == [["0.png", "1.png"], ["2.png", "3.png"], ["4.png"]]  # never the whole split at once
