@@ -41,6 +41,10 @@ def to_pixels(norm: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
     return norm * wh - 0.5
 
 
+#: the success radius (mm) the per-landmark report table shows beside each mean: the clinical 2 mm
+_SDR_SHOWN = "2.0"
+
+
 def _inference_batch(batch_size: int, images: torch.Tensor) -> int:
     """At most 1 M input pixels per inference batch (19 images at 256x208, 4 at 512x416): the decoder keeps every
     stage's map, and each image brings its full-resolution copy for the refinement stage (measured: 64 images at
@@ -409,11 +413,12 @@ class LandmarkTask(Task):
             test = summary.get("test") or {}
             if not test.get("per_landmark"):
                 return []
-            per = per_landmark_table(test)
+            per = per_landmark_table(test, include_sdr=True)
             names = list(per["landmark"])
-            cols[run] = [f"{m:.2f} ± {sd:.2f}" for m, sd in zip(per["mean"], per["sd"])]
+            sdr2 = per.get(f"sdr_{_SDR_SHOWN}", pd.Series([float("nan")] * len(per), index=per.index))
+            cols[run] = [f"{m:.2f} ± {sd:.2f} ({r:.0f}%)" for m, sd, r in zip(per["mean"], per["sd"], sdr2)]
         if not cols:
             return []
-        return ["## Per-landmark radial error on the test split (mm, mean ± SD)", "",
-                table(pd.DataFrame({"landmark": names, **cols})), ""]
+        return [f"## Per-landmark radial error on the test split (mm, mean ± SD; SDR at {_SDR_SHOWN} mm in parentheses)",
+                "", table(pd.DataFrame({"landmark": names, **cols})), ""]
 

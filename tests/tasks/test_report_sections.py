@@ -25,12 +25,14 @@ def test_landmark_report_section_is_the_per_landmark_table():
     task = _task("task.name=landmarks", "data.format=landmark_csv")
     runs = {"imagenet-all-frac1-seed0": _landmark_summary(10.0), "scratch-all-frac1-seed0": _landmark_summary(20.0)}
     lines = task.report_sections(runs, md_table)
-    assert lines[0] == "## Per-landmark radial error on the test split (mm, mean ± SD)"
+    assert lines[0] == "## Per-landmark radial error on the test split (mm, mean ± SD; SDR at 2.0 mm in parentheses)"
     text = "\n".join(lines)
     assert "| landmark | imagenet-all-frac1-seed0 | scratch-all-frac1-seed0 |" in text
-    # sella: errors 1 mm and 1 mm (then 2 and 2); nasion: 2 and 4 mm (then 4 and 8), sample SD
-    assert "| sella | 1.00 ± 0.00 | 2.00 ± 0.00 |" in text
-    assert f"| nasion | 3.00 ± {np.std([2, 4], ddof=1):.2f} | 6.00 ± {np.std([4, 8], ddof=1):.2f} |" in text
+    # sella: errors 1 mm and 1 mm (then 2 and 2); nasion: 2 and 4 mm (then 4 and 8), sample SD; SDR counts
+    # errors up to 2 mm: sella 100% (then 100%), nasion 50% (then 0%)
+    assert "| sella | 1.00 ± 0.00 (100%) | 2.00 ± 0.00 (100%) |" in text
+    assert (f"| nasion | 3.00 ± {np.std([2, 4], ddof=1):.2f} (50%) | 6.00 ± {np.std([4, 8], ddof=1):.2f} (0%) |"
+            in text)
     # a run without per-landmark test metrics (an older summary): no table rather than a partial one
     assert task.report_sections({**runs, "old": {"test": {"mre_mm": 1.0}}}, md_table) == []
     assert task.report_sections({}, md_table) == []

@@ -233,9 +233,9 @@ def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
     table = pd.DataFrame({
         "init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"], "seeds": agg["seeds"],
         **{m: [_mean_std(r, f"test_{m}", task.report_digits) for _, r in agg.iterrows()] for m in metrics},
-        "train min": agg["train_minutes"].round(1) if "train_minutes" in agg else None,
-        "test s/image": agg["test_seconds_per_image"].round(3) if "test_seconds_per_image" in agg else None,
-        "peak GiB": agg["peak_memory_gib"].round(2) if "peak_memory_gib" in agg else None,
+        "train min": _formatted(agg, "train_minutes", 1),
+        "test s/image": _formatted(agg, "test_seconds_per_image", 3),
+        "peak GiB": _formatted(agg, "peak_memory_gib", 2),
     }).dropna(axis=1, how="all")
     m = f"test_{task.monitor}"
     ci = pd.DataFrame({"init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"],
@@ -249,6 +249,13 @@ def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
             f"### {task.monitor}: 95% interval over seeds", "",
             "t-interval of the mean over seeds (mean ± t(0.975, n-1) · SD/√n); none with one seed.", "",
             md_table(ci, task.report_digits), ""]
+
+
+def _formatted(agg: pd.DataFrame, column: str, digits: int) -> list[str] | None:
+    """A resource column as text with its own precision ("-" where a run did not record it); None if absent."""
+    if column not in agg or agg[column].isna().all():
+        return None
+    return [_fmt(float(v), digits) for v in agg[column]]
 
 
 def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = "wilcoxon") -> list[str]:
@@ -275,9 +282,10 @@ def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = 
                   "differences) and the matched-pairs rank-biserial correlation.",
                   _limits_line(seed_test, pairs, n, min_attainable_p, seeds_needed)]
     if len(by_seed) < n:
-        lines += ["- With one seed the unit is the test image: a paired bootstrap over test images (percentile "
-                  "interval); it shows how sure we are about these two trained models, not about the init, since "
-                  "another seed may train differently."]
+        lines += ["- With one seed the unit is the test image: the task's paired test over test images, named in "
+                  "the `test` column (classification: a paired bootstrap of the AUC difference, percentile interval; "
+                  "landmarks: Wilcoxon signed-rank on per-image error); it shows how sure we are about these two "
+                  "trained models, not about the init, since another seed may train differently."]
     return lines + ["", md_table(comparisons[cols], 4), ""]
 
 
