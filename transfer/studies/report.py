@@ -119,7 +119,7 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
         *_references_section(st),
         *_plots_section(st, task, df, agg, runs_dir, out),
         *stage1_section(root, out, md_table),
-        *task.report_sections(summaries, md_table),
+        *_task_sections(task, df, summaries),
         *per_class_section(runs_dir, df),
         *_runs_section(task, df),
         *_notes_section(st),
@@ -144,6 +144,18 @@ def _missing_section(missing: Sequence[str]) -> list[str]:
         return []
     return [f"**Incomplete study: {len(missing)} cell(s) not finished yet** ({', '.join(missing[:8])}"
             f"{', ...' if len(missing) > 8 else ''}); every table below is over the finished cells only.", ""]
+
+
+def _task_sections(task: Task, df: pd.DataFrame, summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """The task's own sections (per-landmark tables...), one column per run: with several seeds, the first seed's
+    run of each cell only, so a 3-seed grid does not make the table three times as wide."""
+    first = df["seed"].min()
+    if df["seed"].nunique() > 1:
+        summaries = {r: summaries[r] for r in df.loc[df["seed"] == first, "run"] if r in summaries}
+    lines = task.report_sections(summaries, md_table)
+    if lines and df["seed"].nunique() > 1:
+        lines.insert(2, f"Seed {first} of each cell (the other seeds' runs are in their run directories).\n")
+    return lines
 
 
 def run_summaries(runs_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:

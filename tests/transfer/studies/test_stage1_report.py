@@ -35,3 +35,17 @@ def test_stage1_section_table_and_plot(tmp_path):
     assert "momentum" not in text  # a schedule value, not the method's metric
     assert (out.parent / "r_stage1.png").stat().st_size > 0 and "![r_stage1](r_stage1.png)" in text
     assert stage1_section(tmp_path / "none", out, md_table) == []
+
+
+def test_task_sections_show_one_seed_per_cell_when_there_are_several():
+    from transfer.studies.report import _task_sections
+
+    class Echo:
+        def report_sections(self, runs, table):
+            return ["## runs", "", ", ".join(runs)]
+
+    df = pd.DataFrame({"run": ["a-seed0", "a-seed1", "b-seed0", "b-seed1"], "seed": [0, 1, 0, 1]})
+    summaries = {r: {} for r in df["run"]}
+    lines = _task_sections(Echo(), df, summaries)
+    assert lines[-1] == "a-seed0, b-seed0" and lines[2].startswith("Seed 0 of each cell")
+    assert _task_sections(Echo(), df[df["seed"] == 1], summaries)[-1] == "a-seed1, b-seed1"  # one seed: all runs
