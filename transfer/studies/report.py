@@ -150,8 +150,8 @@ def _task_sections(task: Task, df: pd.DataFrame, summaries: dict[str, dict[str, 
     """The task's own sections (per-landmark tables...), one column per run: with several seeds, the first seed's
     run of each cell only, so a 3-seed grid does not make the table three times as wide."""
     first = df["seed"].min()
-    if df["seed"].nunique() > 1:
-        summaries = {r: summaries[r] for r in df.loc[df["seed"] == first, "run"] if r in summaries}
+    shown = df.loc[df["seed"] == first, "run"] if df["seed"].nunique() > 1 else df["run"]
+    summaries = {r: summaries[r] for r in shown if r in summaries}
     lines = task.report_sections(summaries, md_table)
     if lines and df["seed"].nunique() > 1:
         lines.insert(2, f"Seed {first} of each cell (the other seeds' runs are in their run directories).\n")
