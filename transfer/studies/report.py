@@ -20,7 +20,7 @@ from transfer.config import Config, StudyConfig
 from transfer.studies.html_report import markdown_to_html
 from transfer.studies.per_class import per_class_recall
 from transfer.studies.stage1_report import stage1_section
-from transfer.studies.study_plots import interval_yerr, plot_convergence, plot_roc_intervals
+from transfer.studies.study_plots import interval_yerr, log_scale_if_wide, plot_convergence, plot_roc_intervals
 from transfer.tracking import atomic_write_text
 
 
@@ -95,6 +95,7 @@ def plot_curves(runs_dir: Path, runs: list[str], monitor: str, path: Path) -> Pa
         ax.plot(range(len(ys)), ys, label=r, lw=1.2)
     ax.set_xlabel("epoch (consecutive across depths for auto)")
     ax.set_ylabel(f"validation {monitor}")
+    log_scale_if_wide(ax)
     return _save(fig, ax, path, legend_size=6)
 
 

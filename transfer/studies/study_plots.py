@@ -39,12 +39,22 @@ def plot_convergence(runs_dir: Path, df: pd.DataFrame, monitor: str, path: Path)
                 label=f"{init}, {depth}, {frac:.0%}")
     ax.set_xlabel("optimiser steps")
     ax.set_ylabel(f"validation {monitor} (mean over seeds)")
+    log_scale_if_wide(ax)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def log_scale_if_wide(ax) -> None:  # noqa: ANN001 (matplotlib Axes)
+    """A log y-axis when the plotted values are positive and span more than a factor of 10 (errors that fall from
+    tens of mm to about one: on a linear axis the first epochs hide every difference that matters)."""
+    ys = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] or [np.array([])])
+    ys = ys[np.isfinite(ys)]
+    if len(ys) and ys.min() > 0 and ys.max() > 10 * ys.min():
+        ax.set_yscale("log")
 
 
 def _curve(path: Path, monitor: str) -> np.ndarray | None:

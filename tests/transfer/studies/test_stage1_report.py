@@ -49,3 +49,18 @@ def test_task_sections_show_one_seed_per_cell_when_there_are_several():
     lines = _task_sections(Echo(), df, summaries)
     assert lines[-1] == "a-seed0, b-seed0" and lines[2].startswith("Seed 0 of each cell")
     assert _task_sections(Echo(), df[df["seed"] == 1], summaries)[-1] == "a-seed1, b-seed1"  # one seed: all runs
+
+
+def test_curves_spanning_more_than_tenfold_get_a_log_axis():
+    from matplotlib.figure import Figure
+
+    from transfer.studies.study_plots import log_scale_if_wide
+
+    ax = Figure().add_subplot()
+    ax.plot([0, 1, 2], [30.0, 2.0, 1.5])
+    log_scale_if_wide(ax)
+    assert ax.get_yscale() == "log"
+    flat = Figure().add_subplot()
+    flat.plot([0, 1], [0.8, 0.9])  # an AUC curve stays linear
+    log_scale_if_wide(flat)
+    assert flat.get_yscale() == "linear"
