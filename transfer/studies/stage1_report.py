@@ -80,13 +80,15 @@ def stage1_section(root: Path, out: Path, md_table: Callable[[pd.DataFrame, int]
         share = last_quarter_share(frame["train_loss"])
         rows.append({"method": method, "epochs": len(frame), "images": str(summary.get("pool_size", "-")),
                      "first loss": float(frame["train_loss"].iloc[0]), "last loss": float(frame["train_loss"].iloc[-1]),
-                     "last quarter": f"{share:.1%}", "flat": "yes" if share < FLAT else "no",
+                     "last quarter": "-" if share != share else f"{share:.1%}",
+                     "flat": "loss rose" if share != share else "yes" if share < FLAT else "no",
                      "pretext metric": f"{metric.removeprefix('train_')} {float(frame[metric].iloc[-1]):.3f}"
                      if metric else "-", "minutes": (summary.get("seconds") or float("nan")) / 60})
     plot = plot_stage1(curves, out.parent / f"{out.stem}_stage1.png")
     return ["## Stage 1 (unlabelled adaptation)", "",
             "Training curves of each stage-1 run this study made; one run per method, shared by every seed and label "
             "fraction of stage 2. `last quarter`: the share of the training loss's whole decrease made in the last "
-            f"quarter of the epochs; `flat` when under {FLAT:.0%}. The cosine schedule's learning rate ends near zero, which "
+            f"quarter of the epochs; `flat` when under {FLAT:.0%}; `loss rose` for a curve that ends above its start (MoCo's loss grows "
+            "while its queue of negatives fills). The cosine schedule's learning rate ends near zero, which "
             "flattens every curve, so read the curves as well.", "",
             md_table(pd.DataFrame(rows), 3), "", f"![{plot.stem}]({plot.name})", ""]

@@ -64,3 +64,10 @@ def test_curves_spanning_more_than_tenfold_get_a_log_axis():
     flat.plot([0, 1], [0.8, 0.9])  # an AUC curve stays linear
     log_scale_if_wide(flat)
     assert flat.get_yscale() == "linear"
+
+
+def test_a_rising_stage1_loss_is_named_not_judged(tmp_path):
+    _write_run(tmp_path, "moco", [3.7, 4.2, 4.5, 4.6, 4.6], "train_pretext_acc")
+    out = tmp_path / "r.md"
+    text = "\n".join(stage1_section(tmp_path, out, md_table))
+    assert "| moco | 5 | 150 | 3.700 | 4.600 | - | loss rose |" in text and "nan" not in text
