@@ -94,6 +94,14 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a run's ``metrics.jsonl`` (what :meth:`Run.log_epoch` wrote); [] when it has none."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 #: files a run writes; ``--restart`` removes them before starting over (folders such as ``wandb/`` are kept), and
 #: the temporary files of atomic writes a kill cut short
 RUN_FILES = ("last*.pt", "metrics.jsonl", "summary.json", "model.pt", "backbone.pt", "depth_curve.json",

@@ -409,16 +409,20 @@ class LandmarkTask(Task):
 
         cols: dict[str, list[str]] = {}
         names: list[str] = []
+        with_sdr = False
         for run, summary in runs.items():
             test = summary.get("test") or {}
             if not test.get("per_landmark"):
                 return []
             per = per_landmark_table(test, include_sdr=True)
             names = list(per["landmark"])
-            sdr2 = per.get(f"sdr_{_SDR_SHOWN}", pd.Series([float("nan")] * len(per), index=per.index))
-            cols[run] = [f"{m:.2f} ± {sd:.2f} ({r:.0f}%)" for m, sd, r in zip(per["mean"], per["sd"], sdr2)]
+            sdr = per.get(f"sdr_{_SDR_SHOWN}")  # absent when task.landmarks.sdr_radii leaves out 2 mm
+            cols[run] = [f"{m:.2f} ± {sd:.2f}" + ("" if sdr is None else f" ({sdr[k]:.0f}%)")
+                         for k, m, sd in zip(per.index, per["mean"], per["sd"])]
+            with_sdr = with_sdr or sdr is not None
         if not cols:
             return []
-        return [f"## Per-landmark radial error on the test split (mm, mean ± SD; SDR at {_SDR_SHOWN} mm in parentheses)",
+        sdr_note = f"; SDR at {_SDR_SHOWN} mm in parentheses" if with_sdr else ""
+        return [f"## Per-landmark radial error on the test split (mm, mean ± SD{sdr_note})",
                 "", table(pd.DataFrame({"landmark": names, **cols})), ""]
 

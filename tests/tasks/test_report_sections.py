@@ -44,3 +44,10 @@ def test_classification_adds_no_report_section():
     assert task.report_sections(runs, md_table) == []
     # and the landmark table is not produced from classification summaries either
     assert _task("task.name=landmarks", "data.format=landmark_csv").report_sections(runs, md_table) == []
+
+
+def test_per_landmark_table_without_a_2mm_radius_shows_no_sdr():
+    true = np.array([[[10.0, 10.0], [20.0, 30.0]], [[12.0, 14.0], [25.0, 28.0]]])
+    summary = {"test": landmark_metrics(true + 10.0, true, 0.1, radii=(2.5,), names=["sella", "nasion"])}
+    text = "\n".join(_task("task.name=landmarks", "data.format=landmark_csv").report_sections({"r": summary}, md_table))
+    assert f"| sella | {np.hypot(1, 1):.2f} ± 0.00 |" in text and "%" not in text and "SDR" not in text

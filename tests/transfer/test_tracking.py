@@ -6,7 +6,7 @@ import torch
 
 from transfer.config import Config
 from transfer.config.io import to_dict
-from transfer.tracking import Run
+from transfer.tracking import Run, read_metrics
 
 
 def test_wandb_offline_run_records_checkpoint_lineage(tmp_path, monkeypatch):
@@ -38,3 +38,11 @@ def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
     with open(tmp_path / "b.json", "w") as f:
         f.write("{}")
     assert os.stat(tmp_path / "a.json").st_mode & 0o777 == os.stat(tmp_path / "b.json").st_mode & 0o777
+
+
+def test_read_metrics_returns_what_log_epoch_wrote(tmp_path):
+    assert read_metrics(tmp_path) == []
+    run = Run(tmp_path, "r", {}, wandb_mode="disabled")
+    run.log_epoch({"epoch": 0, "train_loss": 1.5})
+    run.log_epoch({"epoch": 1, "train_loss": 0.5})
+    assert read_metrics(run.dir) == [{"epoch": 0, "train_loss": 1.5}, {"epoch": 1, "train_loss": 0.5}]

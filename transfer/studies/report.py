@@ -21,7 +21,7 @@ from transfer.studies.html_report import markdown_to_html
 from transfer.studies.per_class import per_class_recall
 from transfer.studies.stage1_report import stage1_section
 from transfer.studies.study_plots import interval_yerr, log_scale_if_wide, plot_convergence, plot_roc_intervals
-from transfer.tracking import atomic_write_text
+from transfer.tracking import atomic_write_text, read_metrics
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -87,10 +87,9 @@ def plot_curves(runs_dir: Path, runs: list[str], monitor: str, path: Path) -> Pa
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
     for r in runs:
-        f = runs_dir / r / "metrics.jsonl"
-        if not f.is_file():
+        rows = read_metrics(runs_dir / r)
+        if not rows:
             continue
-        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
         ys = [row.get(f"val_{monitor}") for row in rows]
         ax.plot(range(len(ys)), ys, label=r, lw=1.2)
     ax.set_xlabel("epoch (consecutive across depths for auto)")

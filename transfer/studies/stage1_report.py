@@ -8,11 +8,14 @@ flattens any curve.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 from matplotlib.figure import Figure
+
+from transfer.tracking import read_metrics
 
 #: a curve that made less than this share of its whole loss decrease in its last quarter is called flat
 FLAT = 0.05
@@ -22,13 +25,8 @@ PRETEXT_METRICS = ("train_psnr", "train_pretext_acc")
 
 def read_stage1(pretrain_dir: Path) -> dict[str, pd.DataFrame]:
     """Method -> its ``metrics.jsonl`` as a frame (one row per epoch), for each finished stage-1 run."""
-    runs = sorted(d for d in pretrain_dir.iterdir() if (d / "metrics.jsonl").is_file()) if pretrain_dir.is_dir() else []
-    out = {}
-    for d in runs:
-        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        if rows:
-            out[d.name] = pd.DataFrame(rows)
-    return out
+    runs = sorted(d for d in pretrain_dir.iterdir() if d.is_dir()) if pretrain_dir.is_dir() else []
+    return {d.name: pd.DataFrame(rows) for d in runs if (rows := read_metrics(d))}
 
 
 def last_quarter_share(loss: pd.Series) -> float:
@@ -80,8 +78,8 @@ def stage1_section(root: Path, out: Path, md_table: Callable[[pd.DataFrame, int]
         share = last_quarter_share(frame["train_loss"])
         rows.append({"method": method, "epochs": len(frame), "images": str(summary.get("pool_size", "-")),
                      "first loss": float(frame["train_loss"].iloc[0]), "last loss": float(frame["train_loss"].iloc[-1]),
-                     "last quarter": "-" if share != share else f"{share:.1%}",
-                     "flat": "loss rose" if share != share else "yes" if share < FLAT else "no",
+                     "last quarter": "-" if math.isnan(share) else f"{share:.1%}",
+                     "flat": "loss rose" if math.isnan(share) else "yes" if share < FLAT else "no",
                      "pretext metric": f"{metric.removeprefix('train_')} {float(frame[metric].iloc[-1]):.3f}"
                      if metric else "-", "minutes": (summary.get("seconds") or float("nan")) / 60})
     plot = plot_stage1(curves, out.parent / f"{out.stem}_stage1.png")

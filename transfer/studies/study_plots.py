@@ -1,12 +1,13 @@
 """Study plots read from run directories: convergence against optimiser steps, and ROC curves with intervals."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from transfer.tracking import read_metrics
 
 #: the common false-positive-rate grid ROC curves are averaged on
 FPR_GRID = np.linspace(0.0, 1.0, 101)
@@ -30,7 +31,7 @@ def plot_convergence(runs_dir: Path, df: pd.DataFrame, monitor: str, path: Path)
     fig = Figure(figsize=(7.2, 4.2))
     ax = fig.add_subplot()
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
-        curves = [c for c in (_curve(runs_dir / r / "metrics.jsonl", monitor) for r in g["run"]) if c is not None]
+        curves = [c for c in (_curve(runs_dir / r, monitor) for r in g["run"]) if c is not None]
         if not curves:
             continue
         n = min(len(c) for c in curves)  # early stopping ends seeds at different epochs: the common part
@@ -57,11 +58,9 @@ def log_scale_if_wide(ax) -> None:  # noqa: ANN001 (matplotlib Axes)
         ax.set_yscale("log")
 
 
-def _curve(path: Path, monitor: str) -> np.ndarray | None:
+def _curve(run_dir: Path, monitor: str) -> np.ndarray | None:
     """(epochs, 2): cumulative steps and validation ``monitor`` per epoch."""
-    if not path.is_file():
-        return None
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = read_metrics(run_dir)
     pts = [(r.get("steps", 0), r.get(f"val_{monitor}")) for r in rows]
     if not pts or all(v is None for _, v in pts):
         return None
