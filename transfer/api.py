@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,10 @@ class Task(ABC):
     stratify_key: ClassVar[str | None] = None
     report_metrics: ClassVar[tuple[str, ...]] = ()  #: test metrics tabulated in study reports
     report_digits: ClassVar[int] = 3  #: decimals of the metrics in study reports
+    #: the range each metric can take, by name or by a name prefix ending in ``*`` (``"ap50_*"``): intervals over
+    #: seeds and their error bars stay inside it (logit scale for a bounded range, log scale for (0, inf)).
+    #: Metrics not listed are unbounded.
+    metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __init__(self, cfg: Config) -> None:
         if cfg.data.format not in self.formats:
@@ -99,6 +104,16 @@ class Task(ABC):
         self.data_report: dict[str, Any] = {}
         #: where ``predict`` may write files beside its table (e.g. mask images); set by the predict run
         self.output_dir: Path | None = None
+
+    @classmethod
+    def metric_range(cls, metric: str) -> tuple[float, float]:
+        """(lo, hi) that ``metric`` can take, from :attr:`metric_ranges`; (-inf, inf) when not declared."""
+        if metric in cls.metric_ranges:
+            return cls.metric_ranges[metric]
+        for key, bounds in cls.metric_ranges.items():
+            if key.endswith("*") and metric.startswith(key[:-1]):
+                return bounds
+        return (-math.inf, math.inf)
 
     @property
     def options(self) -> Any:

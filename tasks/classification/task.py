@@ -79,6 +79,7 @@ class ClassificationTask(Task):
     mode = "max"
     stratify_key = "label"
     report_metrics = ("roc_auc", "accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "g_mean")
+    metric_ranges = {m: (0.0, 1.0) for m in (*report_metrics, "roc_auc_ci95_*")}
 
     # -- data ----------------------------------------------------------------
     def load_split(self, spec: str, which: str) -> ImageDataset:

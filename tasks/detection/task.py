@@ -41,6 +41,8 @@ class DetectionTask(Task):
     monitor = "map_50"
     mode = "max"
     stratify_key = None
+    metric_ranges = {m: (0.0, 1.0) for m in ("map_50", "map", "map_75", "ap50_*", "ap_*", "froc_*", "f1", "precision",
+                                              "recall")}
 
     @property  # type: ignore[override]
     def report_metrics(self) -> tuple[str, ...]:  # per-class columns depend on the declared classes

@@ -8,6 +8,7 @@ every image size. Every metric is computed back in original pixels and mm.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -184,6 +185,7 @@ class LandmarkTask(Task):
     mode = "min"
     stratify_key = None
     report_metrics = ("mre_mm", "sd_mm", "sdr_2.0mm", "sdr_2.5mm", "sdr_3.0mm", "sdr_4.0mm")
+    metric_ranges = {"mre_mm": (0.0, math.inf), "sd_mm": (0.0, math.inf), "sdr_*": (0.0, 100.0)}  # SDR in percent
     report_digits = 2  # millimetres and percentages
 
     def load_split(self, spec: str, which: str) -> ImageDataset:

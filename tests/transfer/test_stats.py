@@ -44,7 +44,7 @@ def _reference_auc(y, a, b, n, seed):
                            rng=np.random.default_rng(seed))
     # sklearn's trapezoids leave ~1e-16 noise where two AUCs are equal; the p-value counts exact zeros
     d = np.round(res.bootstrap_distribution[~np.isnan(res.bootstrap_distribution)], 12)
-    return np.percentile(d, [2.5, 97.5]), min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())), len(d)
+    return np.percentile(d, [2.5, 97.5]), min(1.0, 2 * (1 + min((d <= 0).sum(), (d >= 0).sum())) / (1 + len(d))), len(d)
 
 
 @pytest.mark.parametrize("n_images", [40, 9])  # 9 images, 2 positive: many one-class resamples
@@ -58,7 +58,8 @@ def test_paired_bootstrap_auc_matches_direct_reference(n_images):
     assert r["ci95"] == pytest.approx(list(ci), abs=1e-12)
     assert r["p_value"] == pytest.approx(p)
     assert r["test"] == f"paired bootstrap ({valid} resamples)"
-    assert set(r) == {"metric", "difference", "ci95", "p_value", "test"} and r["metric"] == "roc_auc"
+    assert set(r) == {"metric", "difference", "baseline", "ci95", "p_value", "test"} and r["metric"] == "roc_auc"
+    assert r["baseline"] == pytest.approx(roc_auc_score(y, b))
 
 
 def test_paired_bootstrap_auc_ci_covers_the_true_difference():
@@ -131,3 +132,29 @@ def test_paired_errors_degenerate_cases():
         paired_errors(a, a[:-1], metric="mre_mm")
     with pytest.raises(ValueError, match="two or more"):
         paired_errors(a[:1], a[:1], metric="mre_mm")
+
+
+def test_bootstrap_p_is_never_zero_and_agrees_with_the_interval():
+    """Every resampled difference above 0 (a perfect model against noise): p is (1 + 0) / (1 + n) doubled, not 0."""
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 2
+    b = rng.normal(0, 1, 200)
+    r = paired_bootstrap_auc(y, y + rng.normal(0, 0.01, 200), b, n=500, seed=1)
+    assert r["ci95"][0] > 0
+    assert r["p_value"] == pytest.approx(2 / 501)
+    assert r["baseline"] == pytest.approx(roc_auc_score(y, b))
+
+
+def test_paired_errors_report_the_baseline_of_their_own_quantity_and_skip_images_without_a_value():
+    a = np.array([0.5, 0.6, np.nan, 0.9, 0.7])
+    b = np.array([0.4, 0.5, 0.3, np.nan, 0.5])
+    r = paired_errors(a, b, metric="dice", n=200)
+    assert r["difference"] == pytest.approx(np.mean([0.1, 0.1, 0.2]))
+    assert r["baseline"] == pytest.approx(np.mean([0.4, 0.5, 0.5]))
+    assert "2 image(s) without a value" in r["test"] and np.isfinite(r["p_value"])
+
+
+def test_wilcoxon_p_that_underflows_is_not_zero():
+    a = np.linspace(10, 20, 3000)
+    r = paired_errors(a, a - 1 - np.linspace(0, 1, 3000), metric="mre_mm", n=50)
+    assert 0 < r["p_value"] < 1e-100

@@ -228,8 +228,9 @@ class StudyConfig:
     command: str = ""  #: the command that regenerates the report, printed in it
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: test comparing two inits over the seeds they share (with one seed: a paired bootstrap over test images)
-    seed_test: Literal["wilcoxon", "ttest"] = "wilcoxon"
+    #: test comparing two inits over the seeds they share (with one seed: the task's paired test over test images):
+    #: wilcoxon (exact signed-rank), signflip (exact sign-flip permutation test of the mean difference), ttest
+    seed_test: Literal["wilcoxon", "ttest", "signflip"] = "wilcoxon"
     #: local: cells one after another in this process; submitit: Slurm job arrays (or submitit's local executor)
     executor: Literal["local", "submitit"] = "local"
     submitit: SubmititConfig = field(default_factory=SubmititConfig)

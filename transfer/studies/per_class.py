@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from transfer.studies.seed_stats import t_interval
+from transfer.studies.seed_stats import seed_interval
 
 
 def per_class_recall(runs_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
     """Rows (init, depth, labels, class): test recall of the class (its share predicted as itself), mean and 95%
-    t-interval over seeds. Empty when the predictions have no ``label`` / ``predicted`` columns."""
+    interval over seeds (logit scale, inside [0, 1]; none below three seeds). Empty when the predictions have no ``label`` / ``predicted`` columns."""
     rows = []
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
         recalls: dict[str, list[float]] = {}
@@ -25,7 +25,7 @@ def per_class_recall(runs_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
             for cls, c in p.groupby(p["label"].astype(str)):
                 recalls.setdefault(cls, []).append(float((c["predicted"].astype(str) == cls).mean()))
         for cls, values in sorted(recalls.items()):
-            ci = t_interval(values)
+            ci = seed_interval(values, (0.0, 1.0))  # a recall is a proportion
             rows.append({"init": init, "depth": depth, "labels": frac, "class": cls, "seeds": ci["n"],
                          "recall": ci["mean"], "ci95_lo": ci["lo"], "ci95_hi": ci["hi"]})
     return pd.DataFrame(rows)

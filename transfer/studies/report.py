@@ -13,15 +13,14 @@ from typing import Any, Sequence
 
 import pandas as pd
 import yaml
-from matplotlib.figure import Figure
 
 from transfer.api import Task
 from transfer.config import Config, StudyConfig
 from transfer.studies.html_report import markdown_to_html
 from transfer.studies.per_class import per_class_recall
 from transfer.studies.stage1_report import stage1_section
-from transfer.studies.study_plots import interval_yerr, log_scale_if_wide, plot_convergence, plot_roc_intervals
-from transfer.tracking import atomic_write_text, read_metrics
+from transfer.studies.study_plots import plot_roc_intervals, plot_test_metric, plot_validation_curves
+from transfer.tracking import atomic_write_text
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -32,11 +31,22 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+#: columns holding p-values: printed so that a small p never reads as 0 ("<0.0001", not "0.0000")
+P_COLUMNS = ("p_value", "p_holm", "min_p")
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value for a table: 4 decimals, "<0.0001" below that (a p-value here is never exactly 0), "-" for none."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "-"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def md_table(df: pd.DataFrame, digits: int = 3) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c], digits) for c in cols) + " |")
+        lines.append("| " + " | ".join(fmt_p(r[c]) if c in P_COLUMNS else _fmt(r[c], digits) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -47,55 +57,6 @@ def _mean_std(row: pd.Series, m: str, digits: int) -> str:
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _save(fig: Figure, ax, path: Path, legend_size: int = 8) -> Path:  # noqa: ANN001 (matplotlib Axes)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def plot_metric_vs_depth(agg: pd.DataFrame, metric: str, depths: list[str], path: Path, ylabel: str) -> Path:
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.add_subplot()
-    for (init, frac), g in agg.groupby(["init", "label_fraction"], sort=False):
-        g = g.set_index("depth").reindex([d for d in depths if d in set(g["depth"])])
-        ax.errorbar(range(len(g)), g[f"{metric}_mean"], yerr=interval_yerr(g, metric), marker="o", capsize=3,
-                    label=f"{init}, {frac:.0%} of labels")
-        ax.set_xticks(range(len(g)), list(g.index), rotation=20)
-    ax.set_xlabel("fine-tuning depth (trained stages)")
-    ax.set_ylabel(ylabel)
-    return _save(fig, ax, path)
-
-
-def plot_metric_vs_fraction(agg: pd.DataFrame, metric: str, path: Path, ylabel: str) -> Path:
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.add_subplot()
-    for (init, depth), g in agg.groupby(["init", "depth"], sort=False):
-        g = g.sort_values("label_fraction")
-        ax.errorbar(g["label_fraction"], g[f"{metric}_mean"], yerr=interval_yerr(g, metric), marker="o",
-                    capsize=3, label=f"{init}, {depth}")
-    ax.set_xscale("log")
-    ax.set_xlabel("label fraction of the training set")
-    ax.set_ylabel(ylabel)
-    return _save(fig, ax, path)
-
-
-def plot_curves(runs_dir: Path, runs: list[str], monitor: str, path: Path) -> Path:
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.add_subplot()
-    for r in runs:
-        rows = read_metrics(runs_dir / r)
-        if not rows:
-            continue
-        ys = [row.get(f"val_{monitor}") for row in rows]
-        ax.plot(range(len(ys)), ys, label=r, lw=1.2)
-    ax.set_xlabel("epoch (consecutive across depths for auto)")
-    ax.set_ylabel(f"validation {monitor}")
-    log_scale_if_wide(ax)
-    return _save(fig, ax, path, legend_size=6)
 
 
 def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, comparisons: pd.DataFrame,
@@ -110,6 +71,7 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
     summaries = run_summaries(runs_dir, list(df["run"]))
     lines = [
         *_title_section(st, str(cfg.data.train).startswith("builtin:")),
+        *answer_section(task, comparisons, st.seed_test),
         *_missing_section(missing),
         *_setup_section(cfg, task, df, describe_devices(run_devices(runs_dir, summaries))),
         *_results_section(task, agg),
@@ -130,13 +92,54 @@ def write_report(cfg: Config, task: Task, df: pd.DataFrame, agg: pd.DataFrame, c
     return out
 
 
+#: cells listed per comparison in the answer section (the rest are in the comparisons table)
+_ANSWER_CELLS = 8
+
+
+def answer_section(task: Task, comparisons: pd.DataFrame, seed_test: str) -> list[str]:
+    """The report's first lines: for each pair of inits compared, where one is better after Holm, with the
+    difference, its bounded interval and ``p_holm``, cell by cell (the strongest first when there are many)."""
+    from transfer.studies.seed_stats import TEST_NAMES
+
+    if not len(comparisons):
+        return []
+    lines = ["## Answer", ""]
+    for (init, vs), g in comparisons.groupby(["init", "vs"], sort=False):
+        shown = g.sort_values("p_holm", kind="stable").head(_ANSWER_CELLS).sort_index()
+        wins = int(((g["p_holm"] < 0.05) & (_better(task, g["difference"]))).sum())
+        losses = int(((g["p_holm"] < 0.05) & (_better(task, -g["difference"]))).sum())
+        unit = g["unit"].iloc[0] if "unit" in g else "seed"
+        lo, hi = int(g["seeds"].min()), int(g["seeds"].max())
+        how = (f"{TEST_NAMES.get(seed_test, seed_test)}, {lo if lo == hi else f'{lo}-{hi}'} seeds"
+               if unit == "seed" else f"{g['test'].iloc[0]}, one seed")
+        lines.append(f"**`{init}` vs `{vs}`** (test `{g['metric'].iloc[0]}`, {how}; Holm over all "
+                     f"{len(comparisons)} comparisons): `{init}` is better in {wins} and worse in {losses} of "
+                     f"{len(g)} cells at p_holm < 0.05.")
+        lines.append("")
+        for _, r in shown.iterrows():
+            verdict = ("better" if _better(task, r["difference"]) else "worse") if r["p_holm"] < 0.05 else "no difference shown"
+            ci = ("95% CI -" if pd.isna(r.get("ci95_lo")) else f"95% CI [{r['ci95_lo']:+.4f}, {r['ci95_hi']:+.4f}]")
+            lines.append(f"- depth `{r['depth']}`, {r['label_fraction']:.0%} of the labels: difference "
+                         f"{r['difference']:+.4f} ({ci}), p_holm {fmt_p(r['p_holm'])}: {verdict}.")
+        if len(g) > len(shown):
+            lines.append(f"- ... {len(g) - len(shown)} more cells in *Paired comparisons*.")
+        lines.append("")
+    return lines
+
+
+def _better(task: Task, difference: Any) -> Any:
+    """Whether a difference (first minus baseline) favours the first, given the monitor's direction."""
+    return difference > 0 if task.mode == "max" else difference < 0
+
+
 def per_class_section(runs_dir: Path, df: pd.DataFrame) -> list[str]:
     table = per_class_recall(runs_dir, df)
     if not len(table):
         return []
     return ["## Per-class recall on the test split", "",
             "The share of each true class predicted as itself (at the argmax threshold): mean over seeds with its 95% "
-            "t-interval. On an imbalanced set this shows what accuracy hides.", "", md_table(table, 3), ""]
+            "interval (t-interval on the logit scale, inside [0, 1]; `-` below three seeds). On an imbalanced set "
+            "this shows what accuracy hides.", "", md_table(table, 3), ""]
 
 
 def _missing_section(missing: Sequence[str]) -> list[str]:
@@ -228,7 +231,7 @@ def _setup_section(cfg: Config, task: Task, df: pd.DataFrame, devices: str) -> l
         f"bias x{t.bias_lr_mult:g}, momentum {t.momentum:g}, weight decay {t.weight_decay:g} (not on 1-D tensors), "
         f"lr x{t.gamma:g} per epoch, at most {t.epochs} epochs, batch {t.batch_size}, early stopping patience "
         f"{t.patience} on validation `{task.monitor}`.",
-        f"- Augmentation: {json.dumps(dataclasses_asdict(d.augment))}.",
+        f"- Augmentation: {json.dumps(dataclasses_asdict(d.augment)) if dataclasses_asdict(d.augment) else 'none'}.",
         f"- Grid: {f'variants {list(st.variants)}, ' if st.variants else ''}inits {list(st.inits)}, depths "
         f"{list(st.depths)}, label fractions {list(st.label_fractions)}, seeds {list(st.seeds)}: {len(df)} runs, "
         f"{total_s / 60:.1f} min of training in all on {devices}.",
@@ -240,10 +243,12 @@ def _setup_section(cfg: Config, task: Task, df: pd.DataFrame, devices: str) -> l
 
 
 def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
-    """The task's report metrics on the test split per (init, depth, label fraction): mean ± SD [95% interval]."""
+    """The task's report metrics on the test split per (init, depth, label fraction): mean ± SD, and the monitor's
+    95% interval over seeds, inside the metric's range."""
     metrics = [m for m in task.report_metrics if f"test_{m}_mean" in agg.columns]
+    seeds = seeds_column(agg)
     table = pd.DataFrame({
-        "init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"], "seeds": agg["seeds"],
+        "init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"], "seeds": seeds,
         **{m: [_mean_std(r, f"test_{m}", task.report_digits) for _, r in agg.iterrows()] for m in metrics},
         "train min": _formatted(agg, "train_minutes", 1),
         "test s/image": _formatted(agg, "test_seconds_per_image", 3),
@@ -251,16 +256,35 @@ def _results_section(task: Task, agg: pd.DataFrame) -> list[str]:
     }).dropna(axis=1, how="all")
     m = f"test_{task.monitor}"
     ci = pd.DataFrame({"init": agg["init"], "depth": agg["depth"], "labels": agg["label_fraction"],
-                       "seeds": agg["seeds"], f"{task.monitor} mean": agg[f"{m}_mean"],
+                       "seeds": seeds, f"{task.monitor} mean": agg[f"{m}_mean"],
                        "95% CI low": agg.get(f"{m}_lo"), "95% CI high": agg.get(f"{m}_hi")})
     return ["## Results on the test split", "", md_table(table), "",
-            "Mean ± sample standard deviation over seeds where there is more than one seed. `train min`: wall time "
-            "of a run (data, training, selection, scoring); `test s/image`: scoring the test split, inference and "
-            "metrics, per image, on the device of the setup line; `peak GiB`: the run's largest resident memory "
-            "(process or DataLoader worker).", "",
+            "Mean ± sample standard deviation over seeds where there is more than one seed; `seeds`: the runs whose "
+            "metric is a number (\"4 of 5\": one seed's value was NaN and is left out of every statistic). `train "
+            "min`: wall time of a run (data, training, selection, scoring); `test s/image`: scoring the test split, "
+            "inference and metrics, per image, on the device of the setup line; `peak GiB`: the run's largest "
+            "resident memory (process or DataLoader worker).", "",
             f"### {task.monitor}: 95% interval over seeds", "",
-            "t-interval of the mean over seeds (mean ± t(0.975, n-1) · SD/√n); none with one seed.", "",
+            interval_sentence(task, task.monitor), "",
             md_table(ci, task.report_digits), ""]
+
+
+def seeds_column(agg: pd.DataFrame) -> list[str]:
+    """"n", or "k of n" where some runs' monitor is NaN."""
+    runs = agg["runs"] if "runs" in agg else agg["seeds"]
+    return [f"{k}" if k == n else f"{k} of {n}" for k, n in zip(agg["seeds"], runs)]
+
+
+def interval_sentence(task: Task, metric: str) -> str:
+    """How the intervals of ``metric`` were computed, as the report states it."""
+    from transfer.studies.seed_stats import INTERVAL_NAMES, MIN_SEEDS_FOR_INTERVAL, interval_kind
+
+    lo, hi = task.metric_range(metric)
+    kind = interval_kind((lo, hi))
+    where = {"logit": f" (`{metric}` lies in [{lo:g}, {hi:g}])", "log": f" (`{metric}` is positive)", "t": ""}[kind]
+    return (f"{INTERVAL_NAMES[kind].capitalize()}{where}, over the seeds whose value is a number. "
+            f"`-`: fewer than {MIN_SEEDS_FOR_INTERVAL} seeds, where an interval says nothing (with 2 seeds the "
+            "t-quantile is 12.7).")
 
 
 def _formatted(agg: pd.DataFrame, column: str, digits: int) -> list[str] | None:
@@ -272,7 +296,7 @@ def _formatted(agg: pd.DataFrame, column: str, digits: int) -> list[str] | None:
 
 def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = "wilcoxon") -> list[str]:
     """Paired comparisons with Holm-adjusted p-values, the test used, effect sizes, and what the seeds allow."""
-    from transfer.studies.seed_stats import TEST_NAMES, min_attainable_p, seeds_needed
+    from transfer.studies.seed_stats import MIN_SEEDS_FOR_INTERVAL, TEST_NAMES, min_attainable_p, seeds_needed
 
     if not len(comparisons):
         return []
@@ -282,36 +306,46 @@ def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = 
     cols = [c for c in ["depth", "label_fraction", "init", "vs", "seeds", "metric", "difference", "relative",
                         "ci95_lo", "ci95_hi", "cohens_dz", "rank_biserial", "p_value", "p_holm", "test"] if c in comparisons]
     lines = ["## Paired comparisons", "",
-             f"Difference = first init minus the baseline on the test split (for `{task.monitor}`, {better} is "
-             f"better), at the same depth and label fraction; `relative` = difference / the baseline's mean "
-             f"(-0.22: 22% lower than the baseline). Holm's correction runs over all {n} comparisons "
-             "of this study (`p_holm`); read a difference as shown only where `p_holm` < 0.05.", ""]
+             f"Difference = first init minus the baseline on the test split, in the quantity of the `metric` column "
+             f"(for `{task.monitor}`, {better} is better), at the same depth and label fraction; `relative` = "
+             "difference / the baseline's mean of that same quantity on the same seeds or images (-0.22: 22% lower "
+             f"than the baseline). Holm's correction runs over all {n} comparisons of this study (`p_holm`); read a "
+             "difference as shown only where `p_holm` < 0.05.", ""]
     if len(by_seed):
         pairs = int(by_seed["seeds"].min())
+        lo, hi = task.metric_range(task.monitor)
+        truncated = (f", truncated to ±{hi - lo:g}, the range a difference of `{task.monitor}` can take"
+                     if math.isfinite(hi - lo) else "")
         lines += [f"- With several seeds the unit is the seed: each init's test `{task.monitor}` is paired by seed "
-                  f"(same seed, same labelled subset), tested with the {TEST_NAMES[seed_test]}; the interval is the "
-                  f"t-interval of the mean paired difference; effect sizes: Cohen's d_z (mean / SD of the "
-                  "differences) and the matched-pairs rank-biserial correlation.",
+                  f"(same seed, same labelled subset; a seed whose value is NaN in either run is left out of the pair "
+                  f"and `seeds` counts the pairs used), tested with the {TEST_NAMES[seed_test]}; the interval is the "
+                  f"t-interval of the mean paired difference{truncated} (`-` below {MIN_SEEDS_FOR_INTERVAL} pairs); "
+                  "effect sizes: Cohen's d_z (mean / SD of the differences) and the matched-pairs rank-biserial "
+                  "correlation.",
                   _limits_line(seed_test, pairs, n, min_attainable_p, seeds_needed)]
     if len(by_seed) < n:
         lines += ["- With one seed the unit is the test image: the task's paired test over test images, named in "
-                  "the `test` column (classification: a paired bootstrap of the AUC difference, percentile interval; "
-                  "landmarks: Wilcoxon signed-rank on per-image error); it shows how sure we are about these two "
-                  "trained models, not about the init, since another seed may train differently."]
+                  "the `test` column, on the quantity named in `metric` (classification: a paired bootstrap of the "
+                  "AUC difference, percentile interval, p = (1 + k) / (1 + resamples); landmarks: Wilcoxon "
+                  "signed-rank on per-image error; detection: per-image F1 at the score threshold, since mAP has no "
+                  "per-image value); it shows how sure we are about these two trained models, not about the init, "
+                  "since another seed may train differently."]
     return lines + ["", md_table(comparisons[cols], 4), ""]
 
 
 def _limits_line(seed_test: str, pairs: int, n: int, min_p, seeds_needed) -> str:  # noqa: ANN001
-    if seed_test == "wilcoxon":
-        floor = min_p(pairs)
+    if seed_test in ("wilcoxon", "signflip"):
+        name = "exact Wilcoxon" if seed_test == "wilcoxon" else "exact sign-flip"
+        floor = min_p(pairs, seed_test)
         verdict = ("so no comparison here can reach p < 0.05, whatever the differences" if floor >= 0.05 else
                    "small enough for one comparison" if floor >= 0.05 / n else "small enough even after Holm")
-        return (f"- Limits: with {pairs} paired seeds the exact Wilcoxon test cannot give a two-sided p below "
+        return (f"- Limits: with {pairs} paired seeds the {name} test cannot give a two-sided p below "
                 f"{floor:.3g} (2/2^{pairs}), {verdict}; a conclusion at 0.05 needs at least {seeds_needed(0.05)} "
                 f"seeds for one comparison, {seeds_needed(0.05, n)} for the strongest of these {n} after Holm.")
     return (f"- Limits: the paired t-test with {pairs} seeds has {pairs - 1} degree(s) of freedom and assumes "
-            "normally distributed differences, which so few seeds cannot check; the exact Wilcoxon test "
-            f"(`study.seed_test: wilcoxon`) needs {seeds_needed(0.05)} seeds to reach p < 0.05 at all.")
+            "normally distributed differences, which so few seeds cannot check; the exact sign-flip test "
+            f"(`study.seed_test: signflip`) assumes only symmetry and needs {seeds_needed(0.05)} seeds to reach "
+            "p < 0.05 at all.")
 
 
 def within_seeds_section(within: pd.DataFrame | None) -> list[str]:
@@ -354,15 +388,19 @@ def _plots_section(st: StudyConfig, task: Task, df: pd.DataFrame, agg: pd.DataFr
     """Metric vs depth and vs label fraction, validation curves, and the test plots of the best run on validation."""
     monitor = task.monitor
     plots = _grid_plots(st, monitor, agg, out)
-    plots.append(plot_curves(runs_dir, list(df["run"]), monitor, out.parent / f"{out.stem}_curves.png"))
-    plots.append(plot_convergence(runs_dir, df, monitor, out.parent / f"{out.stem}_convergence.png"))
+    bounds = task.metric_range(monitor)
+    plots.append(plot_validation_curves(runs_dir, df, monitor, bounds, out.parent / f"{out.stem}_curves.png"))
+    plots.append(plot_validation_curves(runs_dir, df, monitor, bounds, out.parent / f"{out.stem}_convergence.png",
+                                       x="steps"))
     roc = plot_roc_intervals(runs_dir, df, out.parent / f"{out.stem}_roc.png")
     plots += [roc] if roc is not None else []
     best = best_on_validation(task, df)
     plots += _copy_test_plots(runs_dir / best, out)
     return ["## Plots", "",
-            "Error bars and bands are 95% t-intervals over seeds (none with one seed). "
-            f"`{out.stem}_convergence`: validation {monitor} against optimiser steps, mean over seeds. "
+            "One panel per depth or label fraction, one line per init: the mean over seeds, with error bars or a band "
+            "for the 95% interval over seeds as in the tables (inside the metric's range; none below three seeds). "
+            f"`{out.stem}_curves`: validation {monitor} per epoch; `{out.stem}_convergence`: the same against "
+            "optimiser steps. "
             f"Test plots (`*_best_test_*`) are of `{best}`, the run with the best validation {monitor}.", "",
             *[f"![{p.stem}]({p.name})" for p in plots], ""]
 
@@ -371,11 +409,11 @@ def _grid_plots(st: StudyConfig, monitor: str, agg: pd.DataFrame, out: Path) -> 
     """The test metric against depth and against label fraction, where the grid varies them."""
     plots = []
     if len(st.depths) > 1:
-        plots.append(plot_metric_vs_depth(agg, f"test_{monitor}", list(st.depths), out.parent / f"{out.stem}_depth.png",
-                                          f"test {monitor}"))
+        plots.append(plot_test_metric(agg, f"test_{monitor}", "depth", list(st.depths),
+                                      out.parent / f"{out.stem}_depth.png", f"test {monitor}"))
     if len(st.label_fractions) > 1:
-        plots.append(plot_metric_vs_fraction(agg, f"test_{monitor}", out.parent / f"{out.stem}_fraction.png",
-                                             f"test {monitor}"))
+        plots.append(plot_test_metric(agg, f"test_{monitor}", "label_fraction", sorted(st.label_fractions),
+                                      out.parent / f"{out.stem}_fraction.png", f"test {monitor}"))
     return plots
 
 

@@ -6,30 +6,39 @@ two runs (the task's paired bootstrap). Holm's correction runs over every compar
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from transfer.api import Task
-from transfer.studies.seed_stats import SeedTest, holm, label_efficiency, paired_seed_test, t_interval
+from transfer.studies.seed_stats import SeedTest, holm, label_efficiency, paired_seed_test, seed_interval
 
 #: the baselines every other init is compared with, in this order
 BASELINES: tuple[str, ...] = ("imagenet", "scratch")
 
 
 def aggregate_seeds(df: pd.DataFrame, task: Task) -> pd.DataFrame:
-    """Test metrics per (init, depth, fraction): mean, SD and the 95% t-interval over seeds."""
+    """Test metrics per (init, depth, fraction): mean, SD, a 95% interval over seeds that stays inside the metric's
+    range (:func:`seed_interval`), and the number of seeds each metric's numbers really use (``<metric>_n``).
+
+    ``runs`` counts the finished runs of the cell; ``seeds`` the runs whose monitor is a number (a NaN seed is
+    left out of every statistic, and the report shows "k of n")."""
     rows = []
     metrics = [f"test_{m}" for m in task.report_metrics if f"test_{m}" in df.columns]
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
-        row: dict[str, Any] = {"init": init, "depth": depth, "label_fraction": frac, "seeds": len(g),
+        monitor = f"test_{task.monitor}"
+        seeds = int(pd.to_numeric(g[monitor], errors="coerce").notna().sum()) if monitor in g else len(g)
+        row: dict[str, Any] = {"init": init, "depth": depth, "label_fraction": frac, "runs": len(g), "seeds": seeds,
                                "train_minutes": _mean(g, "seconds") / 60,
                                "test_seconds_per_image": _mean(g, "test_seconds_per_image"),
                                "peak_memory_gib": _mean(g, "peak_memory_gib")}
         for m in metrics:
-            a = t_interval(g[m].tolist())
-            row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_lo"], row[f"{m}_hi"] = a["mean"], a["sd"], a["lo"], a["hi"]
+            a = seed_interval(pd.to_numeric(g[m], errors="coerce").tolist(), task.metric_range(m[len("test_"):]))
+            row.update({f"{m}_mean": a["mean"], f"{m}_std": a["sd"], f"{m}_lo": a["lo"], f"{m}_hi": a["hi"],
+                        f"{m}_n": a["n"], f"{m}_interval": a["interval"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -59,8 +68,14 @@ def _pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def compare_inits(task: Task, df: pd.DataFrame, runs_dir: Path, test: SeedTest = "wilcoxon") -> pd.DataFrame:
-    """Paired comparisons of ``task.monitor`` on the test split, with Holm-adjusted p-values over all of them."""
+    """Paired comparisons of ``task.monitor`` on the test split, with Holm-adjusted p-values over all of them.
+
+    ``relative`` is the difference over the baseline's mean *of the same quantity* on the same pairs: over seeds,
+    the monitor's mean on the seeds used; over test images (one seed), the baseline's value of the quantity the
+    task's paired test compares (its ``metric`` column: e.g. per-image F1 for detection, not mAP)."""
     rows = []
+    col = f"test_{task.monitor}"
+    bounds = task.metric_range(task.monitor)
     for (depth, frac), g in df.groupby(["depth", "label_fraction"], sort=False):
         for init, base in _pairs(df):
             a = g[g["init"] == init].set_index("seed")
@@ -69,16 +84,19 @@ def compare_inits(task: Task, df: pd.DataFrame, runs_dir: Path, test: SeedTest =
             if not seeds:
                 continue
             cell = {"depth": depth, "label_fraction": frac, "init": init, "vs": base, "seeds": len(seeds)}
-            col = f"test_{task.monitor}"
-            baseline = float(b.loc[seeds, col].mean()) if col in b else float("nan")
             if len(seeds) > 1:
-                res = paired_seed_test(a.loc[seeds, col].to_numpy(), b.loc[seeds, col].to_numpy(), test)
-                rows.append({**cell, "metric": task.monitor, "unit": "seed", **res,
+                va = pd.to_numeric(a.loc[seeds, col], errors="coerce").to_numpy(float)
+                vb = pd.to_numeric(b.loc[seeds, col], errors="coerce").to_numpy(float)
+                res = paired_seed_test(va, vb, test, bounds)
+                used = np.isfinite(va) & np.isfinite(vb)
+                baseline = float(vb[used].mean()) if used.any() else float("nan")
+                rows.append({**cell, "seeds": res["n_pairs"], "metric": task.monitor, "unit": "seed", **res,
                              "relative": _relative(res["difference"], baseline)})
             else:
                 res = _paired_images(task, runs_dir / a.loc[seeds[0], "run"], runs_dir / b.loc[seeds[0], "run"])
                 if res is not None:
-                    rows.append({**cell, "unit": "test image", **res, "relative": _relative(res["difference"], baseline)})
+                    rows.append({**cell, "unit": "test image", **res,
+                                 "relative": _relative(res["difference"], res.get("baseline", float("nan")))})
     out = pd.DataFrame(rows)
     if len(out):
         out["p_holm"] = holm(out["p_value"].tolist())
@@ -105,8 +123,9 @@ def compare_within_seeds(task: Task, df: pd.DataFrame, runs_dir: Path) -> pd.Dat
 
 
 def _relative(difference: float, baseline: float) -> float:
-    """The difference as a fraction of the baseline's mean (how papers state "22% lower error")."""
-    return difference / baseline if baseline else float("nan")
+    """The difference as a fraction of the baseline's mean of the same quantity (how papers state "22% lower
+    error"); NaN where the baseline is 0 or unknown."""
+    return difference / baseline if baseline and math.isfinite(baseline) else float("nan")
 
 
 def _paired_images(task: Task, run: Path, base: Path) -> dict[str, Any] | None:

@@ -1,7 +1,9 @@
-"""Study plots read from run directories: convergence against optimiser steps, and ROC curves with intervals."""
+"""Study plots read from run directories and the aggregate table: one panel per value of a factor, the mean over
+seeds with its bounded interval (a band or error bars), one legend outside the data."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -14,39 +16,107 @@ FPR_GRID = np.linspace(0.0, 1.0, 101)
 
 
 def interval_yerr(g: pd.DataFrame, metric: str) -> np.ndarray:
-    """Asymmetric error bars from the t-interval (``_lo``/``_hi``), or the SD where there is no interval (one seed:
-    zero)."""
+    """Asymmetric error bars from the bounded interval (``_lo``/``_hi``); none (zero) where a cell has no interval
+    (fewer than three seeds): an SD bar would suggest an interval the report does not give."""
     mean = g[f"{metric}_mean"].to_numpy(dtype=float)
-    if f"{metric}_lo" in g and g[f"{metric}_lo"].notna().any():
-        lo = g[f"{metric}_lo"].to_numpy(dtype=float)
-        hi = g[f"{metric}_hi"].to_numpy(dtype=float)
-        return np.nan_to_num(np.vstack([mean - lo, hi - mean]))
-    sd = np.nan_to_num(g[f"{metric}_std"].to_numpy(dtype=float))
-    return np.vstack([sd, sd])
+    if f"{metric}_lo" not in g:
+        return np.zeros((2, len(g)))
+    lo = g[f"{metric}_lo"].to_numpy(dtype=float)
+    hi = g[f"{metric}_hi"].to_numpy(dtype=float)
+    return np.nan_to_num(np.vstack([mean - lo, hi - mean]))
 
 
-def plot_convergence(runs_dir: Path, df: pd.DataFrame, monitor: str, path: Path) -> Path:
-    """Validation ``monitor`` against optimiser steps (the seed's "AUC vs mini-batches"): the mean over seeds per
-    (init, depth, label fraction), on each run's cumulative step count from ``metrics.jsonl``."""
-    fig = Figure(figsize=(7.2, 4.2))
-    ax = fig.add_subplot()
+def facet_figure(panels: list[Any], title: Callable[[Any], str], width: float = 3.6,
+                 height: float = 3.0) -> tuple[Figure, dict[Any, Any]]:
+    """One axes per panel key, side by side (wrapping after three), sharing the y-axis so panels compare at a
+    glance; room on the right for a legend outside the data."""
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(width * cols + 1.8, height * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    out = {}
+    for k, ax in zip(panels, axes.flat):
+        ax.set_title(title(k), fontsize=9)
+        ax.grid(alpha=0.3)
+        out[k] = ax
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return fig, out
+
+
+def save_with_outside_legend(fig: Figure, axes: list[Any], path: Path) -> Path:
+    """One legend for the figure, right of the panels (it never covers a line), deduplicated by label."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.tight_layout(rect=(0, 0, 1 - min(0.45, 1.9 / fig.get_figwidth()), 1))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8, frameon=False)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_validation_curves(runs_dir: Path, df: pd.DataFrame, monitor: str, bounds: tuple[float, float], path: Path,
+                           x: str = "epoch") -> Path:
+    """Validation ``monitor`` per epoch (``x="epoch"``) or against cumulative optimiser steps (``x="steps"``, the
+    seed's "AUC vs mini-batches"): one panel per (depth, label fraction), one line per init, the mean over seeds
+    with a band (the 95% interval over the seeds still training at that point, inside the metric's range; none
+    where fewer than three are)."""
+    from transfer.studies.seed_stats import seed_interval
+
+    keys = list(dict.fromkeys(zip(df["depth"], df["label_fraction"])))
+    fig, axes = facet_figure(keys, lambda k: f"depth {k[0]}, {k[1]:.0%} of the labels")
+    colours = {init: f"C{i}" for i, init in enumerate(dict.fromkeys(df["init"]))}
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
         curves = [c for c in (_curve(runs_dir / r, monitor) for r in g["run"]) if c is not None]
         if not curves:
             continue
-        n = min(len(c) for c in curves)  # early stopping ends seeds at different epochs: the common part
-        steps = np.mean([c[:n, 0] for c in curves], axis=0)
-        ax.plot(steps, np.mean([c[:n, 1] for c in curves], axis=0), marker=".", lw=1.2,
-                label=f"{init}, {depth}, {frac:.0%}")
-    ax.set_xlabel("optimiser steps")
-    ax.set_ylabel(f"validation {monitor} (mean over seeds)")
-    log_scale_if_wide(ax)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+        n = max(len(c) for c in curves)  # seeds stopped early contribute up to their last epoch
+        ys = np.full((len(curves), n), np.nan)
+        xs = np.full((len(curves), n), np.nan)
+        for i, c in enumerate(curves):
+            ys[i, : len(c)] = c[:, 1]
+            xs[i, : len(c)] = np.arange(len(c)) if x == "epoch" else c[:, 0]
+        stats = [seed_interval(ys[:, j].tolist(), bounds) for j in range(n)]
+        # the mean of the one or two seeds that trained longest is not the cell's curve: drawn while at least three
+        # seeds (or every seed of a cell with fewer) are still training
+        drawn = [j for j in range(n) if stats[j]["n"] >= min(3, len(curves))]
+        xm = np.nanmean(xs, axis=0)[drawn]
+        stats = [stats[j] for j in drawn]
+        ax = axes[(depth, frac)]
+        ax.plot(xm, [st["mean"] for st in stats], marker=".", lw=1.4, color=colours[init],
+                label=f"{init} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        ax.fill_between(xm, [st["lo"] for st in stats], [st["hi"] for st in stats], color=colours[init], alpha=0.18,
+                        lw=0)
+    for ax in axes.values():
+        ax.set_xlabel("epoch (consecutive across depths for auto)" if x == "epoch" else "optimiser steps", fontsize=8)
+        log_scale_if_wide(ax)
+    next(iter(axes.values())).set_ylabel(f"validation {monitor}")
+    return save_with_outside_legend(fig, list(axes.values()), path)
+
+
+def plot_test_metric(agg: pd.DataFrame, metric: str, along: str, order: list[Any], path: Path, ylabel: str) -> Path:
+    """The test metric's mean with its 95% interval over seeds against ``along`` (``depth`` or ``label_fraction``),
+    one panel per value of the other factor, one line per init."""
+    other = "label_fraction" if along == "depth" else "depth"
+    keys = list(dict.fromkeys(agg[other]))
+    fig, axes = facet_figure(keys, (lambda k: f"{k:.0%} of the labels") if other == "label_fraction" else
+                             (lambda k: f"depth {k}"))
+    for k, ax in axes.items():
+        for i, (init, g) in enumerate(agg[agg[other] == k].groupby("init", sort=False)):
+            g = g.set_index(along).reindex([v for v in order if v in set(g[along])]).reset_index()
+            xs = range(len(g)) if along == "depth" else g[along]
+            ax.errorbar(xs, g[f"{metric}_mean"], yerr=interval_yerr(g, metric), marker="o", capsize=3, color=f"C{i}",
+                        label=init)
+            if along == "depth":
+                ax.set_xticks(range(len(g)), list(g[along]), rotation=20)
+        if along == "label_fraction":
+            ax.set_xscale("log")
+        ax.set_xlabel("fine-tuning depth (trained stages)" if along == "depth" else "label fraction of the training set",
+                      fontsize=8)
+    next(iter(axes.values())).set_ylabel(ylabel)
+    return save_with_outside_legend(fig, list(axes.values()), path)
 
 
 def log_scale_if_wide(ax) -> None:  # noqa: ANN001 (matplotlib Axes)

@@ -70,7 +70,7 @@ def test_pairs_compare_inits_within_a_variant_and_variants_within_an_init():
 
 def test_comparisons_state_the_difference_relative_to_the_baseline(tmp_path):
     """Over seeds: mean paired difference / the baseline's mean, as papers state "22% lower error"."""
-    task = type("T", (), {"monitor": "mre_mm"})()
+    task = type("T", (), {"monitor": "mre_mm", "metric_range": staticmethod(lambda m: (0.0, float("inf")))})()
     df = pd.DataFrame({"init": ["imagenet"] * 3 + ["cae"] * 3, "depth": "all", "label_fraction": 1.0,
                        "seed": [0, 1, 2] * 2, "run": [f"r{k}" for k in range(6)],
                        "test_mre_mm": [2.0, 2.2, 1.8, 1.5, 1.7, 1.6]})
