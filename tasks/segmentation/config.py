@@ -45,7 +45,7 @@ class SegmentationConfig:
     decoder_top_stage: str | None = None  #: deepest backbone stage the decoder reads (default: deepest spatial)
     image_skip: bool = True  #: feed the input image to the decoder's last level (thin structures)
     vflip: bool = False  #: random vertical flips in training (horizontal: data.augment.hflip)
-    spacing_mm: float | None = None  #: mm per working-size pixel, for boundary distances in mm
+    spacing_mm: float | None = None  #: mm per pixel of the mask files (scoring is at their resolution), for distances in mm
     plots: int = 3  #: overlay plots per split (best, median, worst Dice)
 
     def __post_init__(self) -> None:

@@ -3,15 +3,18 @@
 Sizes: images go through the decode cache at ``data.image_size`` (stretched, as
 for every task); masks and field-of-view masks are read at their native size,
 checked against their image's size, then resized to the working size with
-*nearest* neighbours (labels are never interpolated). With ``data.image_size``
-equal to the files' size (DRIVE: 584 x 565) nothing is resized and every metric
-is at native resolution. Training draws random ``crop_size`` crops (image and
-mask cropped identically); validation, test and predict run blended sliding
-windows over the whole working-size image, so any size works. ``predict``
-writes each mask back at the image's original size (nearest).
+*nearest* neighbours (labels are never interpolated) for training. Scoring is
+always at the files' resolution: the sliding-window probabilities are resized
+(bilinear) back to each mask's size and compared with the mask as stored, so the
+metrics do not depend on ``data.image_size`` (DRIVE at 584 x 565 resizes
+nothing). Training draws random ``crop_size`` crops (image and mask cropped
+identically); validation, test and predict run blended sliding windows over the
+whole working-size image, so any size works. ``predict`` writes each mask back at
+the image's original size (nearest).
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -175,6 +178,8 @@ class SegmentationTask(Task):
     mode = "max"
     stratify_key = None
     report_metrics = ("dice", "iou", "sensitivity", "specificity", "auc", "hd95_px", "assd_px")
+    metric_ranges = {**{m: (0.0, 1.0) for m in ("dice", "iou", "sensitivity", "specificity", "auc", "auc_pooled")},
+                     **{m: (0.0, math.inf) for m in ("hd95_px", "assd_px", "hd95_mm", "assd_mm")}}
 
     # ------------------------------------------------------------------ data
 
@@ -238,7 +243,7 @@ class SegmentationTask(Task):
                              desc=f"decoding {which}")
         self.skipped += loaded.skipped
         size = tuple(int(s) for s in cfg.data.image_size)
-        keep, masks, fovs, ids, empty = [], [], [], [], []
+        keep, masks, fovs, ids, empty, files = [], [], [], [], [], []
         for j, i in enumerate(loaded.kept):
             img, mpath, fpath = triples[int(i)]
             osz = tuple(int(s) for s in loaded.original_sizes[j])
@@ -268,6 +273,7 @@ class SegmentationTask(Task):
             masks.append(resize_nearest(cls, size))
             fovs.append(resize_nearest(fov.astype(np.uint8), size) > 0)
             ids.append(img.name)
+            files.append((mpath, fpath))
         if not keep:
             raise DatasetError(f"{split}: every image was skipped ({len(self.skipped)} skipped)")
         images = loaded.images[torch.as_tensor(keep)]
@@ -279,8 +285,22 @@ class SegmentationTask(Task):
             print(f"note: {len(empty)} empty mask(s) in {which} (no foreground in the field of view), "
                   f"e.g. {empty[0]}")
         targets = {"mask": torch.from_numpy(np.stack(masks)), "fov": torch.from_numpy(np.stack(fovs)),
-                   "orig_size": torch.from_numpy(loaded.original_sizes[keep].astype(np.float32))}
-        return ImageDataset(images, targets, ids)
+                   "orig_size": torch.from_numpy(loaded.original_sizes[keep].astype(np.float32)),
+                   "target_file": torch.arange(len(files))}
+        # scoring reads the masks again at their native size (a batch at a time, not held in memory): the working-size
+        # masks above are for training only
+        return ImageDataset(images, targets, ids, meta={"target_files": files})
+
+    def native_target(self, dataset: ImageDataset, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Image ``i``'s class-index mask and field of view at the files' own resolution; None for a dataset that was
+        not read from mask files (built in memory), whose working-size targets are then the truth."""
+        files = dataset.meta.get("target_files")
+        if files is None or "target_file" not in dataset.targets:
+            return None
+        mpath, fpath = files[int(dataset.targets["target_file"][i])]
+        cls = to_class_index(read_mask(mpath), list(self.options.class_values), mpath)
+        fov = read_mask(fpath) > 0 if fpath is not None else np.ones(cls.shape, bool)
+        return cls, fov
 
     # ------------------------------------------------------------------ model
 
@@ -309,6 +329,14 @@ class SegmentationTask(Task):
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
                  *, with_ci: bool = False) -> EvalResult:
+        """Scores at the files' resolution: each image's class probabilities are resized (bilinear) from the working
+        size to its mask's native size, where the prediction is taken and every metric computed, so
+        ``spacing_mm`` is per original pixel and the numbers do not depend on ``data.image_size``.
+
+        Left out of every mean, counted and named (console and summary): images with no pixel in their field of
+        view (``n_unscorable``), and images whose truth and prediction are both empty inside it (``n_empty_agree``:
+        Dice 1 there would say nothing about the model).
+        """
         from tasks.segmentation.metrics import dataset_means, image_metrics, pooled_auc
 
         o = self.options
@@ -317,25 +345,57 @@ class SegmentationTask(Task):
         pred = probs.argmax(1).numpy().astype(np.uint8)
         true = dataset.target_array("mask")
         fov = dataset.target_array("fov").astype(bool)
-        rows = []
+        rows, fg_probs, fg_true, fg_fov = [], [], [], []
+        unscorable, empty_agree = [], []
+        n_empty_masks = 0
         for i in range(len(pred)):
-            m = image_metrics(pred[i], true[i], fov[i], k, probs[i].numpy(), o.spacing_mm)
-            m["true_pixels"] = float(((true[i] > 0) & fov[i]).sum())
-            m["pred_pixels"] = float(((pred[i] > 0) & fov[i]).sum())
+            native = self.native_target(dataset, i)
+            if native is None:
+                t, v, pr = true[i], fov[i], probs[i]
+            else:
+                t, v = native
+                pr = probs[i] if tuple(t.shape) == tuple(probs.shape[-2:]) else F.interpolate(
+                    probs[i : i + 1], size=t.shape, mode="bilinear", align_corners=False)[0]
+            p = pr.argmax(0).numpy().astype(np.uint8)
+            if not v.any():
+                unscorable.append(dataset.ids[i])
+                rows.append({"dice": float("nan")})
+                continue
+            m = image_metrics(p, t, v, k, pr.numpy(), o.spacing_mm)
+            m["true_pixels"] = float(((t > 0) & v).sum())
+            m["pred_pixels"] = float(((p > 0) & v).sum())
+            n_empty_masks += m["true_pixels"] == 0
+            if m["true_pixels"] == 0 and m["pred_pixels"] == 0:
+                empty_agree.append(dataset.ids[i])
+                m = {key: float("nan") for key in m}
             rows.append(m)
+            if k == 2:
+                fg_probs.append(pr[1].numpy())
+                fg_true.append(t)
+                fg_fov.append(v)
         metrics = dataset_means(rows)
         metrics.pop("true_pixels", None)
         metrics.pop("pred_pixels", None)
-        if k == 2:
-            fg = probs[:, 1].numpy()
-            metrics["auc_pooled"] = pooled_auc(list(fg), list(true), list(fov))
+        if k == 2 and fg_probs:
+            metrics["auc_pooled"] = pooled_auc(fg_probs, fg_true, fg_fov)
         metrics["n_images"] = len(pred)
-        metrics["n_empty_masks"] = int(sum(((t > 0) & f).sum() == 0 for t, f in zip(true, fov)))
+        metrics["n_scored"] = len(pred) - len(unscorable) - len(empty_agree)
+        metrics["n_empty_masks"] = int(n_empty_masks)
+        metrics["n_unscorable"], metrics["unscorable"] = len(unscorable), unscorable
+        metrics["n_empty_agree"], metrics["empty_agree"] = len(empty_agree), empty_agree
+        metrics["scored_at"] = "native" if dataset.meta.get("target_files") is not None else "working size"
+        for what, names in (("no pixel in the field of view", unscorable),
+                            ("empty truth and empty prediction", empty_agree)):
+            if names:
+                print(f"note: {len(names)} image(s) left out of the means ({what}): {', '.join(names[:5])}"
+                      f"{', ...' if len(names) > 5 else ''}")
         if with_ci and len(rows) > 1:
             d = np.asarray([r["dice"] for r in rows], float)
-            rng = np.random.default_rng(self.cfg.seed)
-            boots = d[rng.integers(0, len(d), (2000, len(d)))].mean(1)
-            metrics["dice_ci95"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+            d = d[np.isfinite(d)]
+            if len(d) > 1:
+                rng = np.random.default_rng(self.cfg.seed)
+                boots = d[rng.integers(0, len(d), (2000, len(d)))].mean(1)
+                metrics["dice_ci95"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
         df = pd.DataFrame({"image": dataset.ids})
         table = pd.DataFrame(rows)
         df = pd.concat([df, table], axis=1)

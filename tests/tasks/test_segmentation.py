@@ -298,3 +298,72 @@ def test_predict_writes_masks_under_output_dir(tmp_path, seg_root):
     assert df["fov_applied"].all()
     m = np.asarray(Image.open(df["mask_path"][0]))
     assert (m[0] == 0).all() and (m[:, -1] == 0).all() and (m[1:-1, 1:-1] == 255).all()
+
+
+# -- scoring at the files' resolution ----------------------------------------------------------------------------
+
+def _truth_at_working_size(task, ds):
+    """A 'model' whose probabilities are the working-size truth, one-hot: perfect at the working size only."""
+    mask = torch.as_tensor(ds.target_array("mask")).long()
+    return torch.nn.functional.one_hot(mask, 2).permute(0, 3, 1, 2).float()
+
+
+def test_scores_at_native_resolution_not_the_working_size(seg_root, monkeypatch):
+    """Old: masks were resized to data.image_size and scored there, so a prediction perfect at 16x16 scored Dice 1.0
+    against a 16x16 copy of the truth. Now probabilities are resized back to the mask's 36x44 pixels and scored
+    against the mask as stored, with spacing_mm per original pixel."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    from tasks.segmentation.metrics import overlap_metrics
+
+    task = SegmentationTask(make_cfg(seg_root, "--set", "data.image_size=[16, 16]", "--set", "data.test=test",
+                                     "--set", "task.segmentation.spacing_mm=0.5"))
+    ds = task.load_split("test", "test")
+    probs = _truth_at_working_size(task, ds)
+    monkeypatch.setattr(task, "probabilities", lambda *a, **k: probs)
+    result = task.evaluate(None, ds, torch.device("cpu"))  # type: ignore[arg-type]
+    for i, row in result.predictions.iterrows():
+        stem = Path(row["image"]).stem  # NN_test
+        true = read_mask(seg_root / "test" / "manual" / f"{stem[:2]}_manual1.gif") > 0  # as stored: 36x44
+        fov = read_mask(seg_root / "test" / "mask" / f"{stem}_mask.png") > 0
+        pred = torch.nn.functional.interpolate(probs[i : i + 1], size=(H, W), mode="bilinear",
+                                               align_corners=False)[0].argmax(0).numpy()
+        assert row["dice"] == pytest.approx(overlap_metrics(pred == 1, true == 1, fov)["dice"])
+        assert row["dice"] < 1.0  # a 16x16 map does not recover 3-pixel vessels at 36x44
+        p, t = torch.as_tensor((pred == 1) & fov)[None, None], torch.as_tensor((true == 1) & fov)[None, None]
+        hd95 = compute_hausdorff_distance(p, t, percentile=95, spacing=0.5).item()
+        assd = compute_average_surface_distance(p, t, symmetric=True, spacing=0.5).item()
+        assert row["hd95_mm"] == pytest.approx(hd95, rel=1e-6)
+        assert row["hd95_px"] == pytest.approx(hd95 / 0.5, rel=1e-6)
+        assert row["assd_mm"] == pytest.approx(assd, rel=0.15)  # MONAI averages the two directions' means
+        assert row["assd_mm"] == pytest.approx(_assd_pooled(p[0, 0].numpy(), t[0, 0].numpy(), 0.5), rel=1e-6)
+    assert result.metrics["scored_at"] == "native"
+
+
+def _assd_pooled(pred: np.ndarray, true: np.ndarray, spacing: float) -> float:
+    """ASSD as every boundary distance of both directions pooled, by brute force over boundary pixel pairs."""
+    from scipy import ndimage
+
+    def boundary(m):
+        return np.argwhere(m & ~ndimage.binary_erosion(m, border_value=0))
+
+    a, b = boundary(pred) * spacing, boundary(true) * spacing
+    d = np.linalg.norm(a[:, None] - b[None], axis=-1)
+    return float(np.concatenate([d.min(1), d.min(0)]).mean())
+
+
+def test_images_without_a_scorable_pixel_are_left_out_and_named(seg_root, monkeypatch, capsys):
+    """Old: an all-zero field of view scored Dice 1.0 and was averaged in. Now it is counted and named, and so is an
+    image whose truth and prediction are both empty."""
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(seg_root / "test" / "mask" / "01_test_mask.png")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(seg_root / "test" / "manual" / "02_manual1.gif")
+    task = SegmentationTask(make_cfg(seg_root, "--set", "data.test=test"))
+    ds = task.load_split("test", "test")
+    probs = _truth_at_working_size(task, ds)
+    monkeypatch.setattr(task, "probabilities", lambda *a, **k: probs)
+    result = task.evaluate(None, ds, torch.device("cpu"))  # type: ignore[arg-type]
+    m = result.metrics
+    assert m["n_unscorable"] == 1 and m["unscorable"] == ["01_test.png"]
+    assert m["n_empty_agree"] == 1 and m["empty_agree"] == ["02_test.png"]
+    assert m["n_scored"] == 1 and m["dice"] == pytest.approx(result.predictions["dice"].iloc[0])
+    assert "01_test.png" in capsys.readouterr().out
