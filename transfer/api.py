@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from transfer.backbones import StagedBackbone
+from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config
 from transfer.data.datasets import ImageDataset, Skipped
 from transfer.errors import DatasetError
@@ -57,6 +58,9 @@ class TaskModel(nn.Module, ABC):
     head: nn.Module
     #: backbone stages the head never uses (e.g. above a heatmap head's feature map); kept frozen
     unused_stages: list[str] = []
+    #: a frozen backbone's features remembered by image, for models whose head reads the backbone's pooled output
+    #: (classification); a run may hand one memo to several models with the same weights (a study's head-only cells)
+    feature_memo: FrozenFeatureMemo | None = None
 
     @abstractmethod
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...

@@ -13,6 +13,7 @@ from torch import nn
 
 from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
+from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.data.datasets import ImageDataset, Skipped, load_images
 from transfer.errors import DatasetError
 from transfer.api import EvalResult, Task, TaskModel, batched_forward
@@ -49,16 +50,19 @@ class ClassificationHead(nn.Module):
 
 class ClassifierModel(TaskModel):
     def __init__(self, backbone: StagedBackbone, num_classes: int, *, dropout: float, class_weights: torch.Tensor | None,
-                 augment: BatchAugment | None) -> None:
+                 augment: BatchAugment | None, feature_memo: FrozenFeatureMemo | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = ClassificationHead(backbone.num_features, num_classes, dropout)
         self.augment = augment
+        #: a frozen backbone's pooled features by image (head-only runs); steps aside while the backbone trains
+        self.feature_memo = feature_memo
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> logits (B, K)."""
-        return self.head(self.backbone(images))
+        features = self.feature_memo(self.backbone, images) if self.feature_memo is not None else self.backbone(images)
+        return self.head(features)
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["image"]
@@ -221,7 +225,8 @@ class ClassificationTask(Task):
         elif c.class_weights == "balanced" and "class_weights" in self.info:
             weights = torch.tensor(self.info["class_weights"], dtype=torch.float32)
         aug = BatchAugment(self.cfg.data.augment)
-        return ClassifierModel(backbone, k, dropout=c.dropout, class_weights=weights, augment=aug)
+        return ClassifierModel(backbone, k, dropout=c.dropout, class_weights=weights, augment=aug,
+                               feature_memo=FrozenFeatureMemo())
 
     # -- evaluation --------------------------------------------------------------
     def _probs(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from transfer.api import TASKS, Task, TaskModel
+from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config, to_dict
 from transfer.distributed import barrier, is_main_process, world_size
 from transfer.engine import resolve_device
@@ -30,7 +31,8 @@ def default_run_name(cfg: Config) -> str:
             f"-frac{cfg.data.label_fraction:g}-seed{cfg.seed}")
 
 
-def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False) -> dict[str, Any]:
+def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
+                 feature_memo: FrozenFeatureMemo | None = None) -> dict[str, Any]:
     """Train, select on validation, test once; returns the summary written to ``summary.json``.
 
     A run directory that holds a finished run (``summary.json`` + ``model.pt``) is not trained again: its summary
@@ -39,6 +41,8 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
     checked before data is read or the directory made; an error after that leaves ``failed.json`` in the directory.
     Under torchrun (a process group), every rank trains its shard and evaluates the full validation set (so all
     ranks select the same epoch and stop together); rank 0 alone writes the run directory and W&B.
+    ``feature_memo``: a memo of frozen-backbone features shared with other runs in this process (a study's cells);
+    the model's own, per run, otherwise.
     """
     seed_everything(cfg.seed)
     t0 = time.time()
@@ -57,6 +61,8 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
     barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)
     try:
         model, report = _build_model(cfg, task, splits, run)
+        if feature_memo is not None and model.feature_memo is not None:
+            model.feature_memo = feature_memo
         summary = _train_and_select(cfg, task, model, splits, run)
         summary.update(_score(cfg, task, model, splits, run))
         summary.update({"weights": report.source, "missing_keys": report.missing, "unused_keys": report.unexpected,

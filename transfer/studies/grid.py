@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config
 from transfer.config.io import to_dict
 from transfer.runs.finetune import run_finetune
@@ -54,7 +55,8 @@ def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: boo
         if c.name in done:
             progress(f"[{k}/{len(mine)}] {c.name}: done earlier, reusing {root / 'runs' / c.name}")
     todo = [(k, c) for k, c in numbered if c.name not in done]
-    per_job = cfg.study.submitit.cells_per_job if cfg.study.executor == "submitit" else 1
+    # local: one job running every cell in turn, so its cells share one memo of frozen-backbone features
+    per_job = cfg.study.submitit.cells_per_job if cfg.study.executor == "submitit" else max(len(todo), 1)
     chunks = [todo[i:i + per_job] for i in range(0, len(todo), per_job)]
     run_jobs(cfg, root, cells_job, [(cfg, chunk, len(mine), str(root)) for chunk in chunks], "finetune", progress)
     out = {**write_study_outputs(cfg, root), "seconds": round(time.time() - t0, 1)}
@@ -80,8 +82,9 @@ def cells_job(cfg: Config, cells: list[tuple[int, Cell]], total: int, root: str)
     """Fine-tune ``cells`` one after another (a job); one console line per cell (in a submitit job, its log; the
     submitting process prints the returned lines), each run's own output in its run directory."""
     lines = []
+    memo = FrozenFeatureMemo()  # head-only cells on the same weights (ImageNet) compute each image's features once
     for k, cell in cells:
-        summary = run_cell(cfg, cell, Path(root))
+        summary = run_cell(cfg, cell, Path(root), memo)
         lines.append(f"[{k}/{total}] {cell.name}: {_headline(summary)}")
         print(lines[-1], flush=True)
     return "; ".join(lines)
@@ -97,7 +100,7 @@ def _headline(summary: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def run_cell(cfg: Config, cell: Cell, root: Path) -> dict[str, Any]:
+def run_cell(cfg: Config, cell: Cell, root: Path, feature_memo: FrozenFeatureMemo | None = None) -> dict[str, Any]:
     """The summary of one cell's fine-tuning run: read back when it finished earlier, else trained now (its
     console output goes to ``console.log`` in its run directory; progress bars stay on stderr)."""
     c = cell_config(cfg, cell, root)
@@ -106,7 +109,7 @@ def run_cell(cfg: Config, cell: Cell, root: Path) -> dict[str, Any]:
     try:
         with open(run_dir / "console.log", "a") as log, contextlib.redirect_stdout(log):
             # run_finetune reuses a finished cell only when its config is this cell's (and resumes a cut-short one)
-            return run_finetune(c, name=cell.name)
+            return run_finetune(c, name=cell.name, feature_memo=feature_memo)
     except RunStateError as e:
         raise RunStateError(f"study {cfg.study.name!r}, cell {cell.name}: {e}. For a study: set a new study.name "
                             f"(or study.out_dir), or delete {run_dir} to run the cell again") from None
