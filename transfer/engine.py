@@ -324,6 +324,7 @@ class Engine:
         monitor: str | None = None,
         mode: str = "max",
         patience: int | None = None,
+        min_delta: float = 0.0,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         state_of: Callable[[], dict[str, torch.Tensor]] | None = None,
         resume_path: Path | None = None,
@@ -349,8 +350,11 @@ class Engine:
         it: anything logged after the restored epochs is stale.
         When every monitored value is NaN, no epoch is selected: ``best_metric``
         and ``best_state`` are None and the model holds the last epoch's weights.
+        An epoch for which ``evaluate`` returns nothing (a check every k epochs)
+        is not selected and does not count against ``patience``; an improvement
+        must exceed ``min_delta``.
         """
-        selection = Selection(mode)
+        selection = Selection(mode, min_delta=min_delta)
         state_of = state_of or self.model.state_dict
         history, start = self._load_resume(resume_path, selection, resume_config)
         resumed_from = start if history else None
@@ -365,9 +369,12 @@ class Engine:
             if self.scheduler is not None:
                 self.scheduler.step()  # per epoch, after it: the row's lr is the one the epoch trained with
             row = _epoch_row(stats)
-            if evaluate is not None:
-                row.update({f"val_{k}": v for k, v in evaluate(epoch).items()})
-            selection.update(epoch, _monitored(row, monitor), state_of)
+            measured = evaluate(epoch) if evaluate is not None else {}
+            row.update({f"val_{k}": v for k, v in measured.items()})
+            # an evaluation that measures every k epochs (stage 1's probe) returns nothing in between: those epochs
+            # neither improve nor count against the patience
+            if monitor is None or measured:
+                selection.update(epoch, _monitored(row, monitor), state_of)
             row["best_epoch"] = selection.best_epoch
             history.append(row)
             if on_epoch is not None:
@@ -483,6 +490,8 @@ class Selection:
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs: int = 0
+    #: an improvement must exceed this (a probe's noise is not progress); the first finite value always counts
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
@@ -499,7 +508,8 @@ class Selection:
         elif math.isnan(value):
             improved = False
         else:
-            improved = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            improved = self.best is None or (value > self.best + self.min_delta if self.mode == "max"
+                                             else value < self.best - self.min_delta)
         if improved:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             # one copy on the host: the kept state must not follow the weights as training goes on

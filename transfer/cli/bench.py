@@ -1,4 +1,4 @@
-"""``medtransfer bench data|finetune|pretrain``: speed benchmarks that print figures."""
+"""``medtransfer bench data|finetune|pretrain|ssl``: benchmarks that print figures (speed; stage 1's known answer)."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     bp.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
     bp.add_argument("--steps", type=int, default=10)
     bp.set_defaults(fn=cmd_bench_pretrain)
+
+    bs = bsub.add_parser("ssl", help="stage 1's known-answer benchmark: each method's probe vs its starting point")
+    add_config_args(bs)
+    bs.add_argument("--methods", nargs="+", default=None, help="stage-1 methods (default: cae augpred simclr moco byol)")
+    bs.add_argument("--inits", nargs="+", default=None, help="starting points (default: scratch imagenet)")
+    bs.add_argument("--out", default="runs/bench-ssl", help="folder of the runs, bench.json and report.md")
+    bs.add_argument("--report", default=None, help="also copy the markdown table here (e.g. reports/ssl_known_answer.md)")
+    bs.set_defaults(fn=cmd_bench_ssl)
 
 
 # The benchmark modules are imported by their commands: they pull in lightly and the stage-1 methods, which
@@ -72,4 +80,23 @@ def cmd_bench_pretrain(args: argparse.Namespace) -> int:
 
     res = bench_pretrain(args.method, args.backbone, args.batch_size, tuple(args.size), steps=args.steps)
     print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_bench_ssl(args: argparse.Namespace) -> int:
+    import shutil
+
+    from transfer.bench.ssl import INITS, METHODS, bench_ssl
+
+    res = bench_ssl(load(args), Path(args.out), methods=tuple(args.methods or METHODS), inits=tuple(args.inits or INITS))
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(args.out) / "report.md", args.report)
+    for row in res["results"]:
+        gain = row["linear_gain"]
+        print(f"{row['method']:>8} from {row['init']:<8}: linear probe {row['linear_probe_acc']:.3f} "
+              f"({'+' if gain >= 0 else ''}{gain:.3f} vs its start), kNN {row['knn_acc']:.3f}, "
+              f"embedding std {row['embedding_std']:.2f}, effective rank {row['effective_rank']:.1f}, "
+              f"{row['cpu_minutes']:.1f} CPU-min, kept epoch {row['kept_epoch']}")
+    print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -52,6 +52,14 @@ class PretrainConfig:
     on_bad: Literal["error", "skip"] = "error"  #: on an unreadable image: stop, or skip it and report it
     monitor_every: int = 0  #: epochs between representation checks (0 = off)
     monitor_data: str | None = None  #: labelled data for the representation check
+    #: the probe score that selects the checkpoint and stops a plateau (kNN or linear-probe accuracy)
+    monitor_metric: Literal["linear_probe_acc", "knn_acc"] = "linear_probe_acc"
+    #: stop after this many checks in a row without an improvement above ``monitor_min_delta`` (0 = never stop early)
+    monitor_patience: int = 0
+    monitor_min_delta: float = 0.002  #: a probe gain smaller than this is noise, not progress (accuracy points / 100)
+    #: with checks on: save the encoder of the best check (``best``, recorded in the checkpoint's provenance) or the
+    #: last epoch's (``last``)
+    keep: Literal["best", "last"] = "best"
 
     def __post_init__(self) -> None:
         _check(self.method.strip() != "", "pretrain.method", "must name a registered method (medtransfer pretrain --help lists them)")
@@ -63,6 +71,10 @@ class PretrainConfig:
         _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
                f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
         _check(self.monitor_every >= 0, "pretrain.monitor_every", f"must be >= 0, got {self.monitor_every}")
+        _check(self.monitor_patience >= 0, "pretrain.monitor_patience", f"must be >= 0, got {self.monitor_patience}")
+        _check(self.monitor_min_delta >= 0, "pretrain.monitor_min_delta", f"must be >= 0, got {self.monitor_min_delta}")
+        _check(self.monitor_patience == 0 or (self.monitor_every > 0 and self.monitor_data is not None),
+               "pretrain.monitor_patience", "needs the probe: set pretrain.monitor_every and pretrain.monitor_data")
 
     def section(self, name: str) -> Any:
         """A method's option section (``contrastive``, ``cae``...), its defaults when the config does not set it."""

@@ -38,7 +38,7 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     p = cfg.pretrain
     method_cls = PRETRAIN_METHODS.get(p.method)
     seed_everything(cfg.seed)
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     name = name or cfg.tracking.name or default_pretrain_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "pretrain")
@@ -61,12 +61,14 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
         method = method_cls.from_config(backbone, options, tuple(cfg.data.image_size))
         res = _train(cfg, method, pool, run, key)
         history = res.history
-        ckpt, provenance = _save(cfg, method, pool, report, run)
+        selection = selection_record(cfg, res)
+        ckpt, provenance = _save(cfg, method, pool, report, run, selection)
         summary = {
             "run": name, "method": p.method, "backbone": cfg.backbone.name, "init": cfg.init,
             "pool": pool.source, "pool_size": len(pool.images), "skipped": pool.skipped,
             "data_fingerprint": pool.fingerprint, "epochs": len(history), "final": history[-1],
-            "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
+            "selection": selection, "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1),
             "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
         }
         run.log_summary(summary)  # summary.json + backbone.pt: complete, the resume state is no longer needed
@@ -112,10 +114,29 @@ def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run, key: dict[
     loader = make_loader(ImageDataset(pool.images, ids=pool.ids), p.batch_size, shuffle=True,
                          num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device)
     sample = {"image": pool.images[: min(8, len(pool.images))].to(engine.device)}
-    res = engine.fit(loader, p.epochs, evaluate=_probe(cfg, method, engine.device),
+    probe = _probe(cfg, method, engine.device)
+    monitored = probe is not None
+    res = engine.fit(loader, p.epochs, evaluate=probe, monitor=p.monitor_metric if monitored else None, mode="max",
+                     patience=p.monitor_patience or None, min_delta=p.monitor_min_delta,
+                     state_of=method.encoder.state_dict if monitored else None,
                      on_epoch=_media_logger(cfg, method, sample, run), resume_path=run.dir / "last.pt",
                      max_steps=p.max_steps, resume_config=key, on_start=lambda history: run.keep_metrics(len(history)))
+    if monitored and p.keep == "best" and res.best_state is not None:
+        method.encoder.load_state_dict(res.best_state)  # the encoder of the best check, not of the last epoch
     return res
+
+
+def selection_record(cfg: Config, res: FitResult) -> dict[str, Any]:
+    """What the checkpoint holds and why: the epoch whose encoder was kept, by which probe score, and whether the
+    probe's plateau stopped training (recorded in the summary and the checkpoint's provenance)."""
+    p = cfg.pretrain
+    if not (p.monitor_every and p.monitor_data):
+        return {"kept": "last", "epoch": len(res.history) - 1, "by": None}
+    kept_best = p.keep == "best" and res.best_state is not None
+    return {"kept": "best" if kept_best else "last", "epoch": res.best_epoch if kept_best else len(res.history) - 1,
+            "by": f"val_{p.monitor_metric}", "value": res.best_metric, "best_epoch": res.best_epoch,
+            "epochs_trained": len(res.history), "stopped_on_plateau": bool(res.stopped_early),
+            "patience": p.monitor_patience, "min_delta": p.monitor_min_delta}
 
 
 def _probe(cfg: Config, method: PretrainMethod, device: torch.device) -> Callable[[int], dict[str, float]] | None:
@@ -155,12 +176,13 @@ def _media(method: PretrainMethod, sample: dict[str, torch.Tensor]) -> dict[str,
         method.train(was_training)
 
 
-def _save(cfg: Config, method: PretrainMethod, pool: Pool, report: LoadReport, run: Run
-          ) -> tuple[Path, dict[str, Any]]:
-    """``backbone.pt`` with its provenance, and the method's media as PNGs beside it."""
+def _save(cfg: Config, method: PretrainMethod, pool: Pool, report: LoadReport, run: Run,
+          selection: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """``backbone.pt`` with its provenance (which epoch's encoder it holds, and why), and the method's media as PNGs
+    beside it."""
     ckpt = run.dir / "backbone.pt"
     provenance = {
-        "method": cfg.pretrain.method, "source_weights": cfg.init, "weights_report": report.source,
+        "method": cfg.pretrain.method, "source_weights": cfg.init, "weights_report": report.source, "selection": selection,
         "data_fingerprint": pool.fingerprint, "pool": pool.source, "pool_size": len(pool.images),
         "input_size": list(cfg.data.image_size), "config": to_dict(cfg), "artifact_name": f"backbone-{run.name}",
     }

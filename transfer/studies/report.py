@@ -20,34 +20,8 @@ from transfer.studies.html_report import markdown_to_html
 from transfer.studies.per_class import per_class_recall
 from transfer.studies.stage1_report import stage1_section
 from transfer.studies.study_plots import plot_roc_intervals, plot_test_metric, plot_validation_curves
+from transfer.markdown import fmt_cell, fmt_p, md_table
 from transfer.tracking import atomic_write_text
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-#: columns holding p-values: printed so that a small p never reads as 0 ("<0.0001", not "0.0000")
-P_COLUMNS = ("p_value", "p_holm", "min_p")
-
-
-def fmt_p(p: Any) -> str:
-    """A p-value for a table: 4 decimals, "<0.0001" below that (a p-value here is never exactly 0), "-" for none."""
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "-"
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def md_table(df: pd.DataFrame, digits: int = 3) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(fmt_p(r[c]) if c in P_COLUMNS else _fmt(r[c], digits) for c in cols) + " |")
-    return "\n".join(lines)
 
 
 def _mean_std(row: pd.Series, m: str, digits: int) -> str:
@@ -291,7 +265,7 @@ def _formatted(agg: pd.DataFrame, column: str, digits: int) -> list[str] | None:
     """A resource column as text with its own precision ("-" where a run did not record it); None if absent."""
     if column not in agg or agg[column].isna().all():
         return None
-    return [_fmt(float(v), digits) for v in agg[column]]
+    return [fmt_cell(float(v), digits) for v in agg[column]]
 
 
 def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = "wilcoxon") -> list[str]:
