@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from transfer.api import Batch
 from transfer.config import RuntimeConfig
 from transfer.distributed import all_reduce_sum, is_main_process
-from transfer.errors import MedTransferError
+from transfer.errors import MedTransferError, UnsafeCheckpointError
+from transfer.safe_load import load_weights_only
 from transfer.tracking import RESTART_OR_RENAME as _WAYS_OUT
 from transfer.tracking import atomic_torch_save, config_changes, config_fingerprint
 
@@ -427,15 +428,23 @@ RESUME_FORMAT = 2
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every RNG a training step may draw from: Python, NumPy, torch CPU and CUDA."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """The state of every RNG a training step may draw from: Python, NumPy, torch CPU and CUDA.
+
+    Tensors, numbers and tuples only, so the resume state loads with ``weights_only=True`` (NumPy's key array is
+    kept as a tensor).
+    """
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`'s result (CUDA states only when the device count is the same)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -448,7 +457,9 @@ def read_resume_state(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     ``mmap``: map the tensors instead of reading them (a check that looks at the config only reads no weights).
     """
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        ck = load_weights_only(path, mmap=mmap)  # a state that would unpickle code is refused, never run
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # PytorchStreamReader, EOFError, UnpicklingError...: all mean the same to the user
         raise ResumeStateError(f"{path}: the resume state cannot be read, it is truncated or corrupt "
                                f"({type(e).__name__}); {_WAYS_OUT}") from None
