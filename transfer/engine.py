@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from transfer.api import Batch
 from transfer.config import RuntimeConfig
-from transfer.distributed import all_reduce_sum, is_main_process
+from transfer.distributed import all_gather_object, all_reduce_sum, is_main_process, rank, world_size
 from transfer.errors import MedTransferError, UnsafeCheckpointError
 from transfer.safe_load import load_weights_only
 from transfer.tracking import RESTART_OR_RENAME as _WAYS_OUT
@@ -70,11 +70,22 @@ class EpochRandomSampler(Sampler[int]):
     Like torch's ``RandomSampler`` without replacement: ``num_samples`` (default ``n``) indices from consecutive
     shuffled passes. :meth:`set_epoch` pins the epoch (the engine calls it before every epoch, so epoch k's order is
     the same whether or not the run was interrupted before it); without it, each pass moves to the next epoch.
+
+    Under DDP (``world_size`` > 1) every rank draws the same global sequence of ``num_samples * world_size`` indices
+    and takes its own share of every step's global batch: step s's ``batch_size * world_size`` indices, rank r's
+    ``batch_size`` of them from position ``r * batch_size``. So W ranks at batch B see, step by step, the images one
+    process sees at batch W * B, whatever the dataset's size (``train.steps_per_epoch``).
     """
 
-    def __init__(self, n: int, seed: int = 0, num_samples: int | None = None) -> None:
+    def __init__(self, n: int, seed: int = 0, num_samples: int | None = None, *, rank: int = 0,
+                 world_size: int = 1, batch_size: int | None = None) -> None:
         self.n, self.seed = n, seed
         self.num_samples = n if num_samples is None else num_samples
+        self.rank, self.world_size = rank, world_size
+        if world_size > 1 and (batch_size is None or self.num_samples % batch_size):
+            raise ValueError(f"a sampler shared by {world_size} ranks needs num_samples ({self.num_samples}) to be a "
+                             f"multiple of batch_size ({batch_size})")
+        self.batch_size = batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -88,28 +99,42 @@ class EpochRandomSampler(Sampler[int]):
         self.epoch += 1
         if self.n == 0:  # an empty training set: the engine says so when the epoch has no batch
             return
-        for _ in range(self.num_samples // self.n):
-            yield from torch.randperm(self.n, generator=g).tolist()
-        yield from torch.randperm(self.n, generator=g)[: self.num_samples % self.n].tolist()
+        total = self.num_samples * self.world_size
+        order = [torch.randperm(self.n, generator=g) for _ in range(total // self.n)]
+        order.append(torch.randperm(self.n, generator=g)[: total % self.n])
+        indices = torch.cat(order).tolist()
+        if self.world_size == 1:
+            yield from indices
+            return
+        b, w = self.batch_size, self.world_size
+        assert b is not None
+        for step in range(self.num_samples // b):
+            start = step * b * w + self.rank * b
+            yield from indices[start : start + b]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
                 drop_last: bool = False, device: torch.device | None = None,
-                num_samples: int | None = None) -> DataLoader:
+                num_samples: int | None = None, worker_seed: int | None = None) -> DataLoader:
     """A DataLoader that shards across processes under DDP and is reproducible per seed and epoch.
 
     The shuffle of epoch k depends on (seed, k) only (:class:`EpochRandomSampler`, or ``DistributedSampler``'s
     ``set_epoch``), so a run resumed before epoch k sees the same batches as an uninterrupted one.
-    ``num_samples``: samples per epoch drawn from consecutive shuffled passes (torch's RandomSampler without
-    replacement), for a fixed number of steps per epoch whatever the dataset size.
+    ``num_samples``: samples per epoch (per process) drawn from consecutive shuffled passes (torch's RandomSampler
+    without replacement), for a fixed number of steps per epoch whatever the dataset size; under DDP each rank takes
+    its share of every step's global batch (:class:`EpochRandomSampler`). ``worker_seed``: the seed of the loader's
+    generator, from which torch seeds its worker processes (default ``seed``; runs pass one per rank,
+    ``transfer.runs.seeding.loader_seed``); the shuffle never depends on it, so every rank shares it.
     """
     sampler: Sampler[int] | None = None
     g = torch.Generator()
-    g.manual_seed(seed)
+    g.manual_seed(seed if worker_seed is None else worker_seed)
     if dist.is_available() and dist.is_initialized():
         if num_samples is not None:
-            raise ValueError("train.steps_per_epoch is not supported under DistributedDataParallel")
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+            sampler = EpochRandomSampler(len(dataset), seed, num_samples, rank=dist.get_rank(),  # type: ignore[arg-type]
+                                         world_size=dist.get_world_size(), batch_size=batch_size)
+        else:
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle or num_samples is not None:
         sampler = EpochRandomSampler(len(dataset), seed, num_samples)  # type: ignore[arg-type]
     return DataLoader(
@@ -373,8 +398,10 @@ class Engine:
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
-            if resume_path is not None and is_main_process():
-                self._save_resume(resume_path, history, selection, epoch, resume_config)
+            if resume_path is not None:
+                rngs = all_gather_object(rng_state())  # every rank's: each draws its own augmentations
+                if is_main_process():
+                    self._save_resume(resume_path, history, selection, epoch, resume_config, rngs)
             if selection.exhausted(patience):
                 stopped = True
                 break
@@ -404,12 +431,18 @@ class Engine:
             self.scaler.load_state_dict(ck["scaler"])
         selection.best, selection.best_epoch = ck["best"], ck["best_epoch"]
         selection.best_state, selection.bad_epochs = ck["best_state"], ck["bad_epochs"]
-        if ck.get("rng") is not None:
-            set_rng_state(ck["rng"])
+        per_rank = ck.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == world_size():
+            set_rng_state(per_rank[rank()])
+        elif ck.get("rng") is not None:
+            set_rng_state(ck["rng"])  # rank 0's (an older state, or another world size): offset the other ranks
+            if rank() > 0:
+                offset = int(torch.randint(0, 2**62, (1,)).item()) + rank()
+                random.seed(offset), np.random.seed(offset % 2**32), torch.manual_seed(offset)
         return ck["history"], ck["epoch"] + 1
 
     def _save_resume(self, path: Path, history: list[dict[str, Any]], selection: Selection, epoch: int,
-                     config: dict[str, Any] | None) -> None:
+                     config: dict[str, Any] | None, rngs: list[Any] | None = None) -> None:
         """Everything :meth:`_load_resume` needs to continue after ``epoch``, written atomically."""
         atomic_torch_save({
             "format": RESUME_FORMAT,
@@ -418,7 +451,7 @@ class Engine:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "history": history, "best": selection.best, "best_epoch": selection.best_epoch,
             "best_state": selection.best_state, "bad_epochs": selection.bad_epochs, "epoch": epoch,
-            "rng": rng_state(),
+            "rng": rng_state(), "rng_per_rank": rngs,
             "config": config, "config_fingerprint": config_fingerprint(config) if config is not None else None,
         }, path)
 

@@ -8,9 +8,11 @@ import torch
 
 from transfer.api import Task, TaskModel
 from transfer.config import Config, to_dict
+from transfer.distributed import rank
 from transfer.engine import Engine, FitResult, make_loader
 from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups, set_train_mode,
                                trainable_stages)
+from transfer.runs.seeding import loader_seed
 from transfer.runs.splits import Splits
 from transfer.tracking import Run, training_config
 
@@ -56,7 +58,7 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
     num_samples = t.steps_per_epoch * t.batch_size if t.steps_per_epoch else None
     loader = make_loader(splits.train, t.batch_size, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
                          drop_last=len(splits.train) > t.batch_size or num_samples is not None, device=engine.device,
-                         num_samples=num_samples)
+                         num_samples=num_samples, worker_seed=loader_seed(cfg.seed, rank()))
 
     def evaluate(epoch: int) -> dict[str, float]:
         res = task.evaluate(model, splits.val, engine.device, batch_size=max(t.batch_size, 64))

@@ -10,7 +10,7 @@ import torch
 
 from transfer.api import TASKS, Task, TaskModel
 from transfer.config import Config, to_dict
-from transfer.distributed import barrier, is_main_process, world_size
+from transfer.distributed import barrier, is_main_process, rank, world_size
 from transfer.engine import resolve_device
 from transfer.finetune import recalibrate_batchnorm, trainable_stages
 from transfer.runs.config_checks import check_finetune_config
@@ -18,7 +18,7 @@ from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.prior_state import prior_run
-from transfer.runs.seeding import seed_everything
+from transfer.runs.seeding import rank_seed, seed_everything
 from transfer.runs.splits import Splits, prepare_data
 from transfer.tracking import Run, atomic_torch_save, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config
@@ -86,7 +86,9 @@ def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[Tas
     print(report.summary())
     if cfg.init not in ("imagenet", "scratch"):
         run.use_checkpoint(Path(cfg.init), report.provenance)
-    seed_everything(cfg.seed)  # the head's init does not depend on how many weights were loaded
+    # the head's init does not depend on how many weights were loaded. From here on each rank draws from its own
+    # seed (augmentations, crops, jitter); DDP gives every rank rank 0's initial weights, so the model is shared
+    seed_everything(cfg.seed, rank())
     device = resolve_device(cfg.runtime.device)
     model = task.build_model(backbone, splits.train).to(device)
     if cfg.init == "scratch" and cfg.train.depth != "all":
@@ -121,6 +123,8 @@ def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         # processes under torchrun; train.batch_size is per process, so the effective batch is world_size times it
         "world_size": world_size(),
+        # each rank's RNG seed (rank 0's is the run's seed): ranks draw their own augmentations
+        "rank_seeds": [rank_seed(cfg.seed, r) for r in range(world_size())],
         "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
         "depth_curve": depth_curve, "task_info": task.info,
         # the first epoch trained after continuing from a resume state (None: trained from the start)

@@ -13,13 +13,13 @@ from PIL import Image
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
 from transfer.data.datasets import ImageDataset
-from transfer.distributed import barrier, is_main_process
+from transfer.distributed import barrier, is_main_process, rank
 from transfer.engine import Engine, FitResult, make_loader
 from transfer.errors import DatasetError
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
 from transfer.runs.prior_state import prior_run
-from transfer.runs.seeding import seed_everything
+from transfer.runs.seeding import loader_seed, seed_everything
 from transfer.tracking import Run, atomic_write_json, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
 
@@ -37,7 +37,9 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     """
     p = cfg.pretrain
     method_cls = PRETRAIN_METHODS.get(p.method)
-    seed_everything(cfg.seed)
+    # each rank its own seed (rank 0: the run's): its own views and augmentations; the pool draws nothing, and DDP
+    # gives every rank rank 0's initial weights
+    seed_everything(cfg.seed, rank())
     t0 = time.time()
     name = name or cfg.tracking.name or default_pretrain_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
@@ -110,7 +112,8 @@ def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run, key: dict[
     engine = Engine.from_config(method, opt, cfg.runtime, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs),
                                 grad_clip=p.grad_clip, progress=cfg.tracking.progress)
     loader = make_loader(ImageDataset(pool.images, ids=pool.ids), p.batch_size, shuffle=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device)
+                         num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device,
+                         worker_seed=loader_seed(cfg.seed, rank()))
     sample = {"image": pool.images[: min(8, len(pool.images))].to(engine.device)}
     res = engine.fit(loader, p.epochs, evaluate=_probe(cfg, method, engine.device),
                      on_epoch=_media_logger(cfg, method, sample, run), resume_path=run.dir / "last.pt",
