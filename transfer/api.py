@@ -63,13 +63,27 @@ class TaskModel(nn.Module, ABC):
     def after_optimizer_step(self, progress: float) -> None:  # noqa: B027 - optional hook
         pass
 
-    def extra_stages(self) -> dict[str, tuple[StagedBackbone, nn.Module]]:
+    def extra_stages(self) -> dict[str, "ExtraStage"]:
         """Further (backbone, head) pairs the fine-tuning depth applies to, by name (default: none).
 
         A model with a second stage (the landmark task's refinement) returns it here, so
         ``depth`` freezes the same stages of each backbone, and each head trains at the head's rate.
         """
         return {}
+
+
+@dataclass(frozen=True)
+class ExtraStage:
+    """A second (backbone, head) pair of a task model (see :meth:`TaskModel.extra_stages`).
+
+    ``unused_stages``: the backbone stages its head never reads (above a decoder's top stage). They get no gradient,
+    so they stay frozen whatever the depth: a trainable parameter without a gradient stops DistributedDataParallel
+    (``find_unused_parameters=False``) with "Expected to have finished reduction".
+    """
+
+    backbone: StagedBackbone
+    head: nn.Module
+    unused_stages: tuple[str, ...] = ()
 
 
 class Task(ABC):

@@ -26,7 +26,7 @@ from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
 from transfer.config.io import ConfigError
 from transfer.errors import DatasetError
-from transfer.api import EvalResult, Task, TaskModel
+from transfer.api import EvalResult, ExtraStage, Task, TaskModel
 
 
 def to_normalised(px: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
@@ -97,10 +97,13 @@ class LandmarkModel(TaskModel):
             names = list(backbone.stage_names)
             self.unused_stages = names[names.index(heatmap_stage) + 1 :]
 
-    def extra_stages(self) -> dict[str, tuple[StagedBackbone, nn.Module]]:
+    def extra_stages(self) -> dict[str, ExtraStage]:
         if self.refine_stage is None:
             return {}
-        return {"refine": (self.refine_stage.backbone, self.refine_stage.head)}
+        r = self.refine_stage
+        names = list(r.backbone.stage_names)
+        # the refinement decoder reads stages up to its top stage only: those above get no gradient
+        return {"refine": ExtraStage(r.backbone, r.head, tuple(names[names.index(r.head.top_stage) + 1 :]))}
 
     def forward_all(self, images: torch.Tensor, refine_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every output of the global stage; with ``refine_images`` and a refinement stage, "coords" and

@@ -21,12 +21,16 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
                 ) -> tuple[list[str], torch.optim.Optimizer, Callable[[], None]]:
     """Freeze for ``depth``; return the trained stages, the optimiser over their LR groups, and the train-mode hook."""
     bb = model.backbone
+    # only stages that get a gradient: those a head never reads stay frozen (a trainable parameter without a gradient
+    # stops DDP with "Expected to have finished reduction")
     stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in model.unused_stages]
     t = cfg.train
     spec = LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay, t.weight_decay)
     # the model's own stage, then any further stage (same depth, its own backbone and head)
     pairs = [("", bb, model.head, stages)] + [
-        (f"{name}.", b, h, trainable_stages(depth, b.stage_names)) for name, (b, h) in model.extra_stages().items()]
+        (f"{name}.", x.backbone, x.head, [s for s in trainable_stages(depth, x.backbone.stage_names)
+                                          if s not in x.unused_stages])
+        for name, x in model.extra_stages().items()]
     groups: list[dict] = []
     for prefix, b, head, trained in pairs:
         freeze_stages(b, trained)
