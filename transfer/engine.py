@@ -180,6 +180,8 @@ class EpochStats:
     data_seconds: float  #: time spent waiting for the loader
     logs: dict[str, float] = field(default_factory=dict)
     lr: float = 0.0
+    #: optimiser steps the fp16 gradient scaler skipped (inf/NaN gradients); None without a scaler
+    skipped_steps: int | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -267,7 +269,7 @@ class Engine:
         # running sums stay on the device; they are read (a host sync) only every SYNC_EVERY steps
         total = torch.zeros((), device=self.device)
         logs: dict[str, torch.Tensor] = {}
-        steps = images = 0
+        steps = images = skipped = 0
         data_s = 0.0
         t0 = time.perf_counter()
         it = iter(loader)
@@ -282,9 +284,12 @@ class Engine:
             data_s += time.perf_counter() - td
             with self.autocast():
                 out = self.step_module(batch)
-            self._backward_and_step(out["loss"])
+            stepped = self._backward_and_step(out["loss"])
             steps += 1
-            self.model.after_optimizer_step(min(1.0, (global_step + steps) / total_steps) if total_steps else 0.0)
+            if stepped:  # a step the fp16 scaler skipped (inf/NaN gradients) moves no momentum encoder either
+                self.model.after_optimizer_step(min(1.0, (global_step + steps) / total_steps) if total_steps else 0.0)
+            else:
+                skipped += 1
             n = _batch_size(batch)
             images += n
             total = total + out["loss"].detach().float() * n
@@ -309,7 +314,8 @@ class Engine:
         total, images = sums[0], int(sums[1])
         mean = self._check_finite(total, images, epoch, steps)
         return EpochStats(epoch, mean, steps, images, seconds, data_s,
-                          {k: float(v) / images for k, v in zip(keys, sums[2:])}, self.optimizer.param_groups[0]["lr"])
+                          {k: float(v) / images for k, v in zip(keys, sums[2:])}, self.optimizer.param_groups[0]["lr"],
+                          skipped_steps=skipped if self.scaler is not None else None)
 
     def _progress_bar(self, total: int | None, epoch: int) -> Any:
         if not self.progress:
@@ -318,8 +324,12 @@ class Engine:
 
         return tqdm(total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
-        """Backward pass and optimiser step, through the fp16 gradient scaler when there is one."""
+    def _backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward pass and optimiser step, through the fp16 gradient scaler when there is one.
+
+        Returns False when the scaler skipped the step (inf or NaN gradients: it lowers its scale instead), so the
+        hooks that follow an optimiser step do not run for it. Only with a scaler does this read a value on the host.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -329,10 +339,12 @@ class Engine:
         if self.grad_clip:
             nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
+            return self.scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped
+        self.optimizer.step()
+        return True
 
     @staticmethod
     def _check_finite(total: torch.Tensor, images: int, epoch: int, steps: int) -> float:
@@ -388,8 +400,10 @@ class Engine:
         for epoch in range(start, start if stopped else epochs):
             stats = self.train_epoch(loader, epoch, max_steps=max_steps, progress_total=per_epoch,
                                      total_steps=total_steps, global_step=(per_epoch or 0) * epoch)
-            if self.scheduler is not None:
-                self.scheduler.step()  # per epoch, after it: the row's lr is the one the epoch trained with
+            if self.scheduler is not None and stats.skipped_steps != stats.steps:
+                # per epoch, after it: the row's lr is the one the epoch trained with; an epoch whose every step the
+                # fp16 scaler skipped trained nothing, so its schedule does not advance either
+                self.scheduler.step()
             row = _epoch_row(stats)
             if evaluate is not None:
                 row.update({f"val_{k}": v for k, v in evaluate(epoch).items()})
@@ -573,6 +587,7 @@ def _epoch_row(stats: EpochStats) -> dict[str, Any]:
         "epoch": stats.epoch, "train_loss": stats.loss, "lr": stats.lr, "steps": stats.steps,
         "images_per_s": stats.images_per_s, "data_wait_share": stats.data_wait_share,
         **{f"train_{k}": v for k, v in stats.logs.items()},
+        **({} if stats.skipped_steps is None else {"skipped_steps": stats.skipped_steps}),
     }
 
 
