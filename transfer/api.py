@@ -22,6 +22,7 @@ from transfer.backbones import StagedBackbone
 from transfer.config import Config
 from transfer.data.datasets import ImageDataset, Skipped
 from transfer.errors import DatasetError
+from transfer.precision import Precision, inference_forward
 from transfer.registry import Registry
 
 Batch = dict[str, Any]
@@ -113,6 +114,9 @@ class Task(ABC):
         self.data_report: dict[str, Any] = {}
         #: where ``predict`` may write files beside its table (e.g. mask images); set by the predict run
         self.output_dir: Path | None = None
+        #: autocast and memory format of every scoring pass: the run's (set by the finetune, evaluate and predict
+        #: runs from ``runtime``), so a model is scored as it was trained; full precision until a run sets it
+        self.precision: Precision = Precision()
 
     @property
     def options(self) -> Any:
@@ -175,13 +179,16 @@ class Task(ABC):
 
 
 @torch.no_grad()
-def batched_forward(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64) -> Any:
-    """Run ``model`` on (N, C, H, W) images in eval mode, batch by batch; concatenates tensors / dict of tensors."""
+def batched_forward(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64,
+                    precision: Precision | None = None) -> Any:
+    """Run ``model`` on (N, C, H, W) images in eval mode, batch by batch; concatenates tensors / dict of tensors
+    (as float32). ``precision``: the autocast and memory format to run under (a task's ``self.precision``)."""
     was = model.training
     model.eval()
+    forward = inference_forward(model, precision)
     outs: list[Any] = []
     for i in range(0, len(images), batch_size):
-        outs.append(model(images[i : i + batch_size].to(device)))
+        outs.append(forward(images[i : i + batch_size].to(device)))
     model.train(was)
     if isinstance(outs[0], dict):
         return {k: torch.cat([o[k].float().cpu() for o in outs]) for k in outs[0]}

@@ -26,6 +26,7 @@ from transfer.api import Batch
 from transfer.config import RuntimeConfig
 from transfer.distributed import all_gather_object, all_reduce_sum, is_main_process, rank, world_size
 from transfer.errors import MedTransferError, UnsafeCheckpointError
+from transfer.precision import Precision, amp_dtype  # noqa: F401 (amp_dtype: re-exported)
 from transfer.safe_load import load_weights_only
 from transfer.tracking import RESTART_OR_RENAME as _WAYS_OUT
 from transfer.tracking import atomic_torch_save, config_changes, config_fingerprint
@@ -41,15 +42,6 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision. AMP is only used on CUDA."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
 
 
 @runtime_checkable
@@ -219,15 +211,16 @@ class Engine:
         grad_clip: float | None = None,
         progress: bool = True,
         train_mode: Callable[[], None] | None = None,
+        precision: Precision | None = None,
     ) -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device)
-        self.channels_last = channels_last and self.device.type == "cuda"
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        #: autocast dtype and memory format; a run resolves it once and scores under the same (``Task.precision``)
+        self.precision = precision or Precision.resolve(self.device, amp, channels_last)
+        self.model = self.precision.model(model.to(self.device))
+        self.channels_last = self.precision.channels_last
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.dtype = amp_dtype(self.device, amp)
+        self.dtype = self.precision.dtype
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.grad_clip = grad_clip
         self.progress = progress and is_main_process()
@@ -243,16 +236,16 @@ class Engine:
     @classmethod
     def from_config(cls, model: nn.Module, optimizer: torch.optim.Optimizer, runtime: RuntimeConfig, *,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, grad_clip: float | None = None,
-                    progress: bool = True, train_mode: Callable[[], None] | None = None) -> "Engine":
-        """An engine on the device, precision and memory format of the ``runtime`` section."""
+                    progress: bool = True, train_mode: Callable[[], None] | None = None,
+                    precision: Precision | None = None) -> "Engine":
+        """An engine on the device, precision and memory format of the ``runtime`` section (``precision``: the
+        run's, resolved once; default resolved here from ``runtime``)."""
         return cls(model, optimizer, scheduler=scheduler, device=resolve_device(runtime.device), amp=runtime.amp,
                    channels_last=runtime.channels_last, compile=runtime.compile, grad_clip=grad_clip,
-                   progress=progress, train_mode=train_mode)
+                   progress=progress, train_mode=train_mode, precision=precision)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return self.precision.autocast(self.device.type)
 
     def train_epoch(self, loader: Iterable[Batch], epoch: int, *, max_steps: int | None = None,
                     progress_total: int | None = None, total_steps: int | None = None,

@@ -313,7 +313,7 @@ class LandmarkTask(Task):
         from tasks.landmarks.inference import landmark_outputs
 
         out = landmark_outputs(model, dataset.images, device, _inference_batch(batch_size, dataset.images),
-                               refine_images=self._refine_source(dataset))
+                               refine_images=self._refine_source(dataset), precision=self.precision)
         sizes = dataset.target_array("orig_size")
         return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes)
 
@@ -352,9 +352,10 @@ class LandmarkTask(Task):
         from tasks.landmarks.inference import image_flags, landmark_outputs
 
         batch_size = _inference_batch(batch_size, dataset.images)
-        out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=self._refine_source(dataset))
+        out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=self._refine_source(dataset),
+                               precision=self.precision)
         # the mirror check compares the global stage's confidences: the flipped pass needs no refinement
-        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True)
+        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True, precision=self.precision)
         df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))
         for k in range(out.confidence.shape[1]):
             df[f"{k + 1}_confidence"] = out.confidence[:, k]

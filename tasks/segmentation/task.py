@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from tasks.segmentation.config import SegmentationConfig
-from transfer.api import EvalResult, Task, TaskModel
+from transfer.api import EvalResult, Task, TaskModel, inference_forward
 from transfer.backbones import StagedBackbone
 from transfer.config import AugmentConfig
 from transfer.data.augment import BatchAugment
@@ -300,8 +300,8 @@ class SegmentationTask(Task):
         was = model.training
         model.eval()
         try:
-            return sliding_window_probs(model, images, o.crop_size, o.overlap, o.blend,
-                                        batch_size=max(1, min(batch_size, 8)), device=device)
+            return sliding_window_probs(inference_forward(model, self.precision), images, o.crop_size, o.overlap,
+                                        o.blend, batch_size=max(1, min(batch_size, 8)), device=device)
         finally:
             model.train(was)
 

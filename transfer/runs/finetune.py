@@ -12,6 +12,7 @@ from transfer.api import TASKS, Task, TaskModel
 from transfer.config import Config, to_dict
 from transfer.distributed import barrier, is_main_process, rank, world_size
 from transfer.engine import resolve_device
+from transfer.precision import Precision
 from transfer.finetune import recalibrate_batchnorm, trainable_stages
 from transfer.runs.config_checks import check_finetune_config
 from transfer.runs.depth import auto_depth, fit_depth
@@ -44,6 +45,8 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
     t0 = time.time()
     task = TASKS.get(cfg.task.name)(cfg)
     check_finetune_config(cfg)
+    # autocast and memory format, resolved once: the engine trains and the task scores under the same
+    task.precision = Precision.resolve(resolve_device(cfg.runtime.device), cfg.runtime.amp, cfg.runtime.channels_last)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "finetune")
