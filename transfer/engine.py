@@ -172,6 +172,9 @@ class EpochStats:
     data_seconds: float  #: time spent waiting for the loader
     logs: dict[str, float] = field(default_factory=dict)
     lr: float = 0.0
+    #: the logged learning rates: ``lr_<role>`` per parameter-group role (``lr_head``, ``lr_backbone``: the base
+    #: rate of each, the same at every depth), or ``lr`` (the first group's) for groups without roles
+    lrs: dict[str, float] = field(default_factory=dict)
     #: optimiser steps the fp16 gradient scaler skipped (inf/NaN gradients); None without a scaler
     skipped_steps: int | None = None
 
@@ -308,7 +311,7 @@ class Engine:
         mean = self._check_finite(total, images, epoch, steps)
         return EpochStats(epoch, mean, steps, images, seconds, data_s,
                           {k: float(v) / images for k, v in zip(keys, sums[2:])}, self.optimizer.param_groups[0]["lr"],
-                          skipped_steps=skipped if self.scaler is not None else None)
+                          lrs=group_lrs(self.optimizer), skipped_steps=skipped if self.scaler is not None else None)
 
     def _progress_bar(self, total: int | None, epoch: int) -> Any:
         if not self.progress:
@@ -565,6 +568,20 @@ class Selection:
         return patience is not None and self.bad_epochs >= patience
 
 
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The rates to log: ``lr_<role>`` for each ``role`` of the parameter groups (the group's rate over its
+    ``role_lr_mult``: layer decay and the bias multiplier taken out), else ``lr``, the first group's.
+
+    Fine-tuning logs ``lr_head`` and ``lr_backbone`` (absent at depth ``head``): the lowest trained stage's rate
+    would differ between depths with layer decay, so curves of different depths could not be compared.
+    """
+    out: dict[str, float] = {}
+    for g in optimizer.param_groups:
+        if "role" in g:
+            out.setdefault(f"lr_{g['role']}", g["lr"] / g.get("role_lr_mult", 1.0))
+    return out or {"lr": optimizer.param_groups[0]["lr"]}
+
+
 def _steps_per_epoch(loader: Iterable[Batch], max_steps: int | None) -> int | None:
     """Batches per epoch: the loader's length capped by ``max_steps``; None when neither is known."""
     try:
@@ -577,7 +594,7 @@ def _steps_per_epoch(loader: Iterable[Batch], max_steps: int | None) -> int | No
 def _epoch_row(stats: EpochStats) -> dict[str, Any]:
     """The per-epoch metrics row (``metrics.jsonl``) from an epoch's training statistics."""
     return {
-        "epoch": stats.epoch, "train_loss": stats.loss, "lr": stats.lr, "steps": stats.steps,
+        "epoch": stats.epoch, "train_loss": stats.loss, **(stats.lrs or {"lr": stats.lr}), "steps": stats.steps,
         "images_per_s": stats.images_per_s, "data_wait_share": stats.data_wait_share,
         **{f"train_{k}": v for k, v in stats.logs.items()},
         **({} if stats.skipped_steps is None else {"skipped_steps": stats.skipped_steps}),

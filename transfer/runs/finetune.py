@@ -1,7 +1,6 @@
 """One stage-2 run: data, backbone, depth (fixed or ``auto``), training, selection, test once, run directory."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from transfer.finetune import recalibrate_batchnorm, trainable_stages
 from transfer.runs.config_checks import check_finetune_config
 from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
+from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.prior_state import prior_run
 from transfer.runs.seeding import rank_seed, seed_everything
@@ -46,7 +46,9 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
     task = TASKS.get(cfg.task.name)(cfg)
     check_finetune_config(cfg)
     # autocast and memory format, resolved once: the engine trains and the task scores under the same
-    task.precision = Precision.resolve(resolve_device(cfg.runtime.device), cfg.runtime.amp, cfg.runtime.channels_last)
+    device = resolve_device(cfg.runtime.device)
+    task.precision = Precision.resolve(device, cfg.runtime.amp, cfg.runtime.channels_last)
+    reset_gpu_peak_memory(device)  # the peak of this run, not of an earlier one in the same process (a study)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "finetune")
@@ -63,24 +65,14 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False)
         summary = _train_and_select(cfg, task, model, splits, run)
         summary.update(_score(cfg, task, model, splits, run))
         summary.update({"weights": report.source, "missing_keys": report.missing, "unused_keys": report.unexpected,
-                        "seconds": round(time.time() - t0, 1), "peak_memory_gib": peak_memory_gib()})
+                        "seconds": round(time.time() - t0, 1), "peak_memory_gib": peak_memory_gib(),
+                        "gpu_peak_memory_gib": gpu_peak_memory_gib(device)})
         return _finish(cfg, task, model, run, summary)
     except Exception as e:
         run.fail(e)
         raise
     finally:
         run.finish()
-
-
-def peak_memory_gib() -> float | None:
-    """The largest resident set of this process or of any finished child (DataLoader workers), in GiB; None where
-    the platform has no ``resource`` module (Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)  # bytes on macOS, KiB on Linux
 
 
 def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:

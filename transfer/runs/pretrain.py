@@ -14,8 +14,9 @@ from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
 from transfer.data.datasets import ImageDataset
 from transfer.distributed import barrier, is_main_process, rank
-from transfer.engine import Engine, FitResult, make_loader
+from transfer.engine import Engine, FitResult, make_loader, resolve_device
 from transfer.errors import DatasetError
+from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
 from transfer.runs.prior_state import prior_run
@@ -51,6 +52,8 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
         raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
     if restart and is_main_process():
         discard_run_state(run_dir)
+    device = resolve_device(cfg.runtime.device)
+    reset_gpu_peak_memory(device)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
                           tags=["pretrain", p.method, cfg.backbone.name])
     barrier()  # under torchrun: no rank reads a resume state before rank 0 has discarded it (--restart)
@@ -70,6 +73,7 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
             "data_fingerprint": pool.fingerprint, "epochs": len(history), "final": history[-1],
             "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
             "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
+            "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(device),
         }
         run.log_summary(summary)  # summary.json + backbone.pt: complete, the resume state is no longer needed
         if run.writes:
