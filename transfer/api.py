@@ -57,6 +57,10 @@ class TaskModel(nn.Module, ABC):
     head: nn.Module
     #: backbone stages the head never uses (e.g. above a heatmap head's feature map); kept frozen
     unused_stages: list[str] = []
+    #: True when the head reads the backbone's stage outputs only (``forward_stages`` / ``forward_features``: dense
+    #: heads), not its pooled features: the backbone's parameters that no stage output uses
+    #: (:meth:`~transfer.backbones.StagedBackbone.unused_by_stage_outputs`) then stay frozen
+    reads_stage_outputs: bool = False
 
     @abstractmethod
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
@@ -85,6 +89,7 @@ class ExtraStage:
     backbone: StagedBackbone
     head: nn.Module
     unused_stages: tuple[str, ...] = ()
+    reads_stage_outputs: bool = True  #: as :attr:`TaskModel.reads_stage_outputs`
 
 
 class Task(ABC):

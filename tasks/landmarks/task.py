@@ -73,6 +73,7 @@ class LandmarkModel(TaskModel):
         self.refine_stage = refine  #: a :class:`~tasks.landmarks.refine.RefinementStage`, or None
         self.refine_weight = refine_weight
         self.unused_stages: list[str] = []
+        self.reads_stage_outputs = head != "regression"  # the heatmap heads read stage outputs, not pooled features
         if head == "decoder":
             self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=heatmap_stride,
                                            radius=decode_radius, width=decoder_width, top_stage=heatmap_stage)

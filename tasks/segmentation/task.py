@@ -109,6 +109,8 @@ def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class SegmentationModel(TaskModel):
     """Backbone + :class:`~transfer.heads.DenseDecoder` (the head: decoder and its 1x1 classifier)."""
 
+    reads_stage_outputs = True
+
     def __init__(self, backbone: StagedBackbone, num_classes: int, *, stride: int, width: int,
                  top_stage: str | None, image_skip: bool, crop_size: int, vflip: bool,
                  augment: AugmentConfig, dice_weight: float, ce_weight: float) -> None:

@@ -27,13 +27,18 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
     t = cfg.train
     spec = LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay, t.weight_decay)
     # the model's own stage, then any further stage (same depth, its own backbone and head)
-    pairs = [("", bb, model.head, stages)] + [
+    pairs = [("", bb, model.head, stages, model.reads_stage_outputs)] + [
         (f"{name}.", x.backbone, x.head, [s for s in trainable_stages(depth, x.backbone.stage_names)
-                                          if s not in x.unused_stages])
+                                          if s not in x.unused_stages], x.reads_stage_outputs)
         for name, x in model.extra_stages().items()]
     groups: list[dict] = []
-    for prefix, b, head, trained in pairs:
+    for prefix, b, head, trained, dense in pairs:
         freeze_stages(b, trained)
+        if dense:  # parameters of a read stage that come after its feature map (timm's final norm) get no gradient
+            unused = b.unused_by_stage_outputs()
+            for n, p in b.named_parameters():
+                if n in unused:
+                    p.requires_grad_(False)
         for p in head.parameters():
             p.requires_grad_(True)
         groups += param_groups(b, head, trained, spec, prefix=prefix)
@@ -41,7 +46,7 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
 
     def train_mode() -> None:
         model.train()
-        for _, b, _, trained in pairs:
+        for _, b, _, trained, _ in pairs:
             set_train_mode(b, trained)  # frozen stages keep BatchNorm in eval mode
 
     return stages, opt, train_mode
