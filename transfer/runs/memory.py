@@ -19,7 +19,7 @@ def peak_memory_gib() -> float | None:
 
 def reset_gpu_peak_memory(device: torch.device) -> None:
     """Start counting the GPU's peak allocation afresh (nothing to do on other devices)."""
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
 
 
