@@ -75,3 +75,86 @@ def tiny_landmarks(tmp_path) -> Path:
     (tmp_path / "train.csv").write_text("image_path,1_x,1_y,2_x,2_y\n" + "\n".join(rows[:9]) + "\n")
     (tmp_path / "test.csv").write_text("image_path,1_x,1_y,2_x,2_y\n" + "\n".join(rows[9:]) + "\n")
     return tmp_path
+
+
+@pytest.fixture
+def tiny_segmentation(tmp_path) -> Path:
+    """A DRIVE-like folder: training/ (8) and test/ (3) with images/, manual/ (0/255 GIF) and mask/ (FOV), 36x44."""
+    h, w = 36, 44
+    for split, n, seed in (("training", 8, 0), ("test", 3, 1)):
+        rng = np.random.default_rng(seed)
+        d = tmp_path / "seg" / split
+        for sub in ("images", "manual", "mask"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            m = np.zeros((h, w), np.uint8)
+            y, x = rng.integers(2, h - 14), rng.integers(2, w - 14)
+            m[y : y + 12, x : x + 3] = 255
+            m[y : y + 3, x : x + 12] = 255
+            img = (rng.random((h, w)) * 60 + (m > 0) * 150).astype(np.uint8)
+            Image.fromarray(img).save(d / "images" / f"{i:02d}_{split}.png")
+            Image.fromarray(m).save(d / "manual" / f"{i:02d}_manual1.gif")
+            f = np.zeros((h, w), np.uint8)
+            f[1:-1, 1:-1] = 255
+            Image.fromarray(f).save(d / "mask" / f"{i:02d}_{split}_mask.png")
+    return tmp_path / "seg"
+
+
+@pytest.fixture
+def tiny_voc(tmp_path) -> Path:
+    """A VOC folder of 12 images of 48x64 (bright squares 'cell', dimmer bars 'blob'), lists train (8), val, test (2)."""
+    root = tmp_path / "voc"
+    rng = np.random.default_rng(0)
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    ids = []
+    h, w = 48, 64
+    for i in range(12):
+        a = (rng.random((h, w, 3)) * 60).astype(np.uint8)
+        objs = ""
+        for cls, (bw, bh), val in (("cell", (12, 12), 250), ("blob", (20, 8), 160)):
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            a[y:y + bh, x:x + bw] = val
+            objs += (f"<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{x}</xmin><ymin>{y}</ymin>"
+                     f"<xmax>{x + bw}</xmax><ymax>{y + bh}</ymax></bndbox></object>")
+        stem = f"img_{i:03d}"
+        Image.fromarray(a).save(root / "JPEGImages" / f"{stem}.jpg", quality=95)
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>{w}</width><height>{h}</height><depth>3</depth>"
+            f"</size>{objs}</annotation>")
+        ids.append(stem)
+    for split, sel in (("train", ids[:8]), ("val", ids[8:10]), ("test", ids[10:])):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(sel) + "\n")
+    return root
+
+
+@pytest.fixture
+def four_tasks(tiny_npz, tiny_landmarks, tiny_segmentation, tiny_voc):
+    """task -> dotted settings of a tiny run of it (32-64 px, tiny backbones, scratch): classification, landmarks
+    with the refinement stage, segmentation, detection. Add tracking, train.* and the like per test."""
+    return {
+        "classification": [
+            "backbone.name=tiny_resnet", "backbone.in_chans=1", "data.format=npz", f"data.root={tiny_npz.parent}",
+            "data.train=tiny.npz#train", "data.val=tiny.npz#val", "data.test=tiny.npz#test", "data.image_size=[32, 32]",
+            "task.classification.bootstrap=20", "data.augment.hflip=true"],
+        "landmarks": [
+            "backbone.name=tiny_alexnet", "backbone.in_chans=1", "data.format=landmark_csv",
+            f"data.root={tiny_landmarks}", "data.train=train.csv", "data.test=test.csv", "data.image_dir=images",
+            "data.image_size=[64, 48]", "task.name=landmarks", "task.landmarks.head=decoder",
+            "task.landmarks.refine=true", "task.landmarks.refine_image_size=[60, 48]", "task.landmarks.refine_crop=32",
+            "data.augment.brightness=0.2"],
+        "segmentation": [
+            "backbone.name=tiny_efficientnet", "backbone.in_chans=1", "task.name=segmentation",
+            "data.format=mask_folder", f"data.root={tiny_segmentation}", "data.train=training", "data.test=test",
+            "data.image_size=[36, 44]", "task.segmentation.mask_dir=manual", "task.segmentation.fov_dir=mask",
+            "task.segmentation.image_pattern=(?P<id>\\d+)_(?P<split>training|test)",
+            "task.segmentation.mask_template='{id}_manual1.gif'", "task.segmentation.fov_template='{stem}_mask.png'",
+            "task.segmentation.crop_size=32", "task.segmentation.decoder_width=4", "data.augment.hflip=true"],
+        "detection": [
+            "backbone.name=tiny_resnet", "backbone.in_chans=3", "data.format=voc", f"data.root={tiny_voc}",
+            "data.train=ImageSets/Main/train.txt", "data.val=ImageSets/Main/val.txt",
+            "data.test=ImageSets/Main/test.txt", "data.image_size=[48, 64]", "task.name=detection",
+            "task.detection.classes=[cell, blob]", "task.detection.min_score=0", "task.detection.score_threshold=0",
+            "task.detection.max_detections=5", "data.augment.hflip=true"],
+    }
+

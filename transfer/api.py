@@ -24,6 +24,7 @@ from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config
 from transfer.data.datasets import ImageDataset, Skipped
 from transfer.errors import DatasetError
+from transfer.precision import Precision, inference_forward
 from transfer.registry import Registry
 
 Batch = dict[str, Any]
@@ -61,6 +62,10 @@ class TaskModel(nn.Module, ABC):
     #: a frozen backbone's features remembered by image, for models whose head reads the backbone's pooled output
     #: (classification); a run may hand one memo to several models with the same weights (a study's head-only cells)
     feature_memo: FrozenFeatureMemo | None = None
+    #: True when the head reads the backbone's stage outputs only (``forward_stages`` / ``forward_features``: dense
+    #: heads), not its pooled features: the backbone's parameters that no stage output uses
+    #: (:meth:`~transfer.backbones.StagedBackbone.unused_by_stage_outputs`) then stay frozen
+    reads_stage_outputs: bool = False
 
     @abstractmethod
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
@@ -68,13 +73,28 @@ class TaskModel(nn.Module, ABC):
     def after_optimizer_step(self, progress: float) -> None:  # noqa: B027 - optional hook
         pass
 
-    def extra_stages(self) -> dict[str, tuple[StagedBackbone, nn.Module]]:
+    def extra_stages(self) -> dict[str, "ExtraStage"]:
         """Further (backbone, head) pairs the fine-tuning depth applies to, by name (default: none).
 
         A model with a second stage (the landmark task's refinement) returns it here, so
         ``depth`` freezes the same stages of each backbone, and each head trains at the head's rate.
         """
         return {}
+
+
+@dataclass(frozen=True)
+class ExtraStage:
+    """A second (backbone, head) pair of a task model (see :meth:`TaskModel.extra_stages`).
+
+    ``unused_stages``: the backbone stages its head never reads (above a decoder's top stage). They get no gradient,
+    so they stay frozen whatever the depth: a trainable parameter without a gradient stops DistributedDataParallel
+    (``find_unused_parameters=False``) with "Expected to have finished reduction".
+    """
+
+    backbone: StagedBackbone
+    head: nn.Module
+    unused_stages: tuple[str, ...] = ()
+    reads_stage_outputs: bool = True  #: as :attr:`TaskModel.reads_stage_outputs`
 
 
 class Task(ABC):
@@ -108,6 +128,9 @@ class Task(ABC):
         self.data_report: dict[str, Any] = {}
         #: where ``predict`` may write files beside its table (e.g. mask images); set by the predict run
         self.output_dir: Path | None = None
+        #: autocast and memory format of every scoring pass: the run's (set by the finetune, evaluate and predict
+        #: runs from ``runtime``), so a model is scored as it was trained; full precision until a run sets it
+        self.precision: Precision = Precision()
 
     @classmethod
     def metric_range(cls, metric: str) -> tuple[float, float]:
@@ -180,13 +203,16 @@ class Task(ABC):
 
 
 @torch.no_grad()
-def batched_forward(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64) -> Any:
-    """Run ``model`` on (N, C, H, W) images in eval mode, batch by batch; concatenates tensors / dict of tensors."""
+def batched_forward(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64,
+                    precision: Precision | None = None) -> Any:
+    """Run ``model`` on (N, C, H, W) images in eval mode, batch by batch; concatenates tensors / dict of tensors
+    (as float32). ``precision``: the autocast and memory format to run under (a task's ``self.precision``)."""
     was = model.training
     model.eval()
+    forward = inference_forward(model, precision)
     outs: list[Any] = []
     for i in range(0, len(images), batch_size):
-        outs.append(model(images[i : i + batch_size].to(device)))
+        outs.append(forward(images[i : i + batch_size].to(device)))
     model.train(was)
     if isinstance(outs[0], dict):
         return {k: torch.cat([o[k].float().cpu() for o in outs]) for k in outs[0]}

@@ -36,6 +36,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` with one process."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over ranks (``t`` itself with one process); ``t`` must be on the backend's device."""
     if is_distributed():

@@ -24,8 +24,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from transfer.api import Batch
 from transfer.config import RuntimeConfig
-from transfer.distributed import all_reduce_sum, is_main_process
-from transfer.errors import MedTransferError
+from transfer.distributed import all_gather_object, all_reduce_sum, is_main_process, rank, world_size
+from transfer.errors import MedTransferError, UnsafeCheckpointError
+from transfer.precision import Precision, amp_dtype  # noqa: F401 (amp_dtype: re-exported)
+from transfer.safe_load import load_weights_only
 from transfer.tracking import RESTART_OR_RENAME as _WAYS_OUT
 from transfer.tracking import atomic_torch_save, config_changes, config_fingerprint
 
@@ -40,15 +42,6 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision. AMP is only used on CUDA."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
 
 
 @runtime_checkable
@@ -69,11 +62,22 @@ class EpochRandomSampler(Sampler[int]):
     Like torch's ``RandomSampler`` without replacement: ``num_samples`` (default ``n``) indices from consecutive
     shuffled passes. :meth:`set_epoch` pins the epoch (the engine calls it before every epoch, so epoch k's order is
     the same whether or not the run was interrupted before it); without it, each pass moves to the next epoch.
+
+    Under DDP (``world_size`` > 1) every rank draws the same global sequence of ``num_samples * world_size`` indices
+    and takes its own share of every step's global batch: step s's ``batch_size * world_size`` indices, rank r's
+    ``batch_size`` of them from position ``r * batch_size``. So W ranks at batch B see, step by step, the images one
+    process sees at batch W * B, whatever the dataset's size (``train.steps_per_epoch``).
     """
 
-    def __init__(self, n: int, seed: int = 0, num_samples: int | None = None) -> None:
+    def __init__(self, n: int, seed: int = 0, num_samples: int | None = None, *, rank: int = 0,
+                 world_size: int = 1, batch_size: int | None = None) -> None:
         self.n, self.seed = n, seed
         self.num_samples = n if num_samples is None else num_samples
+        self.rank, self.world_size = rank, world_size
+        if world_size > 1 and (batch_size is None or self.num_samples % batch_size):
+            raise ValueError(f"a sampler shared by {world_size} ranks needs num_samples ({self.num_samples}) to be a "
+                             f"multiple of batch_size ({batch_size})")
+        self.batch_size = batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -87,28 +91,42 @@ class EpochRandomSampler(Sampler[int]):
         self.epoch += 1
         if self.n == 0:  # an empty training set: the engine says so when the epoch has no batch
             return
-        for _ in range(self.num_samples // self.n):
-            yield from torch.randperm(self.n, generator=g).tolist()
-        yield from torch.randperm(self.n, generator=g)[: self.num_samples % self.n].tolist()
+        total = self.num_samples * self.world_size
+        order = [torch.randperm(self.n, generator=g) for _ in range(total // self.n)]
+        order.append(torch.randperm(self.n, generator=g)[: total % self.n])
+        indices = torch.cat(order).tolist()
+        if self.world_size == 1:
+            yield from indices
+            return
+        b, w = self.batch_size, self.world_size
+        assert b is not None
+        for step in range(self.num_samples // b):
+            start = step * b * w + self.rank * b
+            yield from indices[start : start + b]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
                 drop_last: bool = False, device: torch.device | None = None,
-                num_samples: int | None = None) -> DataLoader:
+                num_samples: int | None = None, worker_seed: int | None = None) -> DataLoader:
     """A DataLoader that shards across processes under DDP and is reproducible per seed and epoch.
 
     The shuffle of epoch k depends on (seed, k) only (:class:`EpochRandomSampler`, or ``DistributedSampler``'s
     ``set_epoch``), so a run resumed before epoch k sees the same batches as an uninterrupted one.
-    ``num_samples``: samples per epoch drawn from consecutive shuffled passes (torch's RandomSampler without
-    replacement), for a fixed number of steps per epoch whatever the dataset size.
+    ``num_samples``: samples per epoch (per process) drawn from consecutive shuffled passes (torch's RandomSampler
+    without replacement), for a fixed number of steps per epoch whatever the dataset size; under DDP each rank takes
+    its share of every step's global batch (:class:`EpochRandomSampler`). ``worker_seed``: the seed of the loader's
+    generator, from which torch seeds its worker processes (default ``seed``; runs pass one per rank,
+    ``transfer.runs.seeding.loader_seed``); the shuffle never depends on it, so every rank shares it.
     """
     sampler: Sampler[int] | None = None
     g = torch.Generator()
-    g.manual_seed(seed)
+    g.manual_seed(seed if worker_seed is None else worker_seed)
     if dist.is_available() and dist.is_initialized():
         if num_samples is not None:
-            raise ValueError("train.steps_per_epoch is not supported under DistributedDataParallel")
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+            sampler = EpochRandomSampler(len(dataset), seed, num_samples, rank=dist.get_rank(),  # type: ignore[arg-type]
+                                         world_size=dist.get_world_size(), batch_size=batch_size)
+        else:
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle or num_samples is not None:
         sampler = EpochRandomSampler(len(dataset), seed, num_samples)  # type: ignore[arg-type]
     return DataLoader(
@@ -154,6 +172,11 @@ class EpochStats:
     data_seconds: float  #: time spent waiting for the loader
     logs: dict[str, float] = field(default_factory=dict)
     lr: float = 0.0
+    #: the logged learning rates: ``lr_<role>`` per parameter-group role (``lr_head``, ``lr_backbone``: the base
+    #: rate of each, the same at every depth), or ``lr`` (the first group's) for groups without roles
+    lrs: dict[str, float] = field(default_factory=dict)
+    #: optimiser steps the fp16 gradient scaler skipped (inf/NaN gradients); None without a scaler
+    skipped_steps: int | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -191,15 +214,16 @@ class Engine:
         grad_clip: float | None = None,
         progress: bool = True,
         train_mode: Callable[[], None] | None = None,
+        precision: Precision | None = None,
     ) -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device)
-        self.channels_last = channels_last and self.device.type == "cuda"
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        #: autocast dtype and memory format; a run resolves it once and scores under the same (``Task.precision``)
+        self.precision = precision or Precision.resolve(self.device, amp, channels_last)
+        self.model = self.precision.model(model.to(self.device))
+        self.channels_last = self.precision.channels_last
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.dtype = amp_dtype(self.device, amp)
+        self.dtype = self.precision.dtype
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.grad_clip = grad_clip
         self.progress = progress and is_main_process()
@@ -215,16 +239,16 @@ class Engine:
     @classmethod
     def from_config(cls, model: nn.Module, optimizer: torch.optim.Optimizer, runtime: RuntimeConfig, *,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, grad_clip: float | None = None,
-                    progress: bool = True, train_mode: Callable[[], None] | None = None) -> "Engine":
-        """An engine on the device, precision and memory format of the ``runtime`` section."""
+                    progress: bool = True, train_mode: Callable[[], None] | None = None,
+                    precision: Precision | None = None) -> "Engine":
+        """An engine on the device, precision and memory format of the ``runtime`` section (``precision``: the
+        run's, resolved once; default resolved here from ``runtime``)."""
         return cls(model, optimizer, scheduler=scheduler, device=resolve_device(runtime.device), amp=runtime.amp,
                    channels_last=runtime.channels_last, compile=runtime.compile, grad_clip=grad_clip,
-                   progress=progress, train_mode=train_mode)
+                   progress=progress, train_mode=train_mode, precision=precision)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return self.precision.autocast(self.device.type)
 
     def train_epoch(self, loader: Iterable[Batch], epoch: int, *, max_steps: int | None = None,
                     progress_total: int | None = None, total_steps: int | None = None,
@@ -241,7 +265,7 @@ class Engine:
         # running sums stay on the device; they are read (a host sync) only every SYNC_EVERY steps
         total = torch.zeros((), device=self.device)
         logs: dict[str, torch.Tensor] = {}
-        steps = images = 0
+        steps = images = skipped = 0
         data_s = 0.0
         t0 = time.perf_counter()
         it = iter(loader)
@@ -256,9 +280,12 @@ class Engine:
             data_s += time.perf_counter() - td
             with self.autocast():
                 out = self.step_module(batch)
-            self._backward_and_step(out["loss"])
+            stepped = self._backward_and_step(out["loss"])
             steps += 1
-            self.model.after_optimizer_step(min(1.0, (global_step + steps) / total_steps) if total_steps else 0.0)
+            if stepped:  # a step the fp16 scaler skipped (inf/NaN gradients) moves no momentum encoder either
+                self.model.after_optimizer_step(min(1.0, (global_step + steps) / total_steps) if total_steps else 0.0)
+            else:
+                skipped += 1
             n = _batch_size(batch)
             images += n
             total = total + out["loss"].detach().float() * n
@@ -283,7 +310,8 @@ class Engine:
         total, images = sums[0], int(sums[1])
         mean = self._check_finite(total, images, epoch, steps)
         return EpochStats(epoch, mean, steps, images, seconds, data_s,
-                          {k: float(v) / images for k, v in zip(keys, sums[2:])}, self.optimizer.param_groups[0]["lr"])
+                          {k: float(v) / images for k, v in zip(keys, sums[2:])}, self.optimizer.param_groups[0]["lr"],
+                          lrs=group_lrs(self.optimizer), skipped_steps=skipped if self.scaler is not None else None)
 
     def _progress_bar(self, total: int | None, epoch: int) -> Any:
         if not self.progress:
@@ -292,8 +320,12 @@ class Engine:
 
         return tqdm(total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
-        """Backward pass and optimiser step, through the fp16 gradient scaler when there is one."""
+    def _backward_and_step(self, loss: torch.Tensor) -> bool:
+        """Backward pass and optimiser step, through the fp16 gradient scaler when there is one.
+
+        Returns False when the scaler skipped the step (inf or NaN gradients: it lowers its scale instead), so the
+        hooks that follow an optimiser step do not run for it. Only with a scaler does this read a value on the host.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -303,10 +335,12 @@ class Engine:
         if self.grad_clip:
             nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip)
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
+            return self.scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped
+        self.optimizer.step()
+        return True
 
     @staticmethod
     def _check_finite(total: torch.Tensor, images: int, epoch: int, steps: int) -> float:
@@ -366,8 +400,10 @@ class Engine:
         for epoch in range(start, start if stopped else epochs):
             stats = self.train_epoch(loader, epoch, max_steps=max_steps, progress_total=per_epoch,
                                      total_steps=total_steps, global_step=(per_epoch or 0) * epoch)
-            if self.scheduler is not None:
-                self.scheduler.step()  # per epoch, after it: the row's lr is the one the epoch trained with
+            if self.scheduler is not None and stats.skipped_steps != stats.steps:
+                # per epoch, after it: the row's lr is the one the epoch trained with; an epoch whose every step the
+                # fp16 scaler skipped trained nothing, so its schedule does not advance either
+                self.scheduler.step()
             row = _epoch_row(stats)
             measured = evaluate(epoch) if evaluate is not None else {}
             row.update({f"val_{k}": v for k, v in measured.items()})
@@ -379,8 +415,10 @@ class Engine:
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
-            if resume_path is not None and is_main_process():
-                self._save_resume(resume_path, history, selection, epoch, resume_config)
+            if resume_path is not None:
+                rngs = all_gather_object(rng_state())  # every rank's: each draws its own augmentations
+                if is_main_process():
+                    self._save_resume(resume_path, history, selection, epoch, resume_config, rngs)
             if selection.exhausted(patience):
                 stopped = True
                 break
@@ -410,12 +448,18 @@ class Engine:
             self.scaler.load_state_dict(ck["scaler"])
         selection.best, selection.best_epoch = ck["best"], ck["best_epoch"]
         selection.best_state, selection.bad_epochs = ck["best_state"], ck["bad_epochs"]
-        if ck.get("rng") is not None:
-            set_rng_state(ck["rng"])
+        per_rank = ck.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == world_size():
+            set_rng_state(per_rank[rank()])
+        elif ck.get("rng") is not None:
+            set_rng_state(ck["rng"])  # rank 0's (an older state, or another world size): offset the other ranks
+            if rank() > 0:
+                offset = int(torch.randint(0, 2**62, (1,)).item()) + rank()
+                random.seed(offset), np.random.seed(offset % 2**32), torch.manual_seed(offset)
         return ck["history"], ck["epoch"] + 1
 
     def _save_resume(self, path: Path, history: list[dict[str, Any]], selection: Selection, epoch: int,
-                     config: dict[str, Any] | None) -> None:
+                     config: dict[str, Any] | None, rngs: list[Any] | None = None) -> None:
         """Everything :meth:`_load_resume` needs to continue after ``epoch``, written atomically."""
         atomic_torch_save({
             "format": RESUME_FORMAT,
@@ -424,7 +468,7 @@ class Engine:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "history": history, "best": selection.best, "best_epoch": selection.best_epoch,
             "best_state": selection.best_state, "bad_epochs": selection.bad_epochs, "epoch": epoch,
-            "rng": rng_state(),
+            "rng": rng_state(), "rng_per_rank": rngs,
             "config": config, "config_fingerprint": config_fingerprint(config) if config is not None else None,
         }, path)
 
@@ -434,15 +478,23 @@ RESUME_FORMAT = 2
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every RNG a training step may draw from: Python, NumPy, torch CPU and CUDA."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """The state of every RNG a training step may draw from: Python, NumPy, torch CPU and CUDA.
+
+    Tensors, numbers and tuples only, so the resume state loads with ``weights_only=True`` (NumPy's key array is
+    kept as a tensor).
+    """
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`'s result (CUDA states only when the device count is the same)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -455,7 +507,9 @@ def read_resume_state(path: Path, *, mmap: bool = False) -> dict[str, Any]:
     ``mmap``: map the tensors instead of reading them (a check that looks at the config only reads no weights).
     """
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        ck = load_weights_only(path, mmap=mmap)  # a state that would unpickle code is refused, never run
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # PytorchStreamReader, EOFError, UnpicklingError...: all mean the same to the user
         raise ResumeStateError(f"{path}: the resume state cannot be read, it is truncated or corrupt "
                                f"({type(e).__name__}); {_WAYS_OUT}") from None
@@ -524,6 +578,20 @@ class Selection:
         return patience is not None and self.bad_epochs >= patience
 
 
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The rates to log: ``lr_<role>`` for each ``role`` of the parameter groups (the group's rate over its
+    ``role_lr_mult``: layer decay and the bias multiplier taken out), else ``lr``, the first group's.
+
+    Fine-tuning logs ``lr_head`` and ``lr_backbone`` (absent at depth ``head``): the lowest trained stage's rate
+    would differ between depths with layer decay, so curves of different depths could not be compared.
+    """
+    out: dict[str, float] = {}
+    for g in optimizer.param_groups:
+        if "role" in g:
+            out.setdefault(f"lr_{g['role']}", g["lr"] / g.get("role_lr_mult", 1.0))
+    return out or {"lr": optimizer.param_groups[0]["lr"]}
+
+
 def _steps_per_epoch(loader: Iterable[Batch], max_steps: int | None) -> int | None:
     """Batches per epoch: the loader's length capped by ``max_steps``; None when neither is known."""
     try:
@@ -536,9 +604,10 @@ def _steps_per_epoch(loader: Iterable[Batch], max_steps: int | None) -> int | No
 def _epoch_row(stats: EpochStats) -> dict[str, Any]:
     """The per-epoch metrics row (``metrics.jsonl``) from an epoch's training statistics."""
     return {
-        "epoch": stats.epoch, "train_loss": stats.loss, "lr": stats.lr, "steps": stats.steps,
+        "epoch": stats.epoch, "train_loss": stats.loss, **(stats.lrs or {"lr": stats.lr}), "steps": stats.steps,
         "images_per_s": stats.images_per_s, "data_wait_share": stats.data_wait_share,
         **{f"train_{k}": v for k, v in stats.logs.items()},
+        **({} if stats.skipped_steps is None else {"skipped_steps": stats.skipped_steps}),
     }
 
 

@@ -27,3 +27,8 @@ class UnknownNameError(MedTransferError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file named as weights, model or resume state that only loads by unpickling arbitrary Python objects
+    (which can run code); it is refused, never unpickled."""

@@ -71,12 +71,13 @@ def param_groups(
     stages get ``lr`` (times ``layer_decay ** distance_from_top`` when set),
     the head ``lr * head_lr_mult``, biases a further ``bias_lr_mult``; weight
     decay only on tensors with more than one dimension. ``prefix`` starts every group's name (a model's
-    second stage).
+    second stage). Each group's ``role`` (``backbone`` or ``head``) and ``role_lr_mult`` (its rate over the role's
+    base rate) let the engine log one comparable rate per role.
     """
     names = list(backbone.stage_names)
     groups: list[dict] = []
 
-    def add(label: str, named: list[tuple[str, nn.Parameter]], base_lr: float) -> None:
+    def add(label: str, named: list[tuple[str, nn.Parameter]], base_lr: float, role: str, role_mult: float) -> None:
         buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for pname, p in named:
             is_bias = pname.endswith(".bias") or pname == "bias"
@@ -88,15 +89,18 @@ def param_groups(
                 "lr": base_lr * (spec.bias_lr_mult if is_bias else 1.0),
                 "weight_decay": spec.weight_decay if decay else 0.0,
                 "name": f"{prefix}{label}/{'decay' if decay else 'no_decay'}{'/bias' if is_bias else ''}",
+                # the group's rate is the role's base rate (train.lr, or the head's) times this: the logged lr_head
+                # and lr_backbone are the base rates, the same at every depth
+                "role": role, "role_lr_mult": role_mult * (spec.bias_lr_mult if is_bias else 1.0),
             })
 
     stage_params = backbone.stage_parameters()
     top = len(names) - 1
     for stage in trainable:
         i = names.index(stage)
-        lr = spec.lr * (spec.layer_decay ** (top - i) if spec.layer_decay else 1.0)
-        add(stage, stage_params[stage], lr)
-    add("head", list(head.named_parameters()), spec.lr * spec.head_lr_mult)
+        decay = spec.layer_decay ** (top - i) if spec.layer_decay else 1.0
+        add(stage, stage_params[stage], spec.lr * decay, "backbone", decay)
+    add("head", list(head.named_parameters()), spec.lr * spec.head_lr_mult, "head", 1.0)
     for g in groups:
         g["initial_lr"] = g["lr"]
     return groups

@@ -23,7 +23,8 @@ from torch import nn
 
 from transfer.backbones import StagedBackbone, get_entry
 from transfer.config import BackboneConfig
-from transfer.errors import CheckpointError
+from transfer.errors import CheckpointError, UnsafeCheckpointError
+from transfer.safe_load import load_weights_only
 
 CHECKPOINT_FORMAT = "medtransfer-backbone/1"
 #: a trained stage-2 model (a run directory's ``model.pt``, written by ``transfer.runs.model_io``): its state dict
@@ -141,9 +142,13 @@ def _conv_channels(in_chans: int, policy: str) -> int:
 
 
 def read_checkpoint(path: Path) -> Any:
-    """The object in a PyTorch file on the CPU; a file torch cannot read is one CheckpointError naming it."""
+    """The object in a PyTorch file on the CPU, read with ``weights_only=True`` (a file whose pickle would build
+    other objects, and so could run code, is an :class:`~transfer.errors.UnsafeCheckpointError`); a file torch cannot
+    read is one CheckpointError naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_weights_only(path)
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # pickle/zip errors vary; all mean the file is not a checkpoint
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
 

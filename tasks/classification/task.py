@@ -230,7 +230,7 @@ class ClassificationTask(Task):
 
     # -- evaluation --------------------------------------------------------------
     def _probs(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int) -> np.ndarray:
-        logits = batched_forward(model, dataset.images, device, batch_size)
+        logits = batched_forward(model, dataset.images, device, batch_size, self.precision)
         return torch.softmax(logits, 1).numpy()
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,

@@ -41,11 +41,15 @@ def mean_average_precision(preds: Sequence[Boxes], truths: Sequence[Boxes], clas
 
     p = [tv(d, True) for d in preds]
     t = [tv(d, False) for d in truths]
-    coco = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+    # sync_on_compute=False: under torchrun every rank scores the whole split itself (the engine's evaluation is not
+    # sharded), so there is nothing to gather; torchmetrics' default all-gathers the CPU state, which NCCL cannot
+    # send and which on gloo counts every image world-size times
+    local = {"sync_on_compute": False}
+    coco = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools", **local)
     coco.update(p, t)
     r = coco.compute()
     at50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5], class_metrics=True,
-                                backend="pycocotools")
+                                backend="pycocotools", **local)
     at50.update(p, t)
     r50 = at50.compute()
     out: dict[str, Any] = {"map_50": _num(r["map_50"]), "map": _num(r["map"]), "map_75": _num(r["map_75"]),

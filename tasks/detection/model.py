@@ -162,6 +162,8 @@ def flip_boxes(boxes: torch.Tensor, size: int, dim: int) -> torch.Tensor:
 class DetectionModel(TaskModel):
     """Staged backbone + (FPN + detector heads). Labels inside the detector are 1..C (0: background)."""
 
+    reads_stage_outputs = True
+
     def __init__(self, backbone: StagedBackbone, num_classes: int, options: DetectionConfig,
                  image_size: tuple[int, int], *, hflip: bool = False) -> None:
         super().__init__()

@@ -26,6 +26,7 @@ from tasks.detection.config import DetectionConfig
 from tasks.detection.formats import ParseResult, check_boxes, read_coco, read_voc
 from tasks.detection.model import DetectionModel
 from transfer.api import EvalResult, Task, TaskModel
+from transfer.precision import inference_forward
 from transfer.backbones import StagedBackbone
 from transfer.config import ConfigError
 from transfer.data.datasets import ImageDataset, load_images
@@ -123,9 +124,10 @@ class DetectionTask(Task):
         h, w = dataset.images.shape[-2:]
         out = []
         bs = max(1, min(batch_size, 16))  # region proposals per image make big inference batches costly
+        forward = inference_forward(model, self.precision)  # the autocast and memory format it was trained with
         try:
             for i in range(0, len(dataset), bs):
-                for j, d in enumerate(model(dataset.images[i:i + bs].to(device))):
+                for j, d in enumerate(forward(dataset.images[i:i + bs].to(device))):
                     oh, ow = sizes[i + j]
                     scale = np.array([ow / w, oh / h, ow / w, oh / h])
                     out.append({"boxes": d["boxes"].float().cpu().numpy().astype(np.float64) * scale,

@@ -20,6 +20,7 @@ from torch import nn
 
 from tasks.landmarks.decoding import peak_mass
 from tasks.landmarks.on_demand import ImagesOnDemand
+from transfer.precision import Precision, inference_forward
 
 __all__ = ["LandmarkOutputs", "landmark_outputs", "image_flags"]
 
@@ -42,22 +43,24 @@ def _confidence(out: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int,
-                     *, flip: bool = False, refine_images: torch.Tensor | ImagesOnDemand | None = None
-                     ) -> LandmarkOutputs:
+                     *, flip: bool = False, refine_images: torch.Tensor | ImagesOnDemand | None = None,
+                     precision: Precision | None = None) -> LandmarkOutputs:
     """Coordinates and confidences of ``images`` (flipped left-right first when ``flip``), refined on
-    ``refine_images`` (the same images at the refinement stage's size, in memory or read per batch) when given.
+    ``refine_images`` (the same images at the refinement stage's size, in memory or read per batch) when given;
+    under ``precision`` (the task's: the autocast and memory format the model was trained with).
 
     A loop of our own rather than :func:`~transfer.api.batched_forward`: each batch has two inputs.
     """
     was = model.training
     model.eval()
+    forward_all = inference_forward(model.forward_all, precision)
     coords, conf, global_conf, global_coords = [], [], [], []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(device)
         r = None if refine_images is None else refine_images[i : i + batch_size].to(device)
         if flip:
             x, r = x.flip(-1), (None if r is None else r.flip(-1))
-        out = model.forward_all(x, r) if r is not None else model.forward_all(x)
+        out = forward_all(x, r) if r is not None else forward_all(x)
         coords.append(out["coords"].float().cpu())
         conf.append(_confidence(out).float().cpu())
         global_conf.append(out.get("global_confidence", conf[-1]).float().cpu())

@@ -27,7 +27,7 @@ from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
 from transfer.config.io import ConfigError
 from transfer.errors import DatasetError
-from transfer.api import EvalResult, Task, TaskModel
+from transfer.api import EvalResult, ExtraStage, Task, TaskModel
 
 
 def to_normalised(px: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
@@ -74,6 +74,7 @@ class LandmarkModel(TaskModel):
         self.refine_stage = refine  #: a :class:`~tasks.landmarks.refine.RefinementStage`, or None
         self.refine_weight = refine_weight
         self.unused_stages: list[str] = []
+        self.reads_stage_outputs = head != "regression"  # the heatmap heads read stage outputs, not pooled features
         if head == "decoder":
             self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=heatmap_stride,
                                            radius=decode_radius, width=decoder_width, top_stage=heatmap_stage)
@@ -98,10 +99,13 @@ class LandmarkModel(TaskModel):
             names = list(backbone.stage_names)
             self.unused_stages = names[names.index(heatmap_stage) + 1 :]
 
-    def extra_stages(self) -> dict[str, tuple[StagedBackbone, nn.Module]]:
+    def extra_stages(self) -> dict[str, ExtraStage]:
         if self.refine_stage is None:
             return {}
-        return {"refine": (self.refine_stage.backbone, self.refine_stage.head)}
+        r = self.refine_stage
+        names = list(r.backbone.stage_names)
+        # the refinement decoder reads stages up to its top stage only: those above get no gradient
+        return {"refine": ExtraStage(r.backbone, r.head, tuple(names[names.index(r.head.top_stage) + 1 :]))}
 
     def forward_all(self, images: torch.Tensor, refine_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every output of the global stage; with ``refine_images`` and a refinement stage, "coords" and
@@ -312,7 +316,7 @@ class LandmarkTask(Task):
         from tasks.landmarks.inference import landmark_outputs
 
         out = landmark_outputs(model, dataset.images, device, _inference_batch(batch_size, dataset.images),
-                               refine_images=self._refine_source(dataset))
+                               refine_images=self._refine_source(dataset), precision=self.precision)
         sizes = dataset.target_array("orig_size")
         return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes)
 
@@ -351,9 +355,10 @@ class LandmarkTask(Task):
         from tasks.landmarks.inference import image_flags, landmark_outputs
 
         batch_size = _inference_batch(batch_size, dataset.images)
-        out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=self._refine_source(dataset))
+        out = landmark_outputs(model, dataset.images, device, batch_size, refine_images=self._refine_source(dataset),
+                               precision=self.precision)
         # the mirror check compares the global stage's confidences: the flipped pass needs no refinement
-        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True)
+        flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True, precision=self.precision)
         df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))
         for k in range(out.confidence.shape[1]):
             df[f"{k + 1}_confidence"] = out.confidence[:, k]

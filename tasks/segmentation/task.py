@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from tasks.segmentation.config import SegmentationConfig
-from transfer.api import EvalResult, Task, TaskModel
+from transfer.api import EvalResult, Task, TaskModel, inference_forward
 from transfer.backbones import StagedBackbone
 from transfer.config import AugmentConfig
 from transfer.data.augment import BatchAugment
@@ -111,6 +111,8 @@ def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 class SegmentationModel(TaskModel):
     """Backbone + :class:`~transfer.heads.DenseDecoder` (the head: decoder and its 1x1 classifier)."""
+
+    reads_stage_outputs = True
 
     def __init__(self, backbone: StagedBackbone, num_classes: int, *, stride: int, width: int,
                  top_stage: str | None, image_skip: bool, crop_size: int, vflip: bool,
@@ -320,8 +322,8 @@ class SegmentationTask(Task):
         was = model.training
         model.eval()
         try:
-            return sliding_window_probs(model, images, o.crop_size, o.overlap, o.blend,
-                                        batch_size=max(1, min(batch_size, 8)), device=device)
+            return sliding_window_probs(inference_forward(model, self.precision), images, o.crop_size, o.overlap,
+                                        o.blend, batch_size=max(1, min(batch_size, 8)), device=device)
         finally:
             model.train(was)
 

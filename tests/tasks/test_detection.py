@@ -247,7 +247,7 @@ def test_stage1_checkpoint_loads_into_detection_model(tmp_path):
     bb, rep = build_backbone("tiny_resnet", str(ckpt), in_chans=3)
     assert not rep.missing and not rep.unexpected
     model = TASKS.get("detection")(_cfg(tmp_path)).build_model(bb)
-    stages = torch.load(ckpt, weights_only=False)["stages"]
+    stages = torch.load(ckpt, weights_only=True)["stages"]
     sd = model.state_dict()
     for stage, params in stages.items():
         for k, v in params.items():

@@ -1,6 +1,8 @@
 """Detection metrics on hand-made cases with known answers: mAP (torchmetrics + pycocotools), FROC, per-image F1."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,31 @@ def test_image_f1():
     assert image_f1(pred, truth, 0.5) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))  # TP 1, FP 1, FN 1
     assert image_f1(pred, truth, 0.2) == pytest.approx(2 * 2 / (2 * 2 + 1))
     assert image_f1(_d([], [], []), _d([], []), 0.5) == 1.0
+
+
+def _map_worker(rank: int, world: int, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world)
+    try:
+        # rank 0 finds one of two boxes (51/101), rank 1 both (1.0): each rank scores its own data, as every rank
+        # scores the whole validation split under torchrun; nothing may be gathered from the other
+        truths = [_d(T0, [0, 0])]
+        preds = [_d([T0[0]], [0], [0.9])] if rank == 0 else [_d(T0, [0, 0], [0.9, 0.8])]
+        m = mean_average_precision(preds, truths, ["a"])
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(m["map_50"]))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_map_under_a_process_group_scores_each_ranks_own_images(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_map_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    assert json.loads((tmp_path / "rank0.json").read_text()) == pytest.approx(51 / 101, abs=1e-6)
+    assert json.loads((tmp_path / "rank1.json").read_text()) == pytest.approx(1.0)

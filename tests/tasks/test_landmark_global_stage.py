@@ -53,7 +53,7 @@ def test_global_plus_refinement_trains_both_stages_and_predicts_refined_coordina
     summary = json.loads((run / "summary.json").read_text())
     import torch
 
-    state = torch.load(run / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("refine_stage.backbone.") for k in state)
     assert summary["test"]["mre_mm"] > 0 and summary["test"]["global_mre_mm"] > 0  # both stages scored
     out = tmp_path / "pred.csv"

@@ -213,7 +213,7 @@ def test_stage1_checkpoint_loads_with_no_missing_backbone_keys(tmp_path, seg_roo
     bb, rep = backbone_from_config(cfg.backbone, str(ck))
     assert not rep.missing
     model = SegmentationTask(cfg).build_model(bb)
-    saved = torch.load(ck, weights_only=False)["stages"]
+    saved = torch.load(ck, weights_only=True)["stages"]
     for sd in saved.values():
         for k, v in sd.items():
             assert torch.equal(model.backbone.state_dict()[k], v), k

@@ -215,3 +215,27 @@ def test_fit_rejects_bad_mode_and_unknown_monitor():
         eng.fit(loader, 1, mode="lowest")
     with pytest.raises(KeyError, match="'auc'"):
         eng.fit(loader, 1, evaluate=lambda e: {"mse": 1.0}, monitor="auc")
+
+
+def _steps_worker(rank: int, world: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world)
+    try:
+        loader = make_loader(_Data(6), 2, shuffle=True, seed=3, drop_last=True, num_samples=5 * 2)
+        loader.sampler.set_epoch(1)
+        torch.save([b["y"] for b in loader], f"{out}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fixed_steps_per_epoch_under_ddp_shares_every_steps_batch(tmp_path):
+    # train.steps_per_epoch under DDP: no error; rank r takes its half of each step's global batch, so 2 ranks at
+    # batch 2 see, step by step, what one process sees at batch 4
+    mp.start_processes(_steps_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    one = make_loader(_Data(6), 4, shuffle=True, seed=3, drop_last=True, num_samples=5 * 4)
+    one.sampler.set_epoch(1)
+    single = [b["y"] for b in one]
+    assert len(r0) == len(r1) == len(single) == 5
+    for a, b, s in zip(r0, r1, single):
+        assert torch.equal(torch.cat([a, b]), s)

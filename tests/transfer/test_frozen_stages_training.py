@@ -26,7 +26,7 @@ def test_finetune_at_layer4_head_keeps_frozen_stages_bit_identical(tmp_path, tin
             "--set", "tracking.wandb_mode=disabled", "--set", "tracking.progress=false",
             "--set", "tracking.log_media=false"]
     assert main(args) == 0
-    after = torch.load(tmp_path / "runs" / "shallow" / "model.pt", weights_only=False)["state_dict"]
+    after = torch.load(tmp_path / "runs" / "shallow" / "model.pt", weights_only=True)["state_dict"]
     frozen = [k for k in before if stage_of[k] != "layer4"]
     assert any("running_mean" in k for k in frozen)  # the test needs BatchNorm in frozen stages
     moved = [k for k in frozen if not torch.equal(after[k], before[k])]

@@ -36,7 +36,7 @@ def test_pretrain_two_steps_and_checkpoint_round_trip(tmp_path, method):
     _pool(tmp_path)
     assert main(_args(tmp_path, method)) == 0
     run = tmp_path / "runs" / method
-    ck = torch.load(run / "backbone.pt", weights_only=False)
+    ck = torch.load(run / "backbone.pt", weights_only=True)
     prov = ck["provenance"]
     assert prov["method"] == method and prov["pool_size"] == 10 and prov["channels"] == 1
     assert prov["input_size"] == [32, 32] and len(prov["data_fingerprint"]) == 16

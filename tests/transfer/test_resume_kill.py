@@ -80,7 +80,7 @@ def _kill_and_resume(args_for: callable, tmp_path: Path) -> tuple[Path, Path]:
     cut_run = tmp_path / "cut" / "r"
     try:
         _kill_after_second_epoch(cut, cut_run, tmp_path, "cut1")
-        n_saved = len(torch.load(cut_run / "last.pt", weights_only=False)["history"])
+        n_saved = len(torch.load(cut_run / "last.pt", weights_only=True)["history"])
         # a row logged after the last saved state (killed between logging and saving) must not survive the resume
         with open(cut_run / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"epoch": 99, "train_loss": 0.0}) + "\n")
@@ -147,8 +147,8 @@ def test_killed_moco_pretrain_resumes_with_its_queue(tmp_path):
     assert [r["epoch"] for r in cut_rows] == [0, 1, 2, 3]
     # the loss over the queue's negatives, the momentum and the pair accuracy: exact, epoch by epoch
     assert _without_timing(cut_rows) == _without_timing(ref_rows)
-    a = torch.load(ref / "backbone.pt", weights_only=False)["stages"]
-    b = torch.load(cut / "backbone.pt", weights_only=False)["stages"]
+    a = torch.load(ref / "backbone.pt", weights_only=True)["stages"]
+    b = torch.load(cut / "backbone.pt", weights_only=True)["stages"]
     assert a.keys() == b.keys()
     for stage in a:
         assert a[stage].keys() == b[stage].keys()

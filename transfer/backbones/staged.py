@@ -167,6 +167,13 @@ class StagedBackbone(nn.Module):
             x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return x
 
+    def unused_by_stage_outputs(self) -> frozenset[str]:
+        """Parameter names (as in ``named_parameters``) that no output of :meth:`forward_stages` depends on, though
+        their stage is one a dense head reads: they get no gradient when the head reads stage outputs only, so such a
+        head keeps them frozen. None here: every module of a stage runs in it (a generic timm model's final norm or
+        EfficientNet's ``conv_head`` sit in its last stage but come after its last feature map)."""
+        return frozenset()
+
     # -- internals ----------------------------------------------------------
     def _param_owner(self) -> dict[str, str]:
         return {pname: self.stage_of(pname) for pname, _ in self.named_parameters()}

@@ -125,14 +125,47 @@ class TimmWeights:
 
 
 class TimmStagedBackbone(StagedBackbone):
-    """Any timm model: stages from timm's coarse ``group_matcher``, features from ``forward_intermediates``."""
+    """Any timm model: stages from timm's coarse ``group_matcher``, features from ``forward_intermediates``.
+
+    The stage outputs are timm's feature maps (``feature_info``: one per stage that ends at a feature level), so
+    ``forward_stages`` returns the spatial stages only, which is what every dense head reads (the decoder, the
+    landmark heatmap heads, the detection pyramid); it stops after ``upto`` (timm's ``stop_early``).
+    """
 
     def forward_stages(self, x: torch.Tensor, upto: str | None = None) -> "OrderedDict[str, torch.Tensor]":
-        raise NotImplementedError("generic timm backbones expose forward_features and forward only")
+        """Images in [0, 1] -> the feature map of every spatial stage, up to and including ``upto``."""
+        if upto is None:
+            last = len(self._fi_stages) - 1
+        elif upto in self._fi_stages:
+            last = max(i for i, s in enumerate(self._fi_stages) if s == upto)
+        else:
+            raise ValueError(f"{self.name}: stage {upto!r} has no feature map; the spatial stages (timm's "
+                             f"feature_info) are {', '.join(dict.fromkeys(self._fi_stages))}")
+        feats = self.model.forward_intermediates(self.prepare(x), indices=list(range(last + 1)),
+                                                 intermediates_only=True, stop_early=True)
+        return OrderedDict(zip(self._fi_stages[: last + 1], feats))
 
     def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        feats = self.model.forward_intermediates(self.prepare(x), indices=len(self._fi_stages), intermediates_only=True)
-        return OrderedDict(zip(self._fi_stages, feats))
+        return self.forward_stages(x)
+
+    def unused_by_stage_outputs(self) -> frozenset[str]:
+        """Parameters no feature map depends on (timm's final norm, EfficientNet's ``conv_head``): found once by a
+        backward pass from every feature map of a zero image (BatchNorm in eval mode, no statistics move)."""
+        cached = self.__dict__.get("_unused_by_stage_outputs")
+        if cached is None:
+            named = [(n, p) for n, p in self.named_parameters()]
+            was = self.training
+            self.eval()
+            try:
+                with torch.enable_grad():
+                    outs = self.forward_stages(torch.zeros(1, self.in_chans, 64, 64))
+                    grads = torch.autograd.grad(sum(o.float().sum() for o in outs.values()), [p for _, p in named],
+                                                allow_unused=True)
+            finally:
+                self.train(was)
+            cached = frozenset(n for (n, _), g in zip(named, grads) if g is None)
+            self.__dict__["_unused_by_stage_outputs"] = cached
+        return cached
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(self.prepare(x)), pre_logits=True)

@@ -36,15 +36,25 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
     batch = to_device(next(iter(loader)), device)
 
     engine = Engine.from_config(model, opt, cfg.runtime, progress=False, train_mode=train_mode)
+    # the bare loop runs at the engine's precision (autocast, channels_last, the fp16 scaler), so the ratio compares
+    # loops, not an fp32 loop with a bf16 one
+    precision, scaler = engine.precision, engine.scaler
+    batch = to_device(batch, device, precision.channels_last)
 
     def bare(n: int) -> float:
         train_mode()
         t0 = time.perf_counter()
         for _ in range(n):
-            out = model.training_step(batch)
+            with precision.autocast(device.type):
+                out = model.training_step(batch)
             opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(out["loss"]).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                out["loss"].backward()
+                opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return n * bs / (time.perf_counter() - t0)
@@ -65,6 +75,8 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
     return {
         "backbone": cfg.backbone.name, "task": cfg.task.name, "depth": depth, "batch_size": bs,
         "image_size": list(cfg.data.image_size), "device": str(device), "steps": steps, "rounds": rounds,
+        "amp": str(precision.dtype).replace("torch.", "") if precision.dtype else "off",
+        "channels_last": precision.channels_last,
         "bare_images_per_s": round(bare_best, 2), "engine_images_per_s": round(eng_best, 2),
         "ratio_engine_over_bare": round(eng_best / bare_best, 3),
         "dataloader_images_per_s": round(stats.images_per_s, 2),

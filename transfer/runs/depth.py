@@ -8,9 +8,11 @@ import torch
 
 from transfer.api import Task, TaskModel
 from transfer.config import Config, to_dict
+from transfer.distributed import rank
 from transfer.engine import Engine, FitResult, make_loader
 from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups, set_train_mode,
                                trainable_stages)
+from transfer.runs.seeding import loader_seed
 from transfer.runs.splits import Splits
 from transfer.tracking import Run, training_config
 
@@ -19,15 +21,24 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
                 ) -> tuple[list[str], torch.optim.Optimizer, Callable[[], None]]:
     """Freeze for ``depth``; return the trained stages, the optimiser over their LR groups, and the train-mode hook."""
     bb = model.backbone
+    # only stages that get a gradient: those a head never reads stay frozen (a trainable parameter without a gradient
+    # stops DDP with "Expected to have finished reduction")
     stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in model.unused_stages]
     t = cfg.train
     spec = LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay, t.weight_decay)
     # the model's own stage, then any further stage (same depth, its own backbone and head)
-    pairs = [("", bb, model.head, stages)] + [
-        (f"{name}.", b, h, trainable_stages(depth, b.stage_names)) for name, (b, h) in model.extra_stages().items()]
+    pairs = [("", bb, model.head, stages, model.reads_stage_outputs)] + [
+        (f"{name}.", x.backbone, x.head, [s for s in trainable_stages(depth, x.backbone.stage_names)
+                                          if s not in x.unused_stages], x.reads_stage_outputs)
+        for name, x in model.extra_stages().items()]
     groups: list[dict] = []
-    for prefix, b, head, trained in pairs:
+    for prefix, b, head, trained, dense in pairs:
         freeze_stages(b, trained)
+        if dense:  # parameters of a read stage that come after its feature map (timm's final norm) get no gradient
+            unused = b.unused_by_stage_outputs()
+            for n, p in b.named_parameters():
+                if n in unused:
+                    p.requires_grad_(False)
         for p in head.parameters():
             p.requires_grad_(True)
         groups += param_groups(b, head, trained, spec, prefix=prefix)
@@ -35,7 +46,7 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
 
     def train_mode() -> None:
         model.train()
-        for _, b, _, trained in pairs:
+        for _, b, _, trained, _ in pairs:
             set_train_mode(b, trained)  # frozen stages keep BatchNorm in eval mode
 
     return stages, opt, train_mode
@@ -52,11 +63,11 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
     t = cfg.train
     engine = Engine.from_config(model, opt, cfg.runtime, grad_clip=t.grad_clip, progress=cfg.tracking.progress,
                                 scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.gamma),
-                                train_mode=train_mode)
+                                train_mode=train_mode, precision=task.precision)
     num_samples = t.steps_per_epoch * t.batch_size if t.steps_per_epoch else None
     loader = make_loader(splits.train, t.batch_size, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
                          drop_last=len(splits.train) > t.batch_size or num_samples is not None, device=engine.device,
-                         num_samples=num_samples)
+                         num_samples=num_samples, worker_seed=loader_seed(cfg.seed, rank()))
 
     def evaluate(epoch: int) -> dict[str, float]:
         res = task.evaluate(model, splits.val, engine.device, batch_size=max(t.batch_size, 64))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from transfer.api import EvalResult
 from transfer.engine import resolve_device
+from transfer.precision import Precision
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import load_model
 from transfer.tracking import atomic_write_json
@@ -27,6 +28,8 @@ def evaluate_run(run: str | Path, data: str, *, device: str = "auto", data_forma
         info = task.info
         task = type(task)(cfg)  # re-validates the format for this task
         task.info = info
+    task.precision = Precision.resolve(dev, cfg.runtime.amp, cfg.runtime.channels_last)  # scored as trained
+    task.precision.model(model)
     split = task.load_split(data, "eval")
     task.check_split(split, "eval", data)  # e.g. a class with no image: a one-line error, not a metric's traceback
     res = task.evaluate(model, split, dev, with_ci=True)

@@ -1,7 +1,6 @@
 """One stage-2 run: data, backbone, depth (fixed or ``auto``), training, selection, test once, run directory."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,17 @@ import torch
 from transfer.api import TASKS, Task, TaskModel
 from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config, to_dict
-from transfer.distributed import barrier, is_main_process, world_size
+from transfer.distributed import barrier, is_main_process, rank, world_size
 from transfer.engine import resolve_device
+from transfer.precision import Precision
 from transfer.finetune import recalibrate_batchnorm, trainable_stages
 from transfer.runs.config_checks import check_finetune_config
 from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
+from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.prior_state import prior_run
-from transfer.runs.seeding import seed_everything
+from transfer.runs.seeding import rank_seed, seed_everything
 from transfer.runs.splits import Splits, prepare_data
 from transfer.tracking import Run, atomic_torch_save, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config
@@ -48,6 +49,10 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
     t0 = time.time()
     task = TASKS.get(cfg.task.name)(cfg)
     check_finetune_config(cfg)
+    # autocast and memory format, resolved once: the engine trains and the task scores under the same
+    device = resolve_device(cfg.runtime.device)
+    task.precision = Precision.resolve(device, cfg.runtime.amp, cfg.runtime.channels_last)
+    reset_gpu_peak_memory(device)  # the peak of this run, not of an earlier one in the same process (a study)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "finetune")
@@ -66,7 +71,8 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
         summary = _train_and_select(cfg, task, model, splits, run)
         summary.update(_score(cfg, task, model, splits, run))
         summary.update({"weights": report.source, "missing_keys": report.missing, "unused_keys": report.unexpected,
-                        "seconds": round(time.time() - t0, 1), "peak_memory_gib": peak_memory_gib()})
+                        "seconds": round(time.time() - t0, 1), "peak_memory_gib": peak_memory_gib(),
+                        "gpu_peak_memory_gib": gpu_peak_memory_gib(device)})
         return _finish(cfg, task, model, run, summary)
     except Exception as e:
         run.fail(e)
@@ -75,24 +81,15 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
         run.finish()
 
 
-def peak_memory_gib() -> float | None:
-    """The largest resident set of this process or of any finished child (DataLoader workers), in GiB; None where
-    the platform has no ``resource`` module (Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)  # bytes on macOS, KiB on Linux
-
-
 def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:
     """Backbone with its weights, the task's new head; BatchNorm statistics for frozen random stages."""
     backbone, report = backbone_from_config(cfg.backbone, cfg.init)
     print(report.summary())
     if cfg.init not in ("imagenet", "scratch"):
         run.use_checkpoint(Path(cfg.init), report.provenance)
-    seed_everything(cfg.seed)  # the head's init does not depend on how many weights were loaded
+    # the head's init does not depend on how many weights were loaded. From here on each rank draws from its own
+    # seed (augmentations, crops, jitter); DDP gives every rank rank 0's initial weights, so the model is shared
+    seed_everything(cfg.seed, rank())
     device = resolve_device(cfg.runtime.device)
     model = task.build_model(backbone, splits.train).to(device)
     if cfg.init == "scratch" and cfg.train.depth != "all":
@@ -127,6 +124,8 @@ def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         # processes under torchrun; train.batch_size is per process, so the effective batch is world_size times it
         "world_size": world_size(),
+        # each rank's RNG seed (rank 0's is the run's seed): ranks draw their own augmentations
+        "rank_seeds": [rank_seed(cfg.seed, r) for r in range(world_size())],
         "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
         "depth_curve": depth_curve, "task_info": task.info,
         # the first epoch trained after continuing from a resume state (None: trained from the start)

@@ -9,7 +9,7 @@ import torch
 from transfer.api import TASKS, Task, TaskModel
 from transfer.config import Config, from_dict, to_dict
 from transfer.errors import CheckpointError
-from transfer.weights import backbone_from_config
+from transfer.weights import backbone_from_config, read_checkpoint
 
 MODEL_FORMAT = "medtransfer-model/1"
 
@@ -31,7 +31,7 @@ def load_model(path: str | Path, device: torch.device | None = None,
         path = path / "model.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no trained model here (expected a run directory with model.pt)")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = read_checkpoint(path)  # weights_only: a model.pt that would unpickle code is refused
     if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a medtransfer model checkpoint")
     cfg = from_dict(Config, ck["config"], source=str(path))

@@ -12,6 +12,7 @@ from transfer.data.inventory import describe_skipped, scan_folder
 from transfer.data.readers import supported_suffixes
 from transfer.engine import resolve_device
 from transfer.errors import MedTransferError
+from transfer.precision import Precision
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import load_model
 from transfer.tracking import atomic_write_text
@@ -53,6 +54,8 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
     """
     dev = resolve_device(device)
     cfg, task, model = load_model(run, dev, cache_dir)
+    task.precision = Precision.resolve(dev, cfg.runtime.amp, cfg.runtime.channels_last)  # as it was trained
+    task.precision.model(model)
     unused: list[Skipped] = []  # files of a folder that are not images: counted in the sidecar, never silent
     paths = image_paths(items, unused)
     loaded = load_images(paths, **cfg.data.decode_options(), gray=cfg.backbone.in_chans == 1,

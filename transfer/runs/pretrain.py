@@ -13,13 +13,14 @@ from PIL import Image
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
 from transfer.data.datasets import ImageDataset
-from transfer.distributed import barrier, is_main_process
-from transfer.engine import Engine, FitResult, make_loader
+from transfer.distributed import barrier, is_main_process, rank
+from transfer.engine import Engine, FitResult, make_loader, resolve_device
 from transfer.errors import DatasetError
+from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
 from transfer.runs.prior_state import prior_run
-from transfer.runs.seeding import seed_everything
+from transfer.runs.seeding import loader_seed, seed_everything
 from transfer.tracking import Run, atomic_write_json, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
 
@@ -37,7 +38,9 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     """
     p = cfg.pretrain
     method_cls = PRETRAIN_METHODS.get(p.method)
-    seed_everything(cfg.seed)
+    # each rank its own seed (rank 0: the run's): its own views and augmentations; the pool draws nothing, and DDP
+    # gives every rank rank 0's initial weights
+    seed_everything(cfg.seed, rank())
     t0, cpu0 = time.time(), time.process_time()
     name = name or cfg.tracking.name or default_pretrain_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
@@ -49,6 +52,8 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
         raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
     if restart and is_main_process():
         discard_run_state(run_dir)
+    device = resolve_device(cfg.runtime.device)
+    reset_gpu_peak_memory(device)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
                           tags=["pretrain", p.method, cfg.backbone.name])
     barrier()  # under torchrun: no rank reads a resume state before rank 0 has discarded it (--restart)
@@ -70,6 +75,7 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
             "selection": selection, "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
             "cpu_seconds": round(time.process_time() - cpu0, 1),
             "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
+            "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(device),
         }
         run.log_summary(summary)  # summary.json + backbone.pt: complete, the resume state is no longer needed
         if run.writes:
@@ -112,7 +118,8 @@ def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run, key: dict[
     engine = Engine.from_config(method, opt, cfg.runtime, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs),
                                 grad_clip=p.grad_clip, progress=cfg.tracking.progress)
     loader = make_loader(ImageDataset(pool.images, ids=pool.ids), p.batch_size, shuffle=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device)
+                         num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device,
+                         worker_seed=loader_seed(cfg.seed, rank()))
     sample = {"image": pool.images[: min(8, len(pool.images))].to(engine.device)}
     probe = _probe(cfg, method, engine.device)
     monitored = probe is not None
