@@ -60,7 +60,7 @@ class FrozenFeatureMemo:
         """(B, C, H, W) -> (B, D) pooled features, from the memo where the same weights saw the same image."""
         if not self.applies(backbone, images):
             return backbone(images)
-        weights = weights_fingerprint(backbone)
+        weights = weights_fingerprint(backbone) + _autocast_state()  # bf16 features are other features
         keys = [(weights, _hash(img)) for img in images]
         missing = [i for i, k in enumerate(keys) if k not in self._store]
         if missing:
@@ -92,6 +92,15 @@ def weights_fingerprint(module: nn.Module) -> str:
         h.update(str((tuple(t.shape), t.dtype)).encode())
         h.update(_bytes(t))
     return h.hexdigest()
+
+
+def _autocast_state() -> str:
+    """The CPU autocast dtype in force ("" without autocast), part of every key."""
+    try:
+        enabled, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    except (TypeError, AttributeError):  # torch < 2.4: no device argument, no get_autocast_dtype
+        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return f"/autocast={dtype}" if enabled else ""
 
 
 def _hash(image: torch.Tensor) -> str:

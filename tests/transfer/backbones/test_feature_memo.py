@@ -52,3 +52,11 @@ def test_least_recently_used_features_are_dropped_above_the_budget():
     memo = FrozenFeatureMemo(max_bytes=3 * one)
     memo(bb, torch.rand(5, 1, 32, 32))
     assert len(memo) == 3 and memo_bytes == one
+
+
+def test_features_under_autocast_are_not_served_to_a_full_precision_call():
+    bb, memo, x = _frozen(), FrozenFeatureMemo(), torch.rand(3, 1, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = memo(bb, x)
+    full = memo(bb, x)
+    assert memo.misses == 6 and low.dtype == torch.bfloat16 and full.dtype == torch.float32
