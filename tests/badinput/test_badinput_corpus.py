@@ -504,6 +504,52 @@ CASES = [
 ]
 
 
+# ----------------------------------------------------------------------------- issue 18: configs
+
+
+def _one_line(o: Outcome) -> None:
+    assert len(o.err.strip().splitlines()) == 1, o.err
+
+
+def _yaml_duplicate_key(c: Ctx) -> list[str]:
+    (c.tmp / "cfg.yaml").write_text("train:\n  epochs: 1\n  lr: 0.01\n  epochs: 3\n")
+    return ["finetune", str(c.tmp / "cfg.yaml"), *common(c.tmp)[2:]]
+
+
+def _yaml_syntax_error(c: Ctx) -> list[str]:
+    (c.tmp / "cfg.yaml").write_text("train:\n  epochs: [1, 2\n  lr: 0.01\n")
+    return ["finetune", str(c.tmp / "cfg.yaml")]
+
+
+def _set_template(c: Ctx) -> list[str]:
+    return ["config", "show", "--set", "task.segmentation.mask_template={stem}.jpg"]
+
+
+def _set_bare_braces(c: Ctx) -> list[str]:
+    return ["config", "show", "--set", "task.segmentation.mask_template={stem}"]
+
+
+def _pretrain_default_warmup(c: Ctx) -> list[str]:
+    return ["pretrain", "--set", "pretrain.epochs=3"]
+
+
+CASES += [
+    Case("a YAML key given twice (train.epochs)", _yaml_duplicate_key, 2,
+         ("cfg.yaml', lines 2 and 4: key 'train.epochs' is given twice",), _one_line),
+    Case("a YAML syntax error is one line", _yaml_syntax_error, 2,
+         ("cfg.yaml', line 3, column 5: not valid YAML: expected ',' or ']'", "flow sequence that starts at line 2"),
+         _one_line),
+    Case("--set with the README's template form {stem}.jpg", _set_template, 0, ("mask_template: '{stem}.jpg'",)),
+    Case("--set with a bare {stem} (a YAML mapping)", _set_bare_braces, 2,
+         ("'task.segmentation.mask_template'", "expected a string, got the YAML mapping", "quote the value")),
+    Case("pretrain.epochs below the default warm-up", _pretrain_default_warmup, 2,
+         ("pretrain.warmup_epochs: must be in [0, pretrain.epochs=3), got 5 (the default)",)),
+]
+
+
+# ----------------------------------------------------------------------------- the corpus
+
+
 def _command(argv: list[str]) -> str:
     """The command and its telling options, for the table in the closing note."""
     keep = [a for a in argv[1:] if a.startswith(("data.on_bad", "data.min", "task.landmarks.missing", "--on-bad"))]
