@@ -19,6 +19,7 @@ from transfer.api import EvalResult, Task, TaskModel, batched_forward
 from transfer.data.inventory import scan_folder
 from transfer.data.readers import supported_suffixes
 from transfer.data.tables import read_listing
+from tasks.classification.listing import check_label_rows, check_listed_once
 
 
 
@@ -192,7 +193,8 @@ class ClassificationTask(Task):
             if col not in df.columns:
                 raise DatasetError(f"{path}: missing column {col!r} (columns: {list(df.columns)}; expected path, label[, group])")
         base = self.cfg.data.image_base(path)
-        raw = df["label"].astype(str).tolist()
+        check_label_rows(df, path)
+        raw = df["label"].astype(str).str.strip().tolist()
         names = self.info.get("class_names") or sorted(set(raw))
         unknown = sorted(set(raw) - set(names))
         if unknown:
@@ -205,6 +207,7 @@ class ClassificationTask(Task):
             if not full.is_file():
                 raise DatasetError(f"{path}, line {i + 2}: image {full} does not exist")
             paths.append(full)
+        check_listed_once(paths, raw, path)
         groups = df["group"].astype(str).tolist() if "group" in df.columns else None
         return paths, labels, groups, names
 

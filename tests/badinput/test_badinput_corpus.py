@@ -547,6 +547,43 @@ CASES += [
 ]
 
 
+# ----------------------------------------------------------------------------- issue 18: classification CSVs
+
+
+def _csv_label(c: Ctx, label: str) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    lines = (c.tmp / "train.csv").read_text().splitlines()
+    lines[4] = lines[4].rsplit(",", 1)[0] + "," + label  # line 5 of the file
+    (c.tmp / "train.csv").write_text("\n".join(lines) + "\n")
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _csv_image_two_labels(c: Ctx) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    with open(c.tmp / "train.csv", "a") as f:
+        f.write("img/train.csv_2.png,b\n")  # listed on line 4 as 'a'
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _csv_repeated_header(c: Ctx) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    (c.tmp / "more.csv").write_text((c.tmp / "train.csv").read_text())
+    (c.tmp / "train.csv").write_text((c.tmp / "train.csv").read_text() + "path,label\n")
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+CASES += [
+    Case("classification CSV: an empty label", lambda c: _csv_label(c, ""), 2,
+         ("train.csv', line 5: the label is empty or missing",)),
+    Case("classification CSV: a NaN label", lambda c: _csv_label(c, "NaN"), 2,
+         ("train.csv', line 5: the label is empty or missing",)),
+    Case("classification CSV: one image with labels a and b", _csv_image_two_labels, 2,
+         ("train.csv', lines 4, 10: image 'train.csv_2.png' is listed 2 times, with different labels 'a', 'b'",)),
+    Case("classification CSV: a repeated header row", _csv_repeated_header, 2,
+         ("train.csv', line 10: repeats the header row (path, label)",)),
+]
+
+
 # ----------------------------------------------------------------------------- the corpus
 
 
