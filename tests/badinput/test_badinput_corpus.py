@@ -584,6 +584,93 @@ CASES += [
 ]
 
 
+# ----------------------------------------------------------------------------- issue 18: detection
+
+DET = ("task.name=detection", "task.detection.classes=[cell]", "backbone.in_chans=3", "data.image_size=[64, 64]",
+       "task.detection.fpn_channels=8", "task.detection.roi_samples=16")
+
+
+def _coco(c: Ctx, images: list, annotations: list | None = None) -> Path:
+    """``train.json`` over 64x64 PNGs ``im/<file>``; ``images`` as (id, file) pairs; one box per image by default."""
+    for n, (_, file) in enumerate(images):
+        png(c.tmp / "im" / file, 700 + n, size=(64, 64))
+    if annotations is None:
+        annotations = [{"id": k + 1, "image_id": i, "category_id": 1, "bbox": [8, 8, 20, 20]}
+                       for k, (i, _) in enumerate(images)]
+    doc = {"images": [{"id": i, "file_name": f} for i, f in images], "annotations": annotations,
+           "categories": [{"id": 1, "name": "cell"}]}
+    (c.tmp / "train.json").write_text(json.dumps(doc))
+    return c.tmp / "train.json"
+
+
+def _coco_run(c: Ctx, *sets: str) -> list[str]:
+    return finetune(c.tmp, *DET, "data.format=coco", "data.train=train.json", "data.image_dir=im", *sets)
+
+
+def _coco_image_id_twice(c: Ctx) -> list[str]:
+    _coco(c, [(1, "a.png"), (2, "b.png"), (3, "c.png"), (1, "d.png")])
+    return _coco_run(c)
+
+
+def _coco_category_id_twice(c: Ctx) -> list[str]:
+    path = _coco(c, [(i, f"{i}.png") for i in range(1, 6)])
+    doc = json.loads(path.read_text())
+    doc["categories"].append({"id": 1, "name": "blob"})
+    path.write_text(json.dumps(doc))
+    return _coco_run(c)
+
+
+def _coco_top_level_list(c: Ctx) -> list[str]:
+    (c.tmp / "train.json").write_text(json.dumps([{"id": 1, "file_name": "a.png"}]))
+    return _coco_run(c)
+
+
+def _coco_no_annotations(c: Ctx, *sets: str) -> list[str]:
+    _coco(c, [(i, f"{i}.png") for i in range(1, 9)], annotations=[])
+    return _coco_run(c, *sets)
+
+
+def _coco_clipped(c: Ctx) -> list[str]:
+    _coco(c, [(i, f"{i}.png") for i in range(1, 9)])
+    doc = json.loads((c.tmp / "train.json").read_text())
+    doc["annotations"][0]["bbox"] = [50, 50, 30, 30]  # past the 64 px border: clipped to it
+    (c.tmp / "train.json").write_text(json.dumps(doc))
+    return _coco_run(c)
+
+
+def _voc_listed_twice(c: Ctx) -> list[str]:
+    for i in range(4):
+        png(c.tmp / "voc" / "JPEGImages" / f"{i}.png", 800 + i, size=(64, 64))
+        (c.tmp / "voc" / "Annotations").mkdir(parents=True, exist_ok=True)
+        (c.tmp / "voc" / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.png</filename><object><name>cell</name><bndbox><xmin>5</xmin><ymin>5</ymin>"
+            "<xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    (c.tmp / "voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (c.tmp / "voc" / "ImageSets" / "Main" / "train.txt").write_text("0\n1\n2\n3\n1\n")
+    return finetune(c.tmp, *DET, "data.format=voc", "data.train=voc/ImageSets/Main/train.txt")
+
+
+CASES += [
+    Case("COCO: an image id used twice (for another file)", _coco_image_id_twice, 2,
+         ("train.json': images id 1 is used twice, by images[0] (file_name 'a.png') and images[3] "
+          "(file_name 'd.png')",)),
+    Case("COCO: a category id used twice", _coco_category_id_twice, 2,
+         ("train.json': categories id 1 is used twice, by categories[0] (name 'cell') and categories[1]",)),
+    Case("COCO: the top level is a list", _coco_top_level_list, 2,
+         ("train.json': the top level is a JSON list, not the object of a COCO instances file",)),
+    Case("COCO: a training file without a single annotation", _coco_no_annotations, 2,
+         ("train.json': the training split has no box (6 images, none annotated)", "task.detection.allow_no_boxes=true"),
+         lambda o: not o.trained() or pytest.fail("trained on no box")),
+    Case("COCO: no annotation, task.detection.allow_no_boxes=true", lambda c: _coco_no_annotations(
+        c, "task.detection.allow_no_boxes=true"), 0, (), lambda o: o.trained() or pytest.fail("not trained")),
+    Case("COCO: a box past the border is clipped and said on the console", _coco_clipped, 0,
+         ("warning: train: 1 boxes clipped to the image",),
+         lambda o: "boxes clipped" in o.err or pytest.fail("not on stderr")),
+    Case("VOC: an image listed twice in the split list", _voc_listed_twice, 2,
+         ("train.txt', lines 2 and 5: image id '1' is listed twice",)),
+]
+
+
 # ----------------------------------------------------------------------------- the corpus
 
 
