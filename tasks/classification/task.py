@@ -16,7 +16,7 @@ from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, Skipped, load_images
 from transfer.errors import DatasetError
 from transfer.api import EvalResult, Task, TaskModel, batched_forward
-from transfer.data.inventory import scan_folder
+from transfer.data.inventory import not_a_file, scan_folder
 from transfer.data.readers import supported_suffixes
 from transfer.data.tables import read_listing
 from tasks.classification.listing import check_label_rows, check_listed_once
@@ -165,9 +165,13 @@ class ClassificationTask(Task):
         if not root.is_dir():
             raise DatasetError(f"{root}: class folder root does not exist")
         classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        # files beside the class folders and hidden folders (.ipynb_checkpoints) belong to no class: reported
-        self.skipped += [Skipped(str(p), "not in a class folder", kind="not used") for p in sorted(root.iterdir())
-                         if p.is_file() or (p.is_dir() and p.name.startswith("."))]
+        # files beside the class folders and hidden folders (.ipynb_checkpoints) belong to no class: reported, and
+        # so are broken links and other entries that are neither (they would otherwise vanish from every count)
+        for p in sorted(root.iterdir()):
+            if p.is_file() or (p.is_dir() and p.name.startswith(".")):
+                self.skipped.append(Skipped(str(p), "not in a class folder", kind="not used"))
+            elif not p.is_dir():
+                self.skipped.append(Skipped(str(p), not_a_file(p) or "not a regular file", kind="not used"))
         if not classes:
             raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
         if "class_names" in self.info:

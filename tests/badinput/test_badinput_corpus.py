@@ -671,6 +671,48 @@ CASES += [
 ]
 
 
+# ----------------------------------------------------------------------------- issue 18: links
+
+
+def _links_in_class_folder(c: Ctx) -> list[str]:
+    class_folders(c.tmp / "train")
+    (c.tmp / "train" / "a" / "gone.png").symlink_to(c.tmp / "nowhere.png")  # dangling
+    (c.tmp / "train" / "b" / "self.png").symlink_to("self.png")  # refers to itself
+    (c.tmp / "train" / "b" / "more").symlink_to(c.tmp / "train" / "a")  # a folder: never followed
+    return finetune(c.tmp, "data.format=folder", "data.train=train")
+
+
+def _check_links(o: Outcome) -> None:
+    s = o.summary()
+    reasons = {Path(x["path"]).name: x["reason"] for x in s["skipped"]}
+    assert reasons == {"gone.png": "broken symbolic link", "self.png": "symbolic link loop",
+                       "more": "symbolic link to a folder (not followed)"}, reasons
+    assert s["n_train"] + s["n_val"] == 8
+
+
+def _predict_folder_links(c: Ctx) -> list[str]:
+    png(c.tmp / "new" / "1.png", 511)
+    (c.tmp / "new" / "gone.png").symlink_to(c.tmp / "nowhere.png")
+    (c.tmp / "new" / "self.png").symlink_to("self.png")
+    return ["predict", str(c.shared["cls"]), str(c.tmp / "new"), "--out", str(c.tmp / "p.csv")]
+
+
+def _check_predict_links(o: Outcome) -> None:
+    side = pd.read_csv(o.tmp / "p.csv.skipped.csv")
+    assert dict(zip((Path(p).name for p in side["path"]), side["reason"])) == {
+        "gone.png": "broken symbolic link", "self.png": "symbolic link loop"}
+
+
+CASES += [
+    Case("links in a class folder: dangling, to itself, to a folder", _links_in_class_folder, 0,
+         ("3 files or rows not used", "1 broken symbolic link", "1 symbolic link loop",
+          "1 symbolic link to a folder (not followed)"), _check_links),
+    Case("predict: a folder with a dangling link and a link to itself", _predict_folder_links, 0,
+         ("2 files or rows not used", "broken symbolic link", "symbolic link loop", "wrote 1 predictions"),
+         _check_predict_links),
+]
+
+
 # ----------------------------------------------------------------------------- the corpus
 
 
