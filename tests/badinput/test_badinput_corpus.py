@@ -713,6 +713,33 @@ CASES += [
 ]
 
 
+# ----------------------------------------------------------------------------- issue 18: multi-frame files
+
+
+def _frames(path: Path, n: int, fmt: str) -> Path:
+    rng = np.random.default_rng(n)
+    frames = [Image.fromarray((rng.random((SIZE, SIZE)) * 255).astype(np.uint8)) for _ in range(n)]
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:])
+    return path
+
+
+def _multi_frame(c: Ctx, suffix: str, fmt: str, *sets: str) -> list[str]:
+    class_folders(c.tmp / "train")
+    _frames(c.tmp / "train" / "a" / f"stack{suffix}", 3, fmt)
+    return finetune(c.tmp, "data.format=folder", "data.train=train", *sets)
+
+
+CASES += [
+    Case("a 3-page TIFF in a class folder", lambda c: _multi_frame(c, ".tif", "TIFF"), 2,
+         ("a/stack.tif: TIFF file has 3 frames; medtransfer reads single-frame images only",)),
+    Case("a 3-frame GIF in a class folder", lambda c: _multi_frame(c, ".gif", "GIF"), 2,
+         ("a/stack.gif: GIF file has 3 frames",)),
+    Case("a 3-frame GIF, data.on_bad=skip", lambda c: _multi_frame(c, ".gif", "GIF", "data.on_bad=skip"), 0,
+         ("1 unreadable", "GIF file has 3 frames"),
+         lambda o: o.summary()["skipped_counts"] == {"unreadable": 1} or pytest.fail("not counted")),
+]
+
+
 # ----------------------------------------------------------------------------- the corpus
 
 
