@@ -6,7 +6,9 @@ may print a traceback or end in silence.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from transfer.cli import main
@@ -738,6 +741,98 @@ CASES += [
          ("1 unreadable", "GIF file has 3 frames"),
          lambda o: o.summary()["skipped_counts"] == {"unreadable": 1} or pytest.fail("not counted")),
 ]
+
+
+# ----------------------------------------------------------------------------- issue 18: outputs and trained models
+
+
+def _truncated_model(c: Ctx) -> Path:
+    run = c.tmp / "run"
+    shutil.copytree(c.shared["cls"], run)
+    data = (run / "model.pt").read_bytes()
+    (run / "model.pt").write_bytes(data[: len(data) // 2])  # a copy cut short
+    return run
+
+
+def _predict_truncated_model(c: Ctx) -> list[str]:
+    png(c.tmp / "x.png", 521)
+    return ["predict", str(_truncated_model(c)), str(c.tmp / "x.png"), "--out", str(c.tmp / "p.csv")]
+
+
+def _evaluate_truncated_model(c: Ctx) -> list[str]:
+    class_folders(c.tmp / "ev", n=2, seed=9)
+    return ["evaluate", str(_truncated_model(c)), "--data", str(c.tmp / "ev")]
+
+
+def _predict_out_is_folder(c: Ctx) -> list[str]:
+    png(c.tmp / "x.png", 522)
+    (c.tmp / "results").mkdir()
+    return ["predict", str(c.shared["cls"]), str(c.tmp / "x.png"), "--out", str(c.tmp / "results")]
+
+
+CASES += [
+    Case("predict: a truncated model.pt", _predict_truncated_model, 2,
+         ("run/model.pt': the trained model cannot be read, it is truncated or corrupt",)),
+    Case("evaluate: a truncated model.pt", _evaluate_truncated_model, 2,
+         ("run/model.pt': the trained model cannot be read, it is truncated or corrupt",)),
+    Case("predict: --out naming an existing folder", _predict_out_is_folder, 2,
+         ("results': --out names a folder; name a file, e.g.", "results/predictions.csv'")),
+]
+
+
+def test_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    """ENOSPC while saving the resume state, then torch's zip writer failing on top of it (as on a real full
+    disk): one line naming the folder and the cause, and failed.json keeps the cause, not torch's error."""
+    class_folders(tmp_path / "train")
+
+    def full_disk(obj, f, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4800 vs 4771")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    o = run_cli(finetune(tmp_path, "data.format=folder", "data.train=train"), capsys, tmp_path)
+    assert o.rc == 2 and "Traceback" not in o.out + o.err
+    run = tmp_path / "runs" / "case"
+    assert o.err.strip().splitlines() == [f"medtransfer: error: '{run}': cannot write last.pt (no space left on the "
+                                          "device, errno 28)"]
+    failed = json.loads((run / "failed.json").read_text())
+    assert "no space left" in failed["error"] and "unexpected pos" not in failed["error"]
+
+
+def test_read_only_out_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    """tracking.out_dir on a read-only filesystem (EROFS; simulated: chmod does not stop root)."""
+    class_folders(tmp_path / "train")
+    runs, real_mkdir = tmp_path / "runs", Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == runs or runs in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    o = run_cli(finetune(tmp_path, "data.format=folder", "data.train=train"), capsys, tmp_path)
+    assert o.rc == 2 and "Traceback" not in o.out + o.err
+    (line,) = o.err.strip().splitlines()
+    assert line.startswith(f"medtransfer: error: '{runs / 'case'}': cannot write ") and line.endswith(
+        "(read-only file system, errno 30)"), line
+
+
+def test_predict_out_on_full_disk_is_one_line(tmp_path, capsys, monkeypatch, trained_runs):
+    png(tmp_path / "x.png", 523)
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("p.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    o = run_cli(["predict", str(trained_runs["cls"]), str(tmp_path / "x.png"), "--out", str(tmp_path / "p.csv")],
+                capsys, tmp_path)
+    assert o.rc == 2 and o.err.strip().splitlines() == [
+        f"medtransfer: error: '{tmp_path}': cannot write p.csv (no space left on the device, errno 28)"]
 
 
 # ----------------------------------------------------------------------------- the corpus

@@ -31,7 +31,12 @@ def load_model(path: str | Path, device: torch.device | None = None,
         path = path / "model.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no trained model here (expected a run directory with model.pt)")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated copy: OSError (Errno 22), PytorchStreamReader, EOFError... one cause to the user
+        raise CheckpointError(f"'{path}': the trained model cannot be read, it is truncated or corrupt "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); copy it again, or "
+                              "train the run again (finetune --restart)") from None
     if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a medtransfer model checkpoint")
     cfg = from_dict(Config, ck["config"], source=str(path))

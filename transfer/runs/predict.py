@@ -14,6 +14,7 @@ from transfer.engine import resolve_device
 from transfer.errors import MedTransferError
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import load_model
+from transfer.runs.output_file import output_file, write_table
 from transfer.tracking import atomic_write_text
 
 
@@ -51,6 +52,7 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
     Skipped files (``on_bad="skip"``) are written to :func:`skipped_csv` as well as stderr, so the record of what
     was left out stays with the predictions; a stale sidecar of an earlier call is removed.
     """
+    output_file(out)
     dev = resolve_device(device)
     cfg, task, model = load_model(run, dev, cache_dir)
     unused: list[Skipped] = []  # files of a folder that are not images: counted in the sidecar, never silent
@@ -71,6 +73,5 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
                       [str(paths[i]) for i in loaded.kept], meta={"paths": [paths[i] for i in loaded.kept]})
     task.output_dir = out.with_name(f"{out.stem}_files")  # files a task writes beside the CSV (masks)
     df = with_image_columns(task.predict(model, ds, dev))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    write_table(df, out)
     return df, skipped
