@@ -27,3 +27,8 @@ class UnknownNameError(MedTransferError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was saved and how to go on. Still a KeyboardInterrupt for any
+    caller; the command line prints the message and exits 130 (128 + SIGINT), as shells expect."""

@@ -8,7 +8,7 @@ from typing import Sequence
 from transfer.cli import bench, config_cmd, export_cmd, registry_cmds, stage1, stage2, study
 from transfer.config import ConfigError
 from transfer.distributed import process_group_from_env
-from transfer.errors import MedTransferError
+from transfer.errors import MedTransferError, RunInterrupted
 
 #: command groups in the order ``--help`` lists them
 GROUPS = (registry_cmds, config_cmd, stage2, stage1, study, export_cmd, bench)
@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the exit status of a command stopped by Ctrl-C: 128 + SIGINT, what shells report for it
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -32,3 +36,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"medtransfer: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: what was saved and how to go on, not a traceback
+        print(f"medtransfer: {e if isinstance(e, RunInterrupted) else 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
