@@ -1,5 +1,5 @@
-"""The bad-input cases that need real processes: Ctrl-C, a resume on changed data, two starts of one run at once.
-
+"""The bad-input cases that need real processes: Ctrl-C, a resume on changed data, two starts of one run at once,
+and the warnings a real console shows.
 
 Each starts the real command line (``python -m transfer.cli``) as a subprocess on generated files, waits on files
 (never on the clock), and checks the exit status and the console: one line, never a traceback.
@@ -134,3 +134,24 @@ def test_two_starts_of_one_run(tmp_path):
     with run_lock(run):  # stale: taken over without a word
         assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
 
+
+def test_warnings_are_one_line_each(tmp_path):
+    """PIL's DecompressionBombWarning (a lowered limit stands in for a 90-megapixel file) names the file, and an
+    unwritable decode cache is said once for all splits: each one line, without the warning's source line."""
+    _class_folders(tmp_path / "train", 4)
+    _class_folders(tmp_path / "test", 2, first=10)
+    _png(tmp_path / "train" / "a" / "big.png", 99, size=48)  # 2304 px, over the limit of 2000
+    (tmp_path / "not_a_folder").write_text("a file where the cache folder should be")
+    argv = _finetune(tmp_path, "train.epochs=1", "data.test=test", f"data.cache_dir={tmp_path / 'not_a_folder' / 'c'}")
+    code = ("import sys, PIL.Image; PIL.Image.MAX_IMAGE_PIXELS = 2000; from transfer.cli import main; "
+            "raise SystemExit(main(sys.argv[1:]))")
+    r = _run([sys.executable, "-c", code, *argv[3:]], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "Warning:" not in r.stderr, r.stderr
+    warnings = [x for x in r.stderr.splitlines() if x.startswith("warning: ")]
+    big = [x for x in warnings if "big.png" in x]
+    cache = [x for x in warnings if "decode cache" in x]
+    assert len(big) == 1 and "48x48 px is beyond PIL's decompression-bomb warning limit of 2000 px" in big[0], warnings
+    assert cache == [f"warning: {tmp_path / 'not_a_folder' / 'c'}: cannot write the decode cache (Not a "
+                     "directory); decoding without caching"], warnings
+    assert not any(x.startswith((" ", "\t")) for x in r.stderr.splitlines()), r.stderr

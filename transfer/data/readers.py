@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ __all__ = [
     "read_npz_split",
     "supported_suffixes",
 ]
+
+class ImageSizeWarning(UserWarning):
+    """An image beyond PIL's decompression-bomb warning limit (read, but worth a look)."""
+
 
 #: ITU-R BT.601 luma weights (R, G, B).
 LUMA_601 = (0.299, 0.587, 0.114)
@@ -245,6 +250,12 @@ def _decode_pil(
     except Exception as e:  # noqa: BLE001 - a library boundary: wrap everything
         raise _fail(path, f"corrupt {fmt} header ({_describe(e)})") from e
     actual = im.format or fmt
+    w, h = im.size
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        # PIL's own DecompressionBombWarning names no file (the command line silences it for this one)
+        warnings.warn(f"{path}: {w}x{h} px is beyond PIL's decompression-bomb warning limit of "
+                      f"{Image.MAX_IMAGE_PIXELS} px; read anyway (a very large image, or a damaged header)",
+                      ImageSizeWarning, stacklevel=2)
     try:
         if single_frame:
             _one_frame(path, actual, getattr(im, "n_frames", 1))
