@@ -209,7 +209,8 @@ class ClassificationTask(Task):
         for i, p in enumerate(df["path"].astype(str)):
             full = Path(p) if Path(p).is_absolute() else base / p
             if not full.is_file():
-                raise DatasetError(f"{path}, line {i + 2}: image {full} does not exist")
+                # the path quoted: a trailing space (a CSV typo) would be invisible
+                raise DatasetError(f"{path}, line {i + 2}: image '{full}' does not exist")
             paths.append(full)
         check_listed_once(paths, raw, path)
         groups = df["group"].astype(str).tolist() if "group" in df.columns else None

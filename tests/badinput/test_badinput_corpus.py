@@ -498,7 +498,7 @@ CASES = [
     Case("predict: a 1x1 image, --on-bad skip", lambda c: _predict_tiny(c, "--on-bad", "skip"), 0,
          ("wrote 1 predictions", "1 skipped")),
     Case("predict: a run directory without model.pt", _predict_missing_run, 2, ("no_run: no trained model here",)),
-    Case("predict: an image that does not exist", _predict_missing_file, 2, ("absent.png: no such file or folder",)),
+    Case("predict: an image that does not exist", _predict_missing_file, 2, ("absent.png': no such file or folder",)),
     Case("predict: a folder with no image, only a .nii", _predict_only_unsupported, 2,
          ("no image (", "found only other files, e.g.", "scan.nii (unsupported file type '.nii')")),
     Case("evaluate: an empty CSV", _evaluate_empty_csv, 2, ("e.csv: landmark CSV is empty",)),
@@ -833,6 +833,31 @@ def test_predict_out_on_full_disk_is_one_line(tmp_path, capsys, monkeypatch, tra
                 capsys, tmp_path)
     assert o.rc == 2 and o.err.strip().splitlines() == [
         f"medtransfer: error: '{tmp_path}': cannot write p.csv (no space left on the device, errno 28)"]
+
+
+# ----------------------------------------------------------------------------- issue 18: how values are shown
+
+
+def _csv_trailing_space(c: Ctx) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    text = (c.tmp / "train.csv").read_text().replace("img/train.csv_3.png,b", "img/train.csv_3.png ,b")
+    (c.tmp / "train.csv").write_text(text)
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _lm_spacing_zero(c: Ctx) -> list[str]:
+    rows = [r + ",0.1" for r in landmark_rows(c.tmp)]
+    rows[2] = rows[2].rsplit(",", 1)[0] + ",0"
+    return _lm(c, rows, LANDMARK_HEADER + ",spacing")
+
+
+CASES += [
+    Case("a CSV path with a trailing space (quoted in the message)", _csv_trailing_space, 2,
+         ("train.csv, line 5: image '", "train.csv_3.png ' does not exist")),
+    Case("landmark CSV: spacing 0 (shown as 0.0, not np.float64(0.0))", _lm_spacing_zero, 2,
+         ("train.csv, line 4 (0_2.png): column spacing has 0.0, not a positive number of mm per pixel",),
+         lambda o: "np." not in o.err or pytest.fail(o.err)),
+]
 
 
 # ----------------------------------------------------------------------------- the corpus

@@ -36,7 +36,7 @@ def image_paths(items: list[str], unused: list[Skipped] | None = None) -> list[P
         elif p.is_file():
             paths.append(p)
         else:
-            raise MedTransferError(f"{p}: no such file or folder")
+            raise MedTransferError(f"'{p}': no such file or folder")
     if not paths:
         found = f"; found only other files, e.g. {others[0].path} ({others[0].reason})" if others else ""
         raise MedTransferError(f"no image ({', '.join(supported_suffixes())}) found in {items}{found}")
