@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from transfer.runs.run_lock import LOCK_FILE, run_lock
+from transfer.runs import run_lock as lock_module
+from transfer.runs.run_lock import LOCK_FILE, RunLockedError, run_lock
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 32
@@ -155,3 +157,25 @@ def test_warnings_are_one_line_each(tmp_path):
     assert cache == [f"warning: {tmp_path / 'not_a_folder' / 'c'}: cannot write the decode cache (Not a "
                      "directory); decoding without caching"], warnings
     assert not any(x.startswith((" ", "\t")) for x in r.stderr.splitlines()), r.stderr
+
+
+def test_lock_record_without_flock(tmp_path, monkeypatch):
+    """Where the filesystem has no flock, the lock file's record decides: a live pid of this host holds the run,
+    a dead one is stale, another host's cannot be checked (the message says which file to delete)."""
+    monkeypatch.setattr(lock_module, "fcntl", None)
+    run = tmp_path / "r"
+    run.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    for holder, held in (({"pid": os.getppid(), "host": host}, True), ({"pid": int(dead.stdout), "host": host}, False),
+                         ({"pid": 1, "host": "elsewhere"}, True)):
+        (run / LOCK_FILE).write_text(json.dumps({**holder, "started": "2025-01-01T00:00:00"}))
+        if held:
+            with pytest.raises(RunLockedError, match="this run is already running") as e:
+                with run_lock(run):
+                    pass
+            assert ("delete" in str(e.value)) == (holder["host"] != host)
+        else:
+            with run_lock(run):
+                assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+            assert (run / LOCK_FILE).read_text() == ""  # released

@@ -89,7 +89,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with writing(lock, "the run directory"):
             os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(me).encode(), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(me).encode())
         try:
             yield
         finally:
