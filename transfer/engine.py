@@ -363,6 +363,7 @@ class Engine:
         state_of: Callable[[], dict[str, torch.Tensor]] | None = None,
         resume_path: Path | None = None,
         resume_config: dict[str, Any] | None = None,
+        resume_data: dict[str, Any] | None = None,
         on_start: Callable[[list[dict[str, Any]]], None] | None = None,
         max_steps: int | None = None,
     ) -> FitResult:
@@ -377,7 +378,9 @@ class Engine:
         (:class:`EpochRandomSampler`), so on CPU the resumed fit equals an
         uninterrupted one. ``resume_config`` (the training-relevant config,
         flat) is stored with the state; a state stored with another one is
-        refused (:class:`ResumeStateError` naming the changed keys).
+        refused (:class:`ResumeStateError` naming the changed keys). ``resume_data`` (what the fit trains on,
+        e.g. :func:`transfer.data.fingerprint.data_fingerprint`) is stored beside it, for the caller to compare
+        before it resumes.
         ``on_start(history)`` is called once before the first epoch this call
         trains (not when a restored fit has nothing left to train) with the
         restored history ([] when starting fresh), so logs can be made to match
@@ -418,7 +421,7 @@ class Engine:
             if resume_path is not None:
                 rngs = all_gather_object(rng_state())  # every rank's: each draws its own augmentations
                 if is_main_process():
-                    self._save_resume(resume_path, history, selection, epoch, resume_config, rngs)
+                    self._save_resume(resume_path, history, selection, epoch, resume_config, rngs, resume_data)
             if selection.exhausted(patience):
                 stopped = True
                 break
@@ -459,7 +462,8 @@ class Engine:
         return ck["history"], ck["epoch"] + 1
 
     def _save_resume(self, path: Path, history: list[dict[str, Any]], selection: Selection, epoch: int,
-                     config: dict[str, Any] | None, rngs: list[Any] | None = None) -> None:
+                     config: dict[str, Any] | None, rngs: list[Any] | None = None,
+                     data: dict[str, Any] | None = None) -> None:
         """Everything :meth:`_load_resume` needs to continue after ``epoch``, written atomically."""
         atomic_torch_save({
             "format": RESUME_FORMAT,
@@ -470,6 +474,7 @@ class Engine:
             "best_state": selection.best_state, "bad_epochs": selection.bad_epochs, "epoch": epoch,
             "rng": rng_state(), "rng_per_rank": rngs,
             "config": config, "config_fingerprint": config_fingerprint(config) if config is not None else None,
+            "data": data,
         }, path)
 
 

@@ -32,3 +32,8 @@ class UnknownNameError(MedTransferError, KeyError):
 class UnsafeCheckpointError(CheckpointError):
     """A file named as weights, model or resume state that only loads by unpickling arbitrary Python objects
     (which can run code); it is refused, never unpickled."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was saved and how to go on. Still a KeyboardInterrupt for any
+    caller; the command line prints the message and exits 130 (128 + SIGINT), as shells expect."""

@@ -13,6 +13,7 @@ import torch
 
 from transfer.config import TrackingConfig
 from transfer.errors import MedTransferError
+from transfer.write_errors import OutputWriteError, writing
 
 #: the two ways out of a run directory whose state does not fit the command
 RESTART_OR_RENAME = "start over with --restart, or use a new run name (--name)"
@@ -32,18 +33,19 @@ _UMASK = _read_umask()
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        # mkstemp makes the file 0600; give it the mode open() would, so a team shares its run directories
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with writing(path):  # a full disk or read-only folder: one line naming the folder, not torch's zip error
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            # mkstemp makes the file 0600; give it the mode open() would, so a team shares its run directories
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -116,7 +118,8 @@ def discard_run_state(run_dir: Path) -> list[Path]:
     for pattern in RUN_FILES:
         for f in sorted(Path(run_dir).glob(pattern)):
             if f.is_file():
-                f.unlink()
+                with writing(f):
+                    f.unlink()
                 removed.append(f)
     return removed
 
@@ -176,8 +179,9 @@ class Run:
         self._wandb = None
         if not self.writes:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / FAILED_FILE).unlink(missing_ok=True)  # an earlier start's failure is not this start's status
+        with writing(self.dir / "config.yaml"):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / FAILED_FILE).unlink(missing_ok=True)  # an earlier start's failure is not this start's status
         atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         if wandb_mode != "disabled":
             try:
@@ -226,7 +230,7 @@ class Run:
     def log_epoch(self, row: dict[str, Any]) -> None:
         if not self.writes:
             return
-        with open(self.dir / "metrics.jsonl", "a") as f:
+        with writing(self.dir / "metrics.jsonl"), open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row, default=_json_default) + "\n")
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
@@ -307,16 +311,19 @@ class Run:
         except Exception as e:  # a W&B server problem must not lose the run
             self.warn(f"could not record checkpoint lineage in W&B ({type(e).__name__}: {e})")
 
-    def fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException, status: str = "failed", **extra: Any) -> None:
         """Record that this start ended in ``error`` (``failed.json``): without it, a directory holding only
         ``config.yaml`` (and perhaps some epochs) would not say whether the run is still going, was killed, or
-        failed. A later start of the same run removes it."""
+        failed. ``status``: ``failed``, or ``interrupted`` (Ctrl-C). A later start of the same run removes it."""
         if self.writes:
             import time
 
-            atomic_write_json(self.dir / FAILED_FILE, {
-                "status": "failed", "error": f"{type(error).__name__}: {error}",
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "warnings": self.warnings})
+            try:
+                atomic_write_json(self.dir / FAILED_FILE, {
+                    "status": status, "error": f"{type(error).__name__}: {error}",
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra, "warnings": self.warnings})
+            except OutputWriteError:
+                pass  # the folder that failed the run cannot take its record either; the console line says it
 
     def finish(self) -> None:
         if self._wandb is not None:

@@ -150,7 +150,8 @@ def read_checkpoint(path: Path) -> Any:
     except UnsafeCheckpointError:
         raise
     except Exception as e:  # pickle/zip errors vary; all mean the file is not a checkpoint
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        first = str(e).splitlines()[0] if str(e) else ""  # one line: torch's messages run over several
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
 
 
 def load_checkpoint_into(backbone: StagedBackbone, path: str | Path) -> LoadReport:

@@ -17,9 +17,10 @@ from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.data.datasets import ImageDataset, Skipped, load_images
 from transfer.errors import DatasetError
 from transfer.api import EvalResult, Task, TaskModel, batched_forward
-from transfer.data.inventory import scan_folder
+from transfer.data.inventory import not_a_file, scan_folder
 from transfer.data.readers import supported_suffixes
 from transfer.data.tables import read_listing
+from tasks.classification.listing import check_label_rows, check_listed_once
 
 
 
@@ -169,9 +170,13 @@ class ClassificationTask(Task):
         if not root.is_dir():
             raise DatasetError(f"{root}: class folder root does not exist")
         classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        # files beside the class folders and hidden folders (.ipynb_checkpoints) belong to no class: reported
-        self.skipped += [Skipped(str(p), "not in a class folder", kind="not used") for p in sorted(root.iterdir())
-                         if p.is_file() or (p.is_dir() and p.name.startswith("."))]
+        # files beside the class folders and hidden folders (.ipynb_checkpoints) belong to no class: reported, and
+        # so are broken links and other entries that are neither (they would otherwise vanish from every count)
+        for p in sorted(root.iterdir()):
+            if p.is_file() or (p.is_dir() and p.name.startswith(".")):
+                self.skipped.append(Skipped(str(p), "not in a class folder", kind="not used"))
+            elif not p.is_dir():
+                self.skipped.append(Skipped(str(p), not_a_file(p) or "not a regular file", kind="not used"))
         if not classes:
             raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
         if "class_names" in self.info:
@@ -197,7 +202,8 @@ class ClassificationTask(Task):
             if col not in df.columns:
                 raise DatasetError(f"{path}: missing column {col!r} (columns: {list(df.columns)}; expected path, label[, group])")
         base = self.cfg.data.image_base(path)
-        raw = df["label"].astype(str).tolist()
+        check_label_rows(df, path)
+        raw = df["label"].astype(str).str.strip().tolist()
         names = self.info.get("class_names") or sorted(set(raw))
         unknown = sorted(set(raw) - set(names))
         if unknown:
@@ -208,8 +214,10 @@ class ClassificationTask(Task):
         for i, p in enumerate(df["path"].astype(str)):
             full = Path(p) if Path(p).is_absolute() else base / p
             if not full.is_file():
-                raise DatasetError(f"{path}, line {i + 2}: image {full} does not exist")
+                # the path quoted: a trailing space (a CSV typo) would be invisible
+                raise DatasetError(f"{path}, line {i + 2}: image '{full}' does not exist")
             paths.append(full)
+        check_listed_once(paths, raw, path)
         groups = df["group"].astype(str).tolist() if "group" in df.columns else None
         return paths, labels, groups, names
 

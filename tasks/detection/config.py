@@ -34,6 +34,8 @@ class DetectionConfig:
     froc_fps: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
     #: a box with zero width or height: ``skip`` it and report it (BCCD has two), or stop with an ``error``
     degenerate_boxes: Literal["skip", "error"] = "skip"
+    #: a training split without a single box is refused (a wrong file, a filter gone wrong); true trains on it
+    allow_no_boxes: bool = False
 
     def __post_init__(self) -> None:
         if len(set(self.classes)) != len(self.classes):

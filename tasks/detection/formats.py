@@ -75,10 +75,16 @@ def _voc_layout(spec: Path, image_dir: Path | None) -> tuple[list[tuple[str, str
         if not (root / "Annotations").is_dir():
             raise DatasetError(f"{spec}: no Annotations folder above this split list")
         ids = []
+        first_line: dict[str, int] = {}
         for n, line in enumerate(spec.read_text().splitlines(), 1):
             tok = line.split()
-            if tok:
-                ids.append((tok[0], f"{spec}, line {n}"))
+            if not tok:
+                continue
+            if tok[0] in first_line:  # it would train (or be scored) twice
+                raise DatasetError(f"'{spec}', lines {first_line[tok[0]]} and {n}: image id {tok[0]!r} is listed "
+                                   "twice; list each image once")
+            first_line[tok[0]] = n
+            ids.append((tok[0], f"{spec}, line {n}"))
         if not ids:
             raise DatasetError(f"{spec}: the split list names no image")
         return ids, root / "Annotations", image_dir or root / "JPEGImages", True
@@ -173,16 +179,27 @@ def read_coco(path: Path, classes: list[str], image_dir: Path, on_bad: str = "er
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"'{path}': the top level is a JSON {type(doc).__name__}, not the object of a COCO "
+                           "instances file ({\"images\": [...], \"annotations\": [...], \"categories\": [...]})")
     for key in ("images", "annotations", "categories"):
         if not isinstance(doc.get(key), list):
-            raise DatasetError(f"{path}: no {key!r} list (not a COCO instances file)")
+            raise DatasetError(f"'{path}': no {key!r} list (not a COCO instances file)")
+        bad = next((n for n, e in enumerate(doc[key]) if not isinstance(e, dict)), None)
+        if bad is not None:
+            raise DatasetError(f"'{path}': {key}[{bad}] is {doc[key][bad]!r}, not an object")
+    # an id used twice would make the second entry replace the first: its boxes would land on another file
+    _unique_ids(doc["images"], "images", path, lambda e: f"file_name {e.get('file_name')!r}")
+    _unique_ids(doc["categories"], "categories", path, lambda e: f"name {e.get('name')!r}")
+    _unique_ids(doc["annotations"], "annotations", path,
+                lambda e: f"image_id {e.get('image_id')!r}, bbox {e.get('bbox')!r}")
     cats: dict[int, int] = {}
     for c in doc["categories"]:
         cats[c["id"]] = _class_index(str(c.get("name", "")).strip(), classes, f"{path}, category id {c.get('id')}")
     images: dict[int, dict] = {}
     for im in doc["images"]:
         if "id" not in im or "file_name" not in im:
-            raise DatasetError(f"{path}: image entry {im} lacks id or file_name")
+            raise DatasetError(f"'{path}': image entry {im} lacks id or file_name")
         images[im["id"]] = im
     per: dict[int, list[tuple[list[float], int, str]]] = {i: [] for i in images}
     for n, a in enumerate(doc["annotations"]):
@@ -213,6 +230,20 @@ def read_coco(path: Path, classes: list[str], image_dir: Path, on_bad: str = "er
                                np.asarray([r[0] for r in rows], dtype=np.float64).reshape(-1, 4),
                                np.asarray([r[1] for r in rows], dtype=np.int64), [r[2] for r in rows], size))
     return ParseResult(items, skipped, counts)
+
+
+def _unique_ids(entries: list[dict], key: str, path: Path, describe) -> None:  # noqa: ANN001 (entry -> str)
+    """Refuse two entries of ``key`` (``images``, ``categories``, ``annotations``) with one id, naming both."""
+    first: dict[object, int] = {}
+    for n, e in enumerate(entries):
+        if "id" not in e:
+            continue  # reported where the id is needed
+        i = e["id"]
+        if i in first:
+            m = first[i]
+            raise DatasetError(f"'{path}': {key} id {i!r} is used twice, by {key}[{m}] ({describe(entries[m])}) "
+                               f"and {key}[{n}] ({describe(e)}); give each entry its own id")
+        first[i] = n
 
 
 # -- box checks ---------------------------------------------------------------------

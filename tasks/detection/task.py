@@ -15,6 +15,7 @@ detections are scaled back to original pixels for every metric and output.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,20 @@ class DetectionTask(Task):
         if parsed.skipped or counts["boxes_clipped"]:
             first = parsed.skipped[0] if parsed.skipped else None
             print(f"warning: {which}: {counts['boxes_clipped']} boxes clipped to the image, "
-                  f"{len(parsed.skipped)} images or boxes skipped" + (f", e.g. {first.path}: {first.reason}" if first else ""))
+                  f"{len(parsed.skipped)} images or boxes skipped" + (f", e.g. {first.path}: {first.reason}" if first else ""),
+                  file=sys.stderr)
         targets = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
                    "orig_size": torch.from_numpy(sizes.astype(np.float32))}
         return ImageDataset(images, targets, [it.image.name for it in items], meta={"issues": counts})
+
+    def check_split(self, dataset: ImageDataset, which: str, source: str) -> None:
+        """A training split with no box at all teaches the detector nothing but would train to the end in silence."""
+        if which != "train" or self.options.allow_no_boxes:
+            return
+        if not (dataset.target_array("labels") >= 0).any():
+            raise DatasetError(f"'{source}': the training split has no box ({len(dataset)} images, none annotated); "
+                               "check the annotation file, or set task.detection.allow_no_boxes=true to train on "
+                               "images without objects")
 
     # -- model ---------------------------------------------------------------
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> DetectionModel:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transfer.data.tables import read_listing
+from transfer.data.tables import read_listing, show_cell
 from transfer.errors import DatasetError
 
 _COL = re.compile(r"^(\d+)_([xy])$")
@@ -69,7 +69,7 @@ def _column_values(df: pd.DataFrame, image_col: str, c: str, csv: Path, missing:
     bad = np.flatnonzero(~np.isfinite(vals) & (~empty | (missing != "mask")))
     if len(bad):
         r = int(bad[0])
-        value, hint = ("(empty)", _MASK_HINT) if empty[r] else (repr(raw.iloc[r]), "")
+        value, hint = ("(empty)", _MASK_HINT) if empty[r] else (show_cell(raw.iloc[r]), "")
         raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): column {c} has "
                            f"non-numeric or missing value {value}{hint}")
     return vals
@@ -90,8 +90,8 @@ def landmark_coordinates(df: pd.DataFrame, image_col: str, columns: list[tuple[s
     if len(half):
         r, k = (int(v) for v in half[0])
         raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): landmark {k + 1} has one coordinate "
-                           f"but not the other ({columns[k][0]}={df[columns[k][0]].iloc[r]!r}, "
-                           f"{columns[k][1]}={df[columns[k][1]].iloc[r]!r})")
+                           f"but not the other ({columns[k][0]}={show_cell(df[columns[k][0]].iloc[r])}, "
+                           f"{columns[k][1]}={show_cell(df[columns[k][1]].iloc[r])})")
     return coords, finite.all(-1)
 
 
@@ -101,7 +101,8 @@ def image_paths(images: pd.Series, csv: Path, base: Path) -> list[Path]:
     for r, p in enumerate(images.astype(str)):
         full = Path(p) if Path(p).is_absolute() else base / p
         if not full.is_file():
-            raise DatasetError(f"{csv}, line {r + 2}: image {full} does not exist")
+            # the path quoted: a trailing space (a CSV typo) would be invisible
+            raise DatasetError(f"{csv}, line {r + 2}: image '{full}' does not exist")
         paths.append(full)
     return paths
 
@@ -128,7 +129,7 @@ def spacing_column(df: pd.DataFrame, image_col: str, csv: Path) -> np.ndarray | 
     if len(bad):
         r = int(bad[0])
         raise DatasetError(f"{csv}, line {r + 2} ({df[image_col].iloc[r]}): column spacing has "
-                           f"{df['spacing'].iloc[r]!r}, not a positive number of mm per pixel")
+                           f"{show_cell(df['spacing'].iloc[r])}, not a positive number of mm per pixel")
     return vals
 
 

@@ -6,7 +6,9 @@ may print a traceback or end in silence.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from transfer.cli import main
@@ -495,13 +498,369 @@ CASES = [
     Case("predict: a 1x1 image, --on-bad skip", lambda c: _predict_tiny(c, "--on-bad", "skip"), 0,
          ("wrote 1 predictions", "1 skipped")),
     Case("predict: a run directory without model.pt", _predict_missing_run, 2, ("no_run: no trained model here",)),
-    Case("predict: an image that does not exist", _predict_missing_file, 2, ("absent.png: no such file or folder",)),
+    Case("predict: an image that does not exist", _predict_missing_file, 2, ("absent.png': no such file or folder",)),
     Case("predict: a folder with no image, only a .nii", _predict_only_unsupported, 2,
          ("no image (", "found only other files, e.g.", "scan.nii (unsupported file type '.nii')")),
     Case("evaluate: an empty CSV", _evaluate_empty_csv, 2, ("e.csv: landmark CSV is empty",)),
     Case("evaluate: a class with no image (only a .nii)", _evaluate_one_class, 2,
          ("class folder 'b' holds no image", "x.nii: unsupported file type '.nii'")),
 ]
+
+
+# ----------------------------------------------------------------------------- issue 18: configs
+
+
+def _one_line(o: Outcome) -> None:
+    assert len(o.err.strip().splitlines()) == 1, o.err
+
+
+def _yaml_duplicate_key(c: Ctx) -> list[str]:
+    (c.tmp / "cfg.yaml").write_text("train:\n  epochs: 1\n  lr: 0.01\n  epochs: 3\n")
+    return ["finetune", str(c.tmp / "cfg.yaml"), *common(c.tmp)[2:]]
+
+
+def _yaml_syntax_error(c: Ctx) -> list[str]:
+    (c.tmp / "cfg.yaml").write_text("train:\n  epochs: [1, 2\n  lr: 0.01\n")
+    return ["finetune", str(c.tmp / "cfg.yaml")]
+
+
+def _set_template(c: Ctx) -> list[str]:
+    return ["config", "show", "--set", "task.segmentation.mask_template={stem}.jpg"]
+
+
+def _set_bare_braces(c: Ctx) -> list[str]:
+    return ["config", "show", "--set", "task.segmentation.mask_template={stem}"]
+
+
+def _pretrain_default_warmup(c: Ctx) -> list[str]:
+    return ["pretrain", "--set", "pretrain.epochs=3"]
+
+
+CASES += [
+    Case("a YAML key given twice (train.epochs)", _yaml_duplicate_key, 2,
+         ("cfg.yaml', lines 2 and 4: key 'train.epochs' is given twice",), _one_line),
+    Case("a YAML syntax error is one line", _yaml_syntax_error, 2,
+         ("cfg.yaml', line 3, column 5: not valid YAML: expected ',' or ']'", "flow sequence that starts at line 2"),
+         _one_line),
+    Case("--set with the README's template form {stem}.jpg", _set_template, 0, ("mask_template: '{stem}.jpg'",)),
+    Case("--set with a bare {stem} (a YAML mapping)", _set_bare_braces, 2,
+         ("'task.segmentation.mask_template'", "expected a string, got the YAML mapping", "quote the value")),
+    Case("pretrain.epochs below the default warm-up", _pretrain_default_warmup, 2,
+         ("pretrain.warmup_epochs: must be in [0, pretrain.epochs=3), got 5 (the default)",)),
+]
+
+
+# ----------------------------------------------------------------------------- issue 18: classification CSVs
+
+
+def _csv_label(c: Ctx, label: str) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    lines = (c.tmp / "train.csv").read_text().splitlines()
+    lines[4] = lines[4].rsplit(",", 1)[0] + "," + label  # line 5 of the file
+    (c.tmp / "train.csv").write_text("\n".join(lines) + "\n")
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _csv_image_two_labels(c: Ctx) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    with open(c.tmp / "train.csv", "a") as f:
+        f.write("img/train.csv_2.png,b\n")  # listed on line 4 as 'a'
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _csv_repeated_header(c: Ctx) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    (c.tmp / "more.csv").write_text((c.tmp / "train.csv").read_text())
+    (c.tmp / "train.csv").write_text((c.tmp / "train.csv").read_text() + "path,label\n")
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+CASES += [
+    Case("classification CSV: an empty label", lambda c: _csv_label(c, ""), 2,
+         ("train.csv', line 5: the label is empty or missing",)),
+    Case("classification CSV: a NaN label", lambda c: _csv_label(c, "NaN"), 2,
+         ("train.csv', line 5: the label is empty or missing",)),
+    Case("classification CSV: one image with labels a and b", _csv_image_two_labels, 2,
+         ("train.csv', lines 4, 10: image 'train.csv_2.png' is listed 2 times, with different labels 'a', 'b'",)),
+    Case("classification CSV: a repeated header row", _csv_repeated_header, 2,
+         ("train.csv', line 10: repeats the header row (path, label)",)),
+]
+
+
+# ----------------------------------------------------------------------------- issue 18: detection
+
+DET = ("task.name=detection", "task.detection.classes=[cell]", "backbone.in_chans=3", "data.image_size=[64, 64]",
+       "task.detection.fpn_channels=8", "task.detection.roi_samples=16")
+
+
+def _coco(c: Ctx, images: list, annotations: list | None = None) -> Path:
+    """``train.json`` over 64x64 PNGs ``im/<file>``; ``images`` as (id, file) pairs; one box per image by default."""
+    for n, (_, file) in enumerate(images):
+        png(c.tmp / "im" / file, 700 + n, size=(64, 64))
+    if annotations is None:
+        annotations = [{"id": k + 1, "image_id": i, "category_id": 1, "bbox": [8, 8, 20, 20]}
+                       for k, (i, _) in enumerate(images)]
+    doc = {"images": [{"id": i, "file_name": f} for i, f in images], "annotations": annotations,
+           "categories": [{"id": 1, "name": "cell"}]}
+    (c.tmp / "train.json").write_text(json.dumps(doc))
+    return c.tmp / "train.json"
+
+
+def _coco_run(c: Ctx, *sets: str) -> list[str]:
+    return finetune(c.tmp, *DET, "data.format=coco", "data.train=train.json", "data.image_dir=im", *sets)
+
+
+def _coco_image_id_twice(c: Ctx) -> list[str]:
+    _coco(c, [(1, "a.png"), (2, "b.png"), (3, "c.png"), (1, "d.png")])
+    return _coco_run(c)
+
+
+def _coco_category_id_twice(c: Ctx) -> list[str]:
+    path = _coco(c, [(i, f"{i}.png") for i in range(1, 6)])
+    doc = json.loads(path.read_text())
+    doc["categories"].append({"id": 1, "name": "blob"})
+    path.write_text(json.dumps(doc))
+    return _coco_run(c)
+
+
+def _coco_top_level_list(c: Ctx) -> list[str]:
+    (c.tmp / "train.json").write_text(json.dumps([{"id": 1, "file_name": "a.png"}]))
+    return _coco_run(c)
+
+
+def _coco_no_annotations(c: Ctx, *sets: str) -> list[str]:
+    _coco(c, [(i, f"{i}.png") for i in range(1, 9)], annotations=[])
+    return _coco_run(c, *sets)
+
+
+def _coco_clipped(c: Ctx) -> list[str]:
+    _coco(c, [(i, f"{i}.png") for i in range(1, 9)])
+    doc = json.loads((c.tmp / "train.json").read_text())
+    doc["annotations"][0]["bbox"] = [50, 50, 30, 30]  # past the 64 px border: clipped to it
+    (c.tmp / "train.json").write_text(json.dumps(doc))
+    return _coco_run(c)
+
+
+def _voc_listed_twice(c: Ctx) -> list[str]:
+    for i in range(4):
+        png(c.tmp / "voc" / "JPEGImages" / f"{i}.png", 800 + i, size=(64, 64))
+        (c.tmp / "voc" / "Annotations").mkdir(parents=True, exist_ok=True)
+        (c.tmp / "voc" / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.png</filename><object><name>cell</name><bndbox><xmin>5</xmin><ymin>5</ymin>"
+            "<xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+    (c.tmp / "voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (c.tmp / "voc" / "ImageSets" / "Main" / "train.txt").write_text("0\n1\n2\n3\n1\n")
+    return finetune(c.tmp, *DET, "data.format=voc", "data.train=voc/ImageSets/Main/train.txt")
+
+
+CASES += [
+    Case("COCO: an image id used twice (for another file)", _coco_image_id_twice, 2,
+         ("train.json': images id 1 is used twice, by images[0] (file_name 'a.png') and images[3] "
+          "(file_name 'd.png')",)),
+    Case("COCO: a category id used twice", _coco_category_id_twice, 2,
+         ("train.json': categories id 1 is used twice, by categories[0] (name 'cell') and categories[1]",)),
+    Case("COCO: the top level is a list", _coco_top_level_list, 2,
+         ("train.json': the top level is a JSON list, not the object of a COCO instances file",)),
+    Case("COCO: a training file without a single annotation", _coco_no_annotations, 2,
+         ("train.json': the training split has no box (6 images, none annotated)", "task.detection.allow_no_boxes=true"),
+         lambda o: not o.trained() or pytest.fail("trained on no box")),
+    Case("COCO: no annotation, task.detection.allow_no_boxes=true", lambda c: _coco_no_annotations(
+        c, "task.detection.allow_no_boxes=true"), 0, (), lambda o: o.trained() or pytest.fail("not trained")),
+    Case("COCO: a box past the border is clipped and said on the console", _coco_clipped, 0,
+         ("warning: train: 1 boxes clipped to the image",),
+         lambda o: "boxes clipped" in o.err or pytest.fail("not on stderr")),
+    Case("VOC: an image listed twice in the split list", _voc_listed_twice, 2,
+         ("train.txt', lines 2 and 5: image id '1' is listed twice",)),
+]
+
+
+# ----------------------------------------------------------------------------- issue 18: links
+
+
+def _links_in_class_folder(c: Ctx) -> list[str]:
+    class_folders(c.tmp / "train")
+    (c.tmp / "train" / "a" / "gone.png").symlink_to(c.tmp / "nowhere.png")  # dangling
+    (c.tmp / "train" / "b" / "self.png").symlink_to("self.png")  # refers to itself
+    (c.tmp / "train" / "b" / "more").symlink_to(c.tmp / "train" / "a")  # a folder: never followed
+    return finetune(c.tmp, "data.format=folder", "data.train=train")
+
+
+def _check_links(o: Outcome) -> None:
+    s = o.summary()
+    reasons = {Path(x["path"]).name: x["reason"] for x in s["skipped"]}
+    assert reasons == {"gone.png": "broken symbolic link", "self.png": "symbolic link loop",
+                       "more": "symbolic link to a folder (not followed)"}, reasons
+    assert s["n_train"] + s["n_val"] == 8
+
+
+def _predict_folder_links(c: Ctx) -> list[str]:
+    png(c.tmp / "new" / "1.png", 511)
+    (c.tmp / "new" / "gone.png").symlink_to(c.tmp / "nowhere.png")
+    (c.tmp / "new" / "self.png").symlink_to("self.png")
+    return ["predict", str(c.shared["cls"]), str(c.tmp / "new"), "--out", str(c.tmp / "p.csv")]
+
+
+def _check_predict_links(o: Outcome) -> None:
+    side = pd.read_csv(o.tmp / "p.csv.skipped.csv")
+    assert dict(zip((Path(p).name for p in side["path"]), side["reason"])) == {
+        "gone.png": "broken symbolic link", "self.png": "symbolic link loop"}
+
+
+CASES += [
+    Case("links in a class folder: dangling, to itself, to a folder", _links_in_class_folder, 0,
+         ("3 files or rows not used", "1 broken symbolic link", "1 symbolic link loop",
+          "1 symbolic link to a folder (not followed)"), _check_links),
+    Case("predict: a folder with a dangling link and a link to itself", _predict_folder_links, 0,
+         ("2 files or rows not used", "broken symbolic link", "symbolic link loop", "wrote 1 predictions"),
+         _check_predict_links),
+]
+
+
+# ----------------------------------------------------------------------------- issue 18: multi-frame files
+
+
+def _frames(path: Path, n: int, fmt: str) -> Path:
+    rng = np.random.default_rng(n)
+    frames = [Image.fromarray((rng.random((SIZE, SIZE)) * 255).astype(np.uint8)) for _ in range(n)]
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:])
+    return path
+
+
+def _multi_frame(c: Ctx, suffix: str, fmt: str, *sets: str) -> list[str]:
+    class_folders(c.tmp / "train")
+    _frames(c.tmp / "train" / "a" / f"stack{suffix}", 3, fmt)
+    return finetune(c.tmp, "data.format=folder", "data.train=train", *sets)
+
+
+CASES += [
+    Case("a 3-page TIFF in a class folder", lambda c: _multi_frame(c, ".tif", "TIFF"), 2,
+         ("a/stack.tif: TIFF file has 3 frames; medtransfer reads single-frame images only",)),
+    Case("a 3-frame GIF in a class folder", lambda c: _multi_frame(c, ".gif", "GIF"), 2,
+         ("a/stack.gif: GIF file has 3 frames",)),
+    Case("a 3-frame GIF, data.on_bad=skip", lambda c: _multi_frame(c, ".gif", "GIF", "data.on_bad=skip"), 0,
+         ("1 unreadable", "GIF file has 3 frames"),
+         lambda o: o.summary()["skipped_counts"] == {"unreadable": 1} or pytest.fail("not counted")),
+]
+
+
+# ----------------------------------------------------------------------------- issue 18: outputs and trained models
+
+
+def _truncated_model(c: Ctx) -> Path:
+    run = c.tmp / "run"
+    shutil.copytree(c.shared["cls"], run)
+    data = (run / "model.pt").read_bytes()
+    (run / "model.pt").write_bytes(data[: len(data) // 2])  # a copy cut short
+    return run
+
+
+def _predict_truncated_model(c: Ctx) -> list[str]:
+    png(c.tmp / "x.png", 521)
+    return ["predict", str(_truncated_model(c)), str(c.tmp / "x.png"), "--out", str(c.tmp / "p.csv")]
+
+
+def _evaluate_truncated_model(c: Ctx) -> list[str]:
+    class_folders(c.tmp / "ev", n=2, seed=9)
+    return ["evaluate", str(_truncated_model(c)), "--data", str(c.tmp / "ev")]
+
+
+def _predict_out_is_folder(c: Ctx) -> list[str]:
+    png(c.tmp / "x.png", 522)
+    (c.tmp / "results").mkdir()
+    return ["predict", str(c.shared["cls"]), str(c.tmp / "x.png"), "--out", str(c.tmp / "results")]
+
+
+CASES += [
+    Case("predict: a truncated model.pt", _predict_truncated_model, 2,
+         ("run/model.pt': the trained model cannot be read, it is truncated or corrupt",)),
+    Case("evaluate: a truncated model.pt", _evaluate_truncated_model, 2,
+         ("run/model.pt': the trained model cannot be read, it is truncated or corrupt",)),
+    Case("predict: --out naming an existing folder", _predict_out_is_folder, 2,
+         ("results': --out names a folder; name a file, e.g.", "results/predictions.csv'")),
+]
+
+
+def test_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    """ENOSPC while saving the resume state, then torch's zip writer failing on top of it (as on a real full
+    disk): one line naming the folder and the cause, and failed.json keeps the cause, not torch's error."""
+    class_folders(tmp_path / "train")
+
+    def full_disk(obj, f, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4800 vs 4771")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    o = run_cli(finetune(tmp_path, "data.format=folder", "data.train=train"), capsys, tmp_path)
+    assert o.rc == 2 and "Traceback" not in o.out + o.err
+    run = tmp_path / "runs" / "case"
+    assert o.err.strip().splitlines() == [f"medtransfer: error: '{run}': cannot write last.pt (no space left on the "
+                                          "device, errno 28)"]
+    failed = json.loads((run / "failed.json").read_text())
+    assert "no space left" in failed["error"] and "unexpected pos" not in failed["error"]
+
+
+def test_read_only_out_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    """tracking.out_dir on a read-only filesystem (EROFS; simulated: chmod does not stop root)."""
+    class_folders(tmp_path / "train")
+    runs, real_mkdir = tmp_path / "runs", Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == runs or runs in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    o = run_cli(finetune(tmp_path, "data.format=folder", "data.train=train"), capsys, tmp_path)
+    assert o.rc == 2 and "Traceback" not in o.out + o.err
+    (line,) = o.err.strip().splitlines()
+    assert line.startswith(f"medtransfer: error: '{runs / 'case'}': cannot write ") and line.endswith(
+        "(read-only file system, errno 30)"), line
+
+
+def test_predict_out_on_full_disk_is_one_line(tmp_path, capsys, monkeypatch, trained_runs):
+    png(tmp_path / "x.png", 523)
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("p.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    o = run_cli(["predict", str(trained_runs["cls"]), str(tmp_path / "x.png"), "--out", str(tmp_path / "p.csv")],
+                capsys, tmp_path)
+    assert o.rc == 2 and o.err.strip().splitlines() == [
+        f"medtransfer: error: '{tmp_path}': cannot write p.csv (no space left on the device, errno 28)"]
+
+
+# ----------------------------------------------------------------------------- issue 18: how values are shown
+
+
+def _csv_trailing_space(c: Ctx) -> list[str]:
+    class_csv(c.tmp, "train.csv", ["a", "b"] * 4, seed=1)
+    text = (c.tmp / "train.csv").read_text().replace("img/train.csv_3.png,b", "img/train.csv_3.png ,b")
+    (c.tmp / "train.csv").write_text(text)
+    return finetune(c.tmp, "data.format=csv", "data.train=train.csv")
+
+
+def _lm_spacing_zero(c: Ctx) -> list[str]:
+    rows = [r + ",0.1" for r in landmark_rows(c.tmp)]
+    rows[2] = rows[2].rsplit(",", 1)[0] + ",0"
+    return _lm(c, rows, LANDMARK_HEADER + ",spacing")
+
+
+CASES += [
+    Case("a CSV path with a trailing space (quoted in the message)", _csv_trailing_space, 2,
+         ("train.csv, line 5: image '", "train.csv_3.png ' does not exist")),
+    Case("landmark CSV: spacing 0 (shown as 0.0, not np.float64(0.0))", _lm_spacing_zero, 2,
+         ("train.csv, line 4 (0_2.png): column spacing has 0.0, not a positive number of mm per pixel",),
+         lambda o: "np." not in o.err or pytest.fail(o.err)),
+]
+
+
+# ----------------------------------------------------------------------------- the corpus
 
 
 def _command(argv: list[str]) -> str:

@@ -45,7 +45,7 @@ def test_csv_missing_column_and_absent_image(tmp_path):
     with pytest.raises(DatasetError, match=r"a.csv: missing column 'path'"):
         _task(tmp_path, "data.format=csv").load_split("a.csv", "train")
     (tmp_path / "b.csv").write_text("path,label\nx.png,0\n")
-    with pytest.raises(DatasetError, match=r"b.csv, line 2: image .*x.png does not exist"):
+    with pytest.raises(DatasetError, match=r"b.csv, line 2: image '.*x.png' does not exist"):
         _task(tmp_path, "data.format=csv").load_split("b.csv", "train")
 
 
@@ -55,7 +55,7 @@ def test_landmark_csv_errors(tmp_path):
         "image_path,1_x,1_y,2_x\n1.png,1,2,3\n": "missing column 2_y",
         "image_path,1_x,1_y\n1.png,1,abc\n": r"line 2 \(1.png\): column 1_y has non-numeric",
         "image_path,1_x,1_y\n1.png,1,\n": r"line 2 \(1.png\): column 1_y has non-numeric or missing",
-        "image_path,1_x,1_y\n2.png,1,1\n": r"line 2: image .*2.png does not exist",
+        "image_path,1_x,1_y\n2.png,1,1\n": r"line 2: image '.*2.png' does not exist",
         "image_path,1_x,1_y\n1.png,20,5\n": r"line 2 \(1.png\): landmark 1 at \(20, 5\) lies outside the 20x20 image",
         "name,1_x,1_y\n1.png,1,1\n": "no image column",
     }

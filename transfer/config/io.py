@@ -131,6 +131,9 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, dict):  # {stem} in YAML is a mapping, not the text a template means
+            raise ConfigError(f"{where}: expected a string, got the YAML mapping {value!r}; quote the value "
+                              "(in YAML: key: \"{stem}_mask.png\"; on the command line: --set 'key=\"{stem}\"')")
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return expand_env(value)
@@ -220,8 +223,19 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        pairs.append((key.strip(), yaml.safe_load(raw) if raw != "" else ""))
+        pairs.append((key.strip(), _override_value(raw)))
     return nest_dotted(pairs, "--set")
+
+
+def _override_value(raw: str) -> Any:
+    """A ``--set`` value as YAML (``3`` -> 3, ``[32, 32]`` -> a list); a value YAML cannot parse is the string
+    as typed: the README's own template ``{stem}.jpg`` is a broken YAML mapping but plainly meant as text."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def nest_dotted(pairs: typing.Iterable[tuple[str, Any]], source: str) -> dict[str, Any]:
@@ -249,14 +263,50 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _yaml_error(path: Path, e: yaml.YAMLError) -> ConfigError:
+    """One line: where YAML stopped and why (its own message spans 5-6 lines with carets)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    started = f" ({context} that starts at line {cmark.line + 1})" if context and cmark is not None else ""
+    return ConfigError(f"'{path}'{where}: not valid YAML: {problem}{started}")
+
+
+def _duplicate_keys(node: yaml.Node, path: Path, prefix: str = "") -> None:
+    """Refuse a key given twice in one mapping: YAML keeps the last one without a word, so ``train.epochs``
+    written twice would silently train for the second value."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{prefix}{key}"
+            if key is not None and key != "<<":  # "<<" is YAML's merge key, repeatable by design
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(f"'{path}', lines {seen[key]} and {line}: key {dotted!r} is given twice "
+                                      "(YAML would keep the second silently); keep one")
+                seen[key] = line
+            _duplicate_keys(value_node, path, f"{dotted}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, path, f"{prefix[:-1]}[{i}].")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: '{path}'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _duplicate_keys(node, path)
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise _yaml_error(path, e) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"'{path}': not a text file ({e.reason} at byte {e.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data

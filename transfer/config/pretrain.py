@@ -68,8 +68,10 @@ class PretrainConfig:
         _check(self.lr > 0, "pretrain.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "pretrain.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(0 <= self.sgd_momentum < 1, "pretrain.sgd_momentum", f"must be in [0, 1), got {self.sgd_momentum}")
-        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
-               f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        # named with its section: a user who never wrote warmup_epochs (the default 5) must find the key
+        default = " (the default)" if self.warmup_epochs == PretrainConfig.warmup_epochs else ""
+        _check(0 <= self.warmup_epochs < self.epochs, "pretrain.warmup_epochs",
+               f"must be in [0, pretrain.epochs={self.epochs}), got {self.warmup_epochs}{default}")
         _check(self.monitor_every >= 0, "pretrain.monitor_every", f"must be >= 0, got {self.monitor_every}")
         _check(self.monitor_patience >= 0, "pretrain.monitor_patience", f"must be >= 0, got {self.monitor_patience}")
         _check(self.monitor_min_delta >= 0, "pretrain.monitor_min_delta", f"must be >= 0, got {self.monitor_min_delta}")

@@ -47,6 +47,8 @@ CACHE_VERSION = 1
 RACY_MARGIN_NS = 2_000_000_000
 
 Resample = Literal["bilinear", "nearest"]
+#: cache folders already reported unwritable in this process (the warning is said once)
+_UNWRITABLE_ROOTS: set[str] = set()
 _QMAX = np.float32(65535.0)
 
 
@@ -302,10 +304,14 @@ class DecodeCache:
             os.replace(tmp, entry)  # atomic: readers see the old entry or the whole new one
             tmp = None
         except OSError as e:
-            # a cache that cannot be written must not stop training: warn once, serve the decode
-            if not self._warned_write:
-                warnings.warn(f"{self.root}: cannot write decode cache entry ({type(e).__name__}: {e}); decoding without caching", stacklevel=3)
-                self._warned_write = True
+            # a cache that cannot be written must not stop training: warn once per folder and process (each split
+            # opens its own DecodeCache, and Python's once-per-place filter forgets whenever any code changes the
+            # warning filters), serve the decode
+            if not self._warned_write and str(self.root) not in _UNWRITABLE_ROOTS:
+                warnings.warn(f"{self.root}: cannot write the decode cache ({e.strerror or type(e).__name__}); "
+                              "decoding without caching", stacklevel=3)
+                _UNWRITABLE_ROOTS.add(str(self.root))
+            self._warned_write = True
         finally:
             if tmp is not None:
                 try:

@@ -6,6 +6,8 @@ and named in the run's warning line and ``summary.json``.
 """
 from __future__ import annotations
 
+import errno
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Sequence
 from transfer.data.datasets import Skipped
 from transfer.data.readers import IMAGE_DECODERS
 
-__all__ = ["FolderScan", "scan_folder", "describe_skipped"]
+__all__ = ["FolderScan", "scan_folder", "describe_skipped", "not_a_file"]
 
 
 @dataclass
@@ -28,9 +30,30 @@ def _why_unused(path: Path, folder: Path) -> str | None:
     # .DS_Store, ._x.png (macOS resource forks), anything under .thumbnails/ or .ipynb_checkpoints/
     if any(part.startswith(".") for part in path.relative_to(folder).parts):
         return "hidden file"
+    if (why := not_a_file(path)) is not None:
+        return why
     suffix = path.suffix.lower()
     if suffix not in IMAGE_DECODERS:
         return f"unsupported file type {suffix or '(no suffix)'!r}"
+    return None
+
+
+def not_a_file(path: Path) -> str | None:
+    """None for a regular file (or a link to one); else why the entry is no file to read. A dangling link, a link
+    to itself and a link to a folder (never followed: it could loop, or pull in another tree) are easy to miss in
+    a listing, so they are named like every other unused entry."""
+    try:
+        st = path.stat()  # follows links
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink():
+            return "broken symbolic link"
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "symbolic link to a folder (not followed)" if path.is_symlink() else None
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
     return None
 
 
@@ -38,8 +61,8 @@ def scan_folder(folder: Path) -> FolderScan:
     """Every file under ``folder`` (recursive): images to read, and the rest with the reason."""
     images, unused = [], []
     for p in sorted(folder.rglob("*")):
-        if not p.is_file():
-            continue
+        if p.is_dir() and not p.is_symlink():
+            continue  # a real sub-folder: rglob lists its files
         why = _why_unused(p, folder)
         if why is None:
             images.append(p)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ __all__ = [
     "read_npz_split",
     "supported_suffixes",
 ]
+
+class ImageSizeWarning(UserWarning):
+    """An image beyond PIL's decompression-bomb warning limit (read, but worth a look)."""
+
 
 #: ITU-R BT.601 luma weights (R, G, B).
 LUMA_601 = (0.299, 0.587, 0.114)
@@ -215,8 +220,22 @@ def _pil_to_array(im, path: str) -> np.ndarray:  # noqa: ANN001 (PIL.Image.Image
     return _scale_unsigned(np.asarray(im.convert("RGB")), 8)
 
 
+def _one_frame(path: str, fmt: str, frames: int) -> None:
+    """Refuse a file of several frames: reading its first one in silence would train on a part of the file (a GIF
+    animation, a TIFF stack, a cine DICOM), and which frame is meant cannot be guessed."""
+    if frames > 1:
+        raise _fail(path, f"{fmt} file has {frames} frames; medtransfer reads single-frame images only "
+                          "(save the frame you mean as its own file)")
+
+
 def _read_pil(
     data: bytes, path: str, window: tuple[float, float] | None, gray: bool | None
+) -> tuple[np.ndarray, Spacing]:
+    return _decode_pil(data, path, window, gray, single_frame=True)
+
+
+def _decode_pil(
+    data: bytes, path: str, window: tuple[float, float] | None, gray: bool | None, *, single_frame: bool
 ) -> tuple[np.ndarray, Spacing]:
     from PIL import Image, UnidentifiedImageError
 
@@ -231,7 +250,15 @@ def _read_pil(
     except Exception as e:  # noqa: BLE001 - a library boundary: wrap everything
         raise _fail(path, f"corrupt {fmt} header ({_describe(e)})") from e
     actual = im.format or fmt
+    w, h = im.size
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        # PIL's own DecompressionBombWarning names no file (the command line silences it for this one)
+        warnings.warn(f"{path}: {w}x{h} px is beyond PIL's decompression-bomb warning limit of "
+                      f"{Image.MAX_IMAGE_PIXELS} px; read anyway (a very large image, or a damaged header)",
+                      ImageSizeWarning, stacklevel=2)
     try:
+        if single_frame:
+            _one_frame(path, actual, getattr(im, "n_frames", 1))
         if gray is True and im.format == "JPEG" and im.mode in ("RGB", "YCbCr"):
             # decode only the luma plane: JPEG's Y is BT.601 luma, and 5x faster than RGB
             # (a 1935x2400 cephalogram: 6 ms instead of 34 ms)
@@ -239,7 +266,7 @@ def _read_pil(
         with _strict_truncation():
             im.load()  # force the full decode (first frame for GIF), so truncation shows here
         return _pil_to_array(im, path), None
-    except MemoryError:
+    except (MemoryError, ImageReadError):
         raise
     except Exception as e:  # noqa: BLE001
         raise _fail(path, f"truncated or corrupt {actual} ({_describe(e)})") from e
@@ -328,7 +355,10 @@ def _read_tiff(
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             if not len(tif.pages):
                 raise _fail(path, "TIFF has no pages")
-            page = tif.pages[0]  # first page = full resolution for multi-page and pyramidal files
+            # pages flagged as reduced-resolution copies (a pyramid) or transparency masks (NewSubfileType bits 0
+            # and 2) are views of the first page, not frames of their own
+            _one_frame(path, "TIFF", sum(1 for pg in tif.pages if not int(pg.subfiletype) & 0b101))
+            page = tif.pages[0]  # the full-resolution page
             spacing = _tiff_spacing(page)
             try:
                 return _tiff_to_array(page, path), spacing
@@ -337,7 +367,7 @@ def _read_tiff(
                     raise
         # tifffile needs the optional imagecodecs package for LZW, Deflate, JPEG... (the DRIVE
         # images are LZW): PIL decodes those natively (and applies MinIsWhite itself)
-        return _read_pil(data, path, None, gray)[0], spacing
+        return _decode_pil(data, path, None, gray, single_frame=False)[0], spacing  # frames counted above
     except ImageReadError:
         raise
     except MemoryError:
@@ -400,7 +430,7 @@ def _read_dicom(
 ) -> tuple[np.ndarray, Spacing]:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -419,9 +449,8 @@ def _read_dicom(
         raise _fail(path, "DICOM file has no pixel data (no PixelData element)")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        # one frame only: multi-frame files give their first frame, like GIF
-        a = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+        _one_frame(path, "DICOM", int(ds.get("NumberOfFrames", 1) or 1))
+        a = ds.pixel_array
         if photometric.startswith("MONOCHROME"):
             if a.ndim != 2:
                 raise ValueError(f"expected a 2-D grayscale frame, got shape {a.shape}")

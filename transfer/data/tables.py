@@ -7,7 +7,15 @@ import pandas as pd
 
 from transfer.errors import DatasetError
 
-__all__ = ["read_listing"]
+__all__ = ["read_listing", "show_cell"]
+
+
+def show_cell(value: object) -> str:
+    """A CSV cell as the user wrote it: ``'0.1mm'`` for text, ``0`` for a number (numpy's repr, ``np.int64(0)``,
+    is not what the file says)."""
+    if hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def read_listing(path: Path, what: str = "CSV") -> pd.DataFrame:

@@ -78,7 +78,7 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
 
     res = engine.fit(loader, epochs, evaluate=evaluate, monitor=task.monitor, mode=task.mode, patience=t.patience,
                      on_epoch=on_epoch, resume_path=resume_path, max_steps=t.max_steps,
-                     resume_config=training_config(to_dict(cfg), "finetune"),
+                     resume_config=training_config(to_dict(cfg), "finetune"), resume_data=splits.fingerprint,
                      on_start=lambda history: run.keep_metrics(rows_before + len(history)))
     if res.best_metric is None:  # no finite validation value: nothing to select on, keep the last epoch
         run.warn(f"every validation {task.monitor} at depth {depth} was NaN; kept the last epoch's weights")

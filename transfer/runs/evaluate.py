@@ -8,6 +8,7 @@ from transfer.engine import resolve_device
 from transfer.precision import Precision
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import load_model
+from transfer.runs.output_file import output_file, write_table
 from transfer.tracking import atomic_write_json
 
 
@@ -18,6 +19,8 @@ def evaluate_run(run: str | Path, data: str, *, device: str = "auto", data_forma
 
     ``out``: write the predictions CSV there and the metrics beside it (``.metrics.json``).
     """
+    if out is not None:
+        output_file(out)
     dev = resolve_device(device)
     cfg, task, model = load_model(run, dev, cache_dir)
     overrides = {"format": data_format, "root": root, "image_dir": image_dir}
@@ -34,7 +37,6 @@ def evaluate_run(run: str | Path, data: str, *, device: str = "auto", data_forma
     task.check_split(split, "eval", data)  # e.g. a class with no image: a one-line error, not a metric's traceback
     res = task.evaluate(model, split, dev, with_ci=True)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with_image_columns(res.predictions).to_csv(out, index=False)
+        write_table(with_image_columns(res.predictions), out)
         atomic_write_json(out.with_suffix(".metrics.json"), res.metrics)
     return res

@@ -19,7 +19,8 @@ from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.model_io import model_checkpoint
-from transfer.runs.prior_state import prior_run
+from transfer.runs.prior_state import check_resume_data, interrupted, prior_run
+from transfer.runs.run_lock import run_lock
 from transfer.runs.seeding import rank_seed, seed_everything
 from transfer.runs.splits import Splits, prepare_data
 from transfer.tracking import Run, atomic_torch_save, discard_run_state, training_config
@@ -59,26 +60,34 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
     if not restart and (done := prior_run(run_dir, "model.pt", key, "finetune")) is not None:
         return done
     splits = prepare_data(task, cfg)
-    if restart and is_main_process():
-        discard_run_state(run_dir)
-    run = Run.from_config(cfg.tracking, name, to_dict(cfg),
-                          job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
-    barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)
-    try:
-        model, report = _build_model(cfg, task, splits, run)
-        if feature_memo is not None and model.feature_memo is not None:
-            model.feature_memo = feature_memo
-        summary = _train_and_select(cfg, task, model, splits, run)
-        summary.update(_score(cfg, task, model, splits, run))
-        summary.update({"weights": report.source, "missing_keys": report.missing, "unused_keys": report.unexpected,
-                        "seconds": round(time.time() - t0, 1), "peak_memory_gib": peak_memory_gib(),
-                        "gpu_peak_memory_gib": gpu_peak_memory_gib(device)})
-        return _finish(cfg, task, model, run, summary)
-    except Exception as e:
-        run.fail(e)
-        raise
-    finally:
-        run.finish()
+    with run_lock(run_dir):  # one start of a run at a time; a second one is refused, naming the first
+        if not restart:
+            # again under the lock: another start may have finished it, or left resume states, meanwhile
+            if (done := prior_run(run_dir, "model.pt", key, "finetune")) is not None:
+                return done
+            check_resume_data(run_dir, splits.fingerprint)
+        elif is_main_process():
+            discard_run_state(run_dir)
+        run = Run.from_config(cfg.tracking, name, to_dict(cfg),
+                              job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
+        barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)
+        try:
+            model, report = _build_model(cfg, task, splits, run)
+            if feature_memo is not None and model.feature_memo is not None:
+                model.feature_memo = feature_memo
+            summary = _train_and_select(cfg, task, model, splits, run)
+            summary.update(_score(cfg, task, model, splits, run))
+            summary.update({"weights": report.source, "missing_keys": report.missing,
+                            "unused_keys": report.unexpected, "seconds": round(time.time() - t0, 1),
+                            "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(device)})
+            return _finish(cfg, task, model, run, summary)
+        except KeyboardInterrupt:
+            raise interrupted(run) from None
+        except Exception as e:
+            run.fail(e)
+            raise
+        finally:
+            run.finish()
 
 
 def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:

@@ -8,8 +8,9 @@ import torch
 
 from transfer.api import TASKS, Task, TaskModel
 from transfer.config import Config, from_dict, to_dict
-from transfer.errors import CheckpointError
-from transfer.weights import backbone_from_config, read_checkpoint
+from transfer.errors import CheckpointError, UnsafeCheckpointError
+from transfer.safe_load import load_weights_only
+from transfer.weights import backbone_from_config
 
 MODEL_FORMAT = "medtransfer-model/1"
 
@@ -31,7 +32,14 @@ def load_model(path: str | Path, device: torch.device | None = None,
         path = path / "model.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no trained model here (expected a run directory with model.pt)")
-    ck = read_checkpoint(path)  # weights_only: a model.pt that would unpickle code is refused
+    try:
+        ck = load_weights_only(path)  # weights_only: a model.pt that would unpickle code is refused
+    except UnsafeCheckpointError:
+        raise
+    except Exception as e:  # a truncated copy: OSError (Errno 22), PytorchStreamReader, EOFError... one cause to the user
+        raise CheckpointError(f"'{path}': the trained model cannot be read, it is truncated or corrupt "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); copy it again, or "
+                              "train the run again (finetune --restart)") from None
     if not isinstance(ck, dict) or ck.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a medtransfer model checkpoint")
     cfg = from_dict(Config, ck["config"], source=str(path))

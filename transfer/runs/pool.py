@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from transfer.api import TASKS
 from transfer.config import Config
 from transfer.data.cache import content_hash
 from transfer.data.datasets import Skipped, load_images
+from transfer.data.fingerprint import DataFingerprint, item_digests
 from transfer.data.inventory import describe_skipped, scan_folder
 from transfer.data.readers import read_file_bytes, supported_suffixes
 from transfer.data.tables import read_listing
@@ -28,6 +30,11 @@ class Pool:
     fingerprint: str  #: hash of the pool's image contents, order-independent
     skipped: list[dict[str, str]]
     source: str
+
+    @functools.cached_property
+    def digests(self) -> DataFingerprint:
+        """One digest per image, stored with the resume state: a resume on a changed pool is refused."""
+        return {"pool": item_digests(self.images, self.ids)}
 
 
 def load_pool(cfg: Config) -> Pool:

@@ -15,6 +15,7 @@ from transfer.errors import MedTransferError
 from transfer.precision import Precision
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.model_io import load_model
+from transfer.runs.output_file import output_file, write_table
 from transfer.tracking import atomic_write_text
 
 
@@ -36,7 +37,7 @@ def image_paths(items: list[str], unused: list[Skipped] | None = None) -> list[P
         elif p.is_file():
             paths.append(p)
         else:
-            raise MedTransferError(f"{p}: no such file or folder")
+            raise MedTransferError(f"'{p}': no such file or folder")
     if not paths:
         found = f"; found only other files, e.g. {others[0].path} ({others[0].reason})" if others else ""
         raise MedTransferError(f"no image ({', '.join(supported_suffixes())}) found in {items}{found}")
@@ -52,6 +53,7 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
     Skipped files (``on_bad="skip"``) are written to :func:`skipped_csv` as well as stderr, so the record of what
     was left out stays with the predictions; a stale sidecar of an earlier call is removed.
     """
+    output_file(out)
     dev = resolve_device(device)
     cfg, task, model = load_model(run, dev, cache_dir)
     task.precision = Precision.resolve(dev, cfg.runtime.amp, cfg.runtime.channels_last)  # as it was trained
@@ -74,6 +76,5 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
                       [str(paths[i]) for i in loaded.kept], meta={"paths": [paths[i] for i in loaded.kept]})
     task.output_dir = out.with_name(f"{out.stem}_files")  # files a task writes beside the CSV (masks)
     df = with_image_columns(task.predict(model, ds, dev))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    write_table(df, out)
     return df, skipped

@@ -19,7 +19,8 @@ from transfer.errors import DatasetError
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
-from transfer.runs.prior_state import prior_run
+from transfer.runs.prior_state import check_resume_data, interrupted, prior_run
+from transfer.runs.run_lock import run_lock
 from transfer.runs.seeding import loader_seed, seed_everything
 from transfer.tracking import Run, atomic_write_json, discard_run_state, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
@@ -50,8 +51,22 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     pool = load_pool(cfg)
     if len(pool.images) < p.batch_size:
         raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
-    if restart and is_main_process():
-        discard_run_state(run_dir)
+    with run_lock(run_dir):  # one start of a run at a time; a second one is refused, naming the first
+        if not restart:
+            # again under the lock: another start may have finished it, or left resume states, meanwhile
+            if (done := prior_run(run_dir, "backbone.pt", key, "pretrain")) is not None:
+                return done
+            check_resume_data(run_dir, pool.digests)
+        elif is_main_process():
+            discard_run_state(run_dir)
+        return _run(cfg, method_cls, pool, name, key, (t0, cpu0))
+
+
+def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, key: dict[str, Any],
+         started: tuple[float, float]) -> dict[str, Any]:
+    """The run directory, the fit and the checkpoint (under the run's lock); ``started``: wall and CPU clocks."""
+    p = cfg.pretrain
+    t0, cpu0 = started
     device = resolve_device(cfg.runtime.device)
     reset_gpu_peak_memory(device)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
@@ -82,6 +97,8 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
             (run.dir / "last.pt").unlink(missing_ok=True)
         run.log_artifact(ckpt, f"backbone-{name}", "backbone", {k: v for k, v in provenance.items() if k != "config"})
         return summary
+    except KeyboardInterrupt:
+        raise interrupted(run) from None
     except Exception as e:
         run.fail(e)
         raise
@@ -127,7 +144,8 @@ def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run, key: dict[
                      patience=p.monitor_patience or None, min_delta=p.monitor_min_delta,
                      state_of=method.encoder.state_dict if monitored else None,
                      on_epoch=_media_logger(cfg, method, sample, run), resume_path=run.dir / "last.pt",
-                     max_steps=p.max_steps, resume_config=key, on_start=lambda history: run.keep_metrics(len(history)))
+                     max_steps=p.max_steps, resume_config=key, resume_data=pool.digests,
+                     on_start=lambda history: run.keep_metrics(len(history)))
     if monitored and p.keep == "best" and res.best_state is not None:
         method.encoder.load_state_dict(res.best_state)  # the encoder of the best check, not of the last epoch
     return res

@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transfer.engine import check_resume_config, read_resume_state
-from transfer.tracking import completed_summary
+from transfer.data.fingerprint import DataFingerprint, data_changes
+from transfer.engine import ResumeStateError, check_resume_config, read_resume_state
+from transfer.errors import RunInterrupted
+from transfer.tracking import Run, completed_summary
 
 
 def prior_run(run_dir: Path, output: str, config: dict[str, Any], job: str) -> dict[str, Any] | None:
@@ -20,3 +22,43 @@ def prior_run(run_dir: Path, output: str, config: dict[str, Any], job: str) -> d
     for path in sorted(Path(run_dir).glob("last*.pt")):
         check_resume_config(read_resume_state(path, mmap=True), path, config)
     return None
+
+
+def check_resume_data(run_dir: Path, data: DataFingerprint) -> None:
+    """Refuse to resume on other data than the resume states were trained on, naming what changed.
+
+    A state written before the data was recorded (no ``data``) cannot be checked and is resumed as before.
+    """
+    for path in sorted(Path(run_dir).glob("last*.pt")):
+        old = read_resume_state(path, mmap=True).get("data")
+        if old is None:
+            continue
+        changes = data_changes(old, data)
+        if changes:
+            raise ResumeStateError(f"'{path}': the data changed since this run was interrupted "
+                                   f"({'; '.join(changes)}); put the data back to resume, start over with "
+                                   "--restart, or use a new run name (--name)")
+
+
+def saved_progress(run_dir: Path) -> tuple[int, str] | None:
+    """(epochs saved, resume-state file name) of the newest resume state in ``run_dir``; None without one."""
+    states = sorted(Path(run_dir).glob("last*.pt"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return None
+    try:
+        return int(read_resume_state(states[-1], mmap=True)["epoch"]) + 1, states[-1].name
+    except ResumeStateError:
+        return None
+
+
+def interrupted(run: Run) -> RunInterrupted:
+    """Ctrl-C: record it in ``failed.json`` and say what the rerun will do (the saved state is complete: resume
+    states are written atomically, so a Ctrl-C during a save leaves the previous one)."""
+    progress = saved_progress(run.dir)
+    if progress is None:
+        msg = "interrupted before the first epoch was saved; rerun the same command to start again"
+    else:
+        msg = (f"interrupted after epoch {progress[0]} (saved in '{run.dir / progress[1]}'); rerun the same "
+               "command to resume")
+    run.fail(KeyboardInterrupt(msg), status="interrupted", epochs_saved=progress[0] if progress else 0)
+    return RunInterrupted(msg)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transfer.api import Task
 from transfer.config import Config
 from transfer.data.datasets import ImageDataset
+from transfer.data.fingerprint import DataFingerprint, data_fingerprint
 from transfer.data.inventory import describe_skipped
 from transfer.data.overlap import shared_images
 from transfer.data.splits import nested_fraction, validation_split
@@ -21,6 +22,8 @@ class Splits:
     val: ImageDataset
     test: ImageDataset | None
     info: dict[str, Any]
+    #: what the run trains and is scored on, stored with its resume states (a resume on changed data is refused)
+    fingerprint: DataFingerprint = field(default_factory=dict)
 
 
 def prepare_data(task: Task, cfg: Config) -> Splits:
@@ -59,7 +62,7 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
             "skipped": [vars(s) for s in task.skipped]}
     if task.skipped:
         print(describe_skipped(task.skipped), file=sys.stderr)
-    return Splits(train, val, test, info)
+    return Splits(train, val, test, info, data_fingerprint({"train": train, "val": val, "test": test}))
 
 
 def _overlaps(train: ImageDataset, others: dict[str, ImageDataset | None]) -> dict[str, int]:
