@@ -102,7 +102,10 @@ def _load_prefixed(backbone: StagedBackbone, sd: dict[str, torch.Tensor], source
 
 def backbone_from_config(cfg: BackboneConfig, init: str) -> tuple[StagedBackbone, LoadReport]:
     """The backbone of the ``backbone`` section with weights ``init`` (imagenet | scratch | checkpoint path)."""
-    return build_backbone(cfg.name, init, cfg.scratch_init, cfg.in_chans, cfg.channels)
+    backbone, report = build_backbone(cfg.name, init, cfg.scratch_init, cfg.in_chans, cfg.channels)
+    if cfg.stem_stride is not None:
+        backbone.set_stem_stride(cfg.stem_stride)
+    return backbone, report
 
 
 def build_backbone(

@@ -79,6 +79,16 @@ class StagedBackbone(nn.Module):
         self.feature_info = self._probe_feature_info()
         self.num_features = self._probe_num_features()
 
+    def set_stem_stride(self, stride: int) -> None:
+        """The first convolution's stride (1: a small-image stem); stage strides in ``feature_info`` follow."""
+        if self.first_conv is None:
+            raise ValueError(f"{self.name}: no first convolution declared, its stride cannot be set")
+        conv = self.model.get_submodule(self.first_conv)
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"{self.name}: {self.first_conv} is a {type(conv).__name__}, not a Conv2d")
+        conv.stride = (stride, stride)
+        self.feature_info = self._probe_feature_info()
+
     # -- the protocol -----------------------------------------------------
     @property
     def stage_names(self) -> tuple[str, ...]:

@@ -33,9 +33,16 @@ class BackboneConfig:
     channels: Literal["replicate", "adapt"] = "replicate"
     #: input channels of the images (1 for X-rays, 3 for fundus/microscopy)
     in_chans: int = 1
+    #: stride of the first convolution; None keeps the architecture's (2 for every registered one). 1 is a
+    #: small-image stem for 28-64 px inputs, as lightly's and solo-learn's CIFAR benchmarks use: every stage map is
+    #: twice as large (a 32-px image is 2x2 at lite0's last stage instead of 1x1), at 4x the compute. The weights are
+    #: the same tensors, so ImageNet weights and checkpoints load unchanged; use the same value in both stages.
+    stem_stride: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.in_chans in (1, 3), "backbone.in_chans", f"must be 1 or 3, got {self.in_chans}")
+        _check(self.stem_stride is None or self.stem_stride in (1, 2), "backbone.stem_stride",
+               f"must be 1, 2 or null, got {self.stem_stride}")
 
 
 @dataclass
