@@ -47,6 +47,9 @@ class SegmentationConfig:
     vflip: bool = False  #: random vertical flips in training (horizontal: data.augment.hflip)
     spacing_mm: float | None = None  #: mm per pixel of the mask files (scoring is at their resolution), for distances in mm
     plots: int = 3  #: overlay plots per split (best, median, worst Dice)
+    #: a training split whose every mask is empty inside its FOV is refused (wrong class_values or mask folder);
+    #: true trains on it
+    allow_no_foreground: bool = False
 
     def __post_init__(self) -> None:
         _check(len(self.class_values) >= 2, "class_values", "needs at least two classes (background first)")

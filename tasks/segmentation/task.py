@@ -276,6 +276,7 @@ class SegmentationTask(Task):
             fovs.append(resize_nearest(fov.astype(np.uint8), size) > 0)
             ids.append(img.name)
             files.append((mpath, fpath))
+        self.info.setdefault("n_masks_read", {})[which] = len(keep)
         if not keep:
             raise DatasetError(f"{split}: every image was skipped ({len(self.skipped)} skipped)")
         images = loaded.images[torch.as_tensor(keep)]
@@ -292,6 +293,21 @@ class SegmentationTask(Task):
         # scoring reads the masks again at their native size (a batch at a time, not held in memory): the working-size
         # masks above are for training only
         return ImageDataset(images, targets, ids, meta={"target_files": files})
+
+    def check_split(self, dataset: ImageDataset, which: str, source: str) -> None:
+        """A training split without one foreground pixel inside its FOV teaches "never foreground": it would train to
+        the end with validation Dice 0 in silence (wrong ``class_values``, mask folder, or a fraction of healthy
+        images)."""
+        if which != "train" or self.options.allow_no_foreground or len(dataset) == 0:
+            return
+        masks, fov = dataset.targets["mask"], dataset.targets["fov"]
+        if not ((masks > 0) & fov).any():
+            read = self.info.get("n_masks_read", {}).get("train", len(dataset))
+            n = f"{len(dataset)} masks" + (f" of the {read} read" if read != len(dataset) else " read")
+            raise DatasetError(f"{self.resolve(source)}: no foreground in the training split ({n}, every one empty "
+                               f"inside its field of view); check task.segmentation.class_values "
+                               f"{list(self.options.class_values)} and mask_dir, or set "
+                               "task.segmentation.allow_no_foreground=true to train on it")
 
     def native_target(self, dataset: ImageDataset, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Image ``i``'s class-index mask and field of view at the files' own resolution; None for a dataset that was
