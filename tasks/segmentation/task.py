@@ -116,7 +116,7 @@ class SegmentationModel(TaskModel):
 
     def __init__(self, backbone: StagedBackbone, num_classes: int, *, stride: int, width: int,
                  top_stage: str | None, image_skip: bool, crop_size: int, vflip: bool,
-                 augment: AugmentConfig, dice_weight: float, ce_weight: float) -> None:
+                 augment: AugmentConfig, dice_weight: float, ce_weight: float, foreground_ratio: float = 0.0) -> None:
         super().__init__()
         from tasks.segmentation.losses import DiceCELoss
 
@@ -130,6 +130,7 @@ class SegmentationModel(TaskModel):
         self.unused_stages = names[names.index(self.head.top_stage) + 1 :]
         self.num_classes = num_classes
         self.crop_size = crop_size
+        self.foreground_ratio = foreground_ratio
         self.hflip, self.vflip = augment.hflip, vflip
         intensity = AugmentConfig(brightness=augment.brightness, contrast=augment.contrast)
         self.intensity = BatchAugment(intensity) if intensity.brightness or intensity.contrast else None
@@ -147,13 +148,15 @@ class SegmentationModel(TaskModel):
 
     def random_crops(self, images: torch.Tensor, masks: torch.Tensor, fov: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The same random ``crop_size`` window of image, mask and FOV, per sample (whole image if smaller)."""
+        """The same ``crop_size`` window of image, mask and FOV, per sample (whole image if smaller): a share
+        ``foreground_ratio`` of them centred on a foreground pixel, the rest uniform (:func:`crop_origins`)."""
+        from tasks.segmentation.crops import crop_origins
+
         h, w = images.shape[-2:]
         ch, cw = min(self.crop_size, h), min(self.crop_size, w)
         if (ch, cw) == (h, w):
             return images, masks, fov
-        ys = torch.randint(0, h - ch + 1, (len(images),)).tolist()
-        xs = torch.randint(0, w - cw + 1, (len(images),)).tolist()
+        ys, xs, _ = crop_origins(masks, fov, (ch, cw), self.foreground_ratio)
         sl = [(slice(y, y + ch), slice(x, x + cw)) for y, x in zip(ys, xs)]
         return (torch.stack([images[i, :, a, b] for i, (a, b) in enumerate(sl)]),
                 torch.stack([masks[i, a, b] for i, (a, b) in enumerate(sl)]),
@@ -169,7 +172,10 @@ class SegmentationModel(TaskModel):
                 fov = torch.where(flip[:, None, None], fov.flip(dim), fov)
         if self.intensity is not None:
             images, _ = self.intensity(images)
-        return self.loss(self(images), masks, fov)
+        out = self.loss(self(images), masks, fov)
+        # the share of crops holding foreground in their FOV: the engine averages it per epoch (train_foreground_crops)
+        out["foreground_crops"] = ((masks > 0) & fov).flatten(1).any(1).float().mean()
+        return out
 
 
 class SegmentationTask(Task):
@@ -327,7 +333,7 @@ class SegmentationTask(Task):
         return SegmentationModel(backbone, len(o.class_values), stride=o.decoder_stride, width=o.decoder_width,
                                  top_stage=o.decoder_top_stage, image_skip=o.image_skip, crop_size=o.crop_size,
                                  vflip=o.vflip, augment=self.cfg.data.augment, dice_weight=o.dice_weight,
-                                 ce_weight=o.ce_weight)
+                                 ce_weight=o.ce_weight, foreground_ratio=o.foreground_ratio)
 
     def probabilities(self, model: TaskModel, images: torch.Tensor, device: torch.device,
                       batch_size: int = 8) -> torch.Tensor:
