@@ -178,6 +178,20 @@ class SegmentationModel(TaskModel):
         return out
 
 
+#: epochs after which a validation Dice that has not left 0 is warned about (a model that never predicts foreground)
+ZERO_DICE_EPOCHS = 3
+
+
+def foreground_crop_share(history: list[dict[str, Any]]) -> float | None:
+    """The share of a fit's training crops that held foreground in their FOV, from its epoch rows
+    (``train_foreground_crops``, each epoch weighted by its steps); None when no row has it."""
+    rows = [r for r in history if "train_foreground_crops" in r]
+    steps = sum(int(r.get("steps", 1)) for r in rows)
+    if not rows or steps == 0:
+        return None
+    return sum(float(r["train_foreground_crops"]) * int(r.get("steps", 1)) for r in rows) / steps
+
+
 class SegmentationTask(Task):
     name = "segmentation"
     options_class = SegmentationConfig
@@ -348,6 +362,29 @@ class SegmentationTask(Task):
                                         o.blend, batch_size=max(1, min(batch_size, 8)), device=device)
         finally:
             model.train(was)
+
+    # ------------------------------------------------------------------ training reports
+
+    def epoch_warnings(self, history: list[dict[str, Any]]) -> list[str]:
+        """A validation Dice still 0 after :data:`ZERO_DICE_EPOCHS` epochs: the model predicts no foreground where
+        the masks hold it (a sparse target that uniform crops rarely show, or wrong masks)."""
+        dice = [r.get("val_dice") for r in history[:ZERO_DICE_EPOCHS]]
+        if len(dice) < ZERO_DICE_EPOCHS or any(d is None or not d == 0 for d in dice):
+            return []
+        share = foreground_crop_share(history[:ZERO_DICE_EPOCHS])
+        held = f"{share:.1%} of the training crops held foreground" if share is not None else "no crop share logged"
+        return [f"validation Dice is still 0 after {ZERO_DICE_EPOCHS} epochs: the model predicts no foreground where "
+                f"the masks hold it ({held}; task.segmentation.foreground_ratio={self.options.foreground_ratio}); "
+                f"for a sparse target raise foreground_ratio or crop_size, or check class_values and the masks"]
+
+    def fit_report(self, history: list[dict[str, Any]], depth: str) -> str | None:
+        """The share of training crops that held foreground (``task_info.train_foreground_crops``, by depth)."""
+        share = foreground_crop_share(history)
+        if share is None:
+            return None
+        self.info.setdefault("train_foreground_crops", {})[depth] = round(share, 4)
+        return (f"training crops holding foreground: {share:.1%} (depth {depth}, "
+                f"task.segmentation.foreground_ratio={self.options.foreground_ratio})")
 
     # ------------------------------------------------------------------ scoring
 
