@@ -417,3 +417,17 @@ def test_a_sparse_lesion_is_learned_with_foreground_crops_and_not_with_uniform_o
     assert f"training crops holding foreground: {share_fg:.1%}" in fg_text
     warning = "validation Dice is still 0 after 3 epochs"
     assert warning in uni_text and any(warning in w for w in uni["warnings"])
+
+
+def test_zero_dice_warning_after_three_epochs_and_the_crop_share(seg_root):
+    task = SegmentationTask(make_cfg(seg_root))
+    row = {"val_dice": 0.0, "train_foreground_crops": 0.1, "steps": 10}
+    assert task.epoch_warnings([row, row]) == []
+    three = [row, row, {**row, "train_foreground_crops": 0.4}]
+    (w,) = task.epoch_warnings(three)
+    assert "still 0 after 3 epochs" in w and "20.0% of the training crops held foreground" in w
+    assert task.epoch_warnings([row, {**row, "val_dice": 0.2}, row]) == []
+    assert task.epoch_warnings([row, {**row, "val_dice": float("nan")}, row]) == []  # nothing scored is not 0
+    assert task.fit_report(three + [{**row, "steps": 20}], "all").startswith("training crops holding foreground: 16.0%")
+    assert task.info["train_foreground_crops"] == {"all": 0.16}
+    assert task.fit_report([{"val_dice": 0.0}], "head") is None
