@@ -186,6 +186,18 @@ class Task(ABC):
         Called on train (at its label fraction), val and test before training, so no run fails after it.
         """
 
+    def epoch_warnings(self, history: list[dict[str, Any]]) -> list[str]:
+        """Warnings about a fit so far, from its epoch rows (``metrics.jsonl``: ``train_<key>`` for each scalar a
+        ``training_step`` returns, ``val_<metric>``), checked after every epoch; the run gives each distinct warning
+        once (``run.warn``: stderr and ``summary.json``'s ``warnings``). Default: none."""
+        return []
+
+    def fit_report(self, history: list[dict[str, Any]], depth: str) -> str | None:
+        """After the fit at ``depth`` (each depth of ``auto``), from all its epoch rows: record what the task reports
+        about its training in :attr:`info` (``summary.json``'s ``task_info``) and return one console line (None:
+        nothing to say). Default: nothing."""
+        return None
+
     def label_array(self, dataset: ImageDataset) -> np.ndarray | None:
         return dataset.target_array(self.stratify_key) if self.stratify_key else None
 

@@ -116,7 +116,7 @@ class SegmentationModel(TaskModel):
 
     def __init__(self, backbone: StagedBackbone, num_classes: int, *, stride: int, width: int,
                  top_stage: str | None, image_skip: bool, crop_size: int, vflip: bool,
-                 augment: AugmentConfig, dice_weight: float, ce_weight: float) -> None:
+                 augment: AugmentConfig, dice_weight: float, ce_weight: float, foreground_ratio: float = 0.0) -> None:
         super().__init__()
         from tasks.segmentation.losses import DiceCELoss
 
@@ -130,6 +130,7 @@ class SegmentationModel(TaskModel):
         self.unused_stages = names[names.index(self.head.top_stage) + 1 :]
         self.num_classes = num_classes
         self.crop_size = crop_size
+        self.foreground_ratio = foreground_ratio
         self.hflip, self.vflip = augment.hflip, vflip
         intensity = AugmentConfig(brightness=augment.brightness, contrast=augment.contrast)
         self.intensity = BatchAugment(intensity) if intensity.brightness or intensity.contrast else None
@@ -147,13 +148,15 @@ class SegmentationModel(TaskModel):
 
     def random_crops(self, images: torch.Tensor, masks: torch.Tensor, fov: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The same random ``crop_size`` window of image, mask and FOV, per sample (whole image if smaller)."""
+        """The same ``crop_size`` window of image, mask and FOV, per sample (whole image if smaller): a share
+        ``foreground_ratio`` of them centred on a foreground pixel, the rest uniform (:func:`crop_origins`)."""
+        from tasks.segmentation.crops import crop_origins
+
         h, w = images.shape[-2:]
         ch, cw = min(self.crop_size, h), min(self.crop_size, w)
         if (ch, cw) == (h, w):
             return images, masks, fov
-        ys = torch.randint(0, h - ch + 1, (len(images),)).tolist()
-        xs = torch.randint(0, w - cw + 1, (len(images),)).tolist()
+        ys, xs, _ = crop_origins(masks, fov, (ch, cw), self.foreground_ratio)
         sl = [(slice(y, y + ch), slice(x, x + cw)) for y, x in zip(ys, xs)]
         return (torch.stack([images[i, :, a, b] for i, (a, b) in enumerate(sl)]),
                 torch.stack([masks[i, a, b] for i, (a, b) in enumerate(sl)]),
@@ -169,7 +172,24 @@ class SegmentationModel(TaskModel):
                 fov = torch.where(flip[:, None, None], fov.flip(dim), fov)
         if self.intensity is not None:
             images, _ = self.intensity(images)
-        return self.loss(self(images), masks, fov)
+        out = self.loss(self(images), masks, fov)
+        # the share of crops holding foreground in their FOV: the engine averages it per epoch (train_foreground_crops)
+        out["foreground_crops"] = ((masks > 0) & fov).flatten(1).any(1).float().mean()
+        return out
+
+
+#: epochs after which a validation Dice that has not left 0 is warned about (a model that never predicts foreground)
+ZERO_DICE_EPOCHS = 3
+
+
+def foreground_crop_share(history: list[dict[str, Any]]) -> float | None:
+    """The share of a fit's training crops that held foreground in their FOV, from its epoch rows
+    (``train_foreground_crops``, each epoch weighted by its steps); None when no row has it."""
+    rows = [r for r in history if "train_foreground_crops" in r]
+    steps = sum(int(r.get("steps", 1)) for r in rows)
+    if not rows or steps == 0:
+        return None
+    return sum(float(r["train_foreground_crops"]) * int(r.get("steps", 1)) for r in rows) / steps
 
 
 class SegmentationTask(Task):
@@ -276,6 +296,7 @@ class SegmentationTask(Task):
             fovs.append(resize_nearest(fov.astype(np.uint8), size) > 0)
             ids.append(img.name)
             files.append((mpath, fpath))
+        self.info.setdefault("n_masks_read", {})[which] = len(keep)
         if not keep:
             raise DatasetError(f"{split}: every image was skipped ({len(self.skipped)} skipped)")
         images = loaded.images[torch.as_tensor(keep)]
@@ -292,6 +313,21 @@ class SegmentationTask(Task):
         # scoring reads the masks again at their native size (a batch at a time, not held in memory): the working-size
         # masks above are for training only
         return ImageDataset(images, targets, ids, meta={"target_files": files})
+
+    def check_split(self, dataset: ImageDataset, which: str, source: str) -> None:
+        """A training split without one foreground pixel inside its FOV teaches "never foreground": it would train to
+        the end with validation Dice 0 in silence (wrong ``class_values``, mask folder, or a fraction of healthy
+        images)."""
+        if which != "train" or self.options.allow_no_foreground or len(dataset) == 0:
+            return
+        masks, fov = dataset.targets["mask"], dataset.targets["fov"]
+        if not ((masks > 0) & fov).any():
+            read = self.info.get("n_masks_read", {}).get("train", len(dataset))
+            n = f"{len(dataset)} masks" + (f" of the {read} read" if read != len(dataset) else " read")
+            raise DatasetError(f"{self.resolve(source)}: no foreground in the training split ({n}, every one empty "
+                               f"inside its field of view); check task.segmentation.class_values "
+                               f"{list(self.options.class_values)} and mask_dir, or set "
+                               "task.segmentation.allow_no_foreground=true to train on it")
 
     def native_target(self, dataset: ImageDataset, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Image ``i``'s class-index mask and field of view at the files' own resolution; None for a dataset that was
@@ -311,7 +347,7 @@ class SegmentationTask(Task):
         return SegmentationModel(backbone, len(o.class_values), stride=o.decoder_stride, width=o.decoder_width,
                                  top_stage=o.decoder_top_stage, image_skip=o.image_skip, crop_size=o.crop_size,
                                  vflip=o.vflip, augment=self.cfg.data.augment, dice_weight=o.dice_weight,
-                                 ce_weight=o.ce_weight)
+                                 ce_weight=o.ce_weight, foreground_ratio=o.foreground_ratio)
 
     def probabilities(self, model: TaskModel, images: torch.Tensor, device: torch.device,
                       batch_size: int = 8) -> torch.Tensor:
@@ -326,6 +362,29 @@ class SegmentationTask(Task):
                                         o.blend, batch_size=max(1, min(batch_size, 8)), device=device)
         finally:
             model.train(was)
+
+    # ------------------------------------------------------------------ training reports
+
+    def epoch_warnings(self, history: list[dict[str, Any]]) -> list[str]:
+        """A validation Dice still 0 after :data:`ZERO_DICE_EPOCHS` epochs: the model predicts no foreground where
+        the masks hold it (a sparse target that uniform crops rarely show, or wrong masks)."""
+        dice = [r.get("val_dice") for r in history[:ZERO_DICE_EPOCHS]]
+        if len(dice) < ZERO_DICE_EPOCHS or any(d is None or not d == 0 for d in dice):
+            return []
+        share = foreground_crop_share(history[:ZERO_DICE_EPOCHS])
+        held = f"{share:.1%} of the training crops held foreground" if share is not None else "no crop share logged"
+        return [f"validation Dice is still 0 after {ZERO_DICE_EPOCHS} epochs: the model predicts no foreground where "
+                f"the masks hold it ({held}; task.segmentation.foreground_ratio={self.options.foreground_ratio}); "
+                f"for a sparse target raise foreground_ratio or crop_size, or check class_values and the masks"]
+
+    def fit_report(self, history: list[dict[str, Any]], depth: str) -> str | None:
+        """The share of training crops that held foreground (``task_info.train_foreground_crops``, by depth)."""
+        share = foreground_crop_share(history)
+        if share is None:
+            return None
+        self.info.setdefault("train_foreground_crops", {})[depth] = round(share, 4)
+        return (f"training crops holding foreground: {share:.1%} (depth {depth}, "
+                f"task.segmentation.foreground_ratio={self.options.foreground_ratio})")
 
     # ------------------------------------------------------------------ scoring
 

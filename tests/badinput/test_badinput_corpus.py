@@ -674,6 +674,29 @@ CASES += [
 ]
 
 
+# ----------------------------------------------------------------------------- issue 18: segmentation
+
+
+def _seg_no_foreground(c: Ctx, *sets: str) -> list[str]:
+    """8 images whose masks are all 0 (no foreground anywhere): ``seg/images/i.png``, ``seg/masks/i.png``."""
+    for i in range(8):
+        png(c.tmp / "seg" / "images" / f"{i}.png", 900 + i)
+        (c.tmp / "seg" / "masks").mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(c.tmp / "seg" / "masks" / f"{i}.png")
+    return finetune(c.tmp, "task.name=segmentation", "data.format=mask_folder", "data.train=seg",
+                    "task.segmentation.crop_size=32", "task.segmentation.decoder_width=4", *sets)
+
+
+CASES += [
+    Case("segmentation: every training mask empty", _seg_no_foreground, 2,
+         ("seg: no foreground in the training split (6 masks of the 8 read, every one empty inside its field of view)",
+          "task.segmentation.allow_no_foreground=true"),
+         lambda o: (_one_line(o), not o.trained() or pytest.fail("trained on no foreground"))),
+    Case("segmentation: every training mask empty, allow_no_foreground=true", lambda c: _seg_no_foreground(
+        c, "task.segmentation.allow_no_foreground=true"), 0, (), lambda o: o.trained() or pytest.fail("not trained")),
+]
+
+
 # ----------------------------------------------------------------------------- issue 18: links
 
 

@@ -73,13 +73,28 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
         res = task.evaluate(model, splits.val, engine.device, batch_size=max(t.batch_size, 64))
         return task.summary_metrics(res.metrics)
 
+    rows: list[dict[str, Any]] = []  # this fit's epoch rows, a resumed fit's restored ones first
+    warned: set[str] = set()
+
+    def on_start(history: list[dict[str, Any]]) -> None:
+        rows[:] = history
+        run.keep_metrics(rows_before + len(history))
+
     def on_epoch(row: dict[str, Any]) -> None:
         run.log_epoch({"depth": depth, **row} if tag else row)
+        rows.append(row)
+        for msg in task.epoch_warnings(rows):  # e.g. a segmentation whose validation Dice has not left 0
+            if msg not in warned:
+                warned.add(msg)
+                run.warn(msg)
 
     res = engine.fit(loader, epochs, evaluate=evaluate, monitor=task.monitor, mode=task.mode, patience=t.patience,
                      on_epoch=on_epoch, resume_path=resume_path, max_steps=t.max_steps,
                      resume_config=training_config(to_dict(cfg), "finetune"), resume_data=splits.fingerprint,
-                     on_start=lambda history: run.keep_metrics(rows_before + len(history)))
+                     on_start=on_start)
+    line = task.fit_report(res.history, depth)
+    if line and run.writes:
+        print(line)
     if res.best_metric is None:  # no finite validation value: nothing to select on, keep the last epoch
         run.warn(f"every validation {task.monitor} at depth {depth} was NaN; kept the last epoch's weights")
         return float("nan"), res.epochs_run - 1, res
