@@ -359,20 +359,45 @@ class LandmarkTask(Task):
                                precision=self.precision)
         # the mirror check compares the global stage's confidences: the flipped pass needs no refinement
         flipped = landmark_outputs(model, dataset.images, device, batch_size, flip=True, precision=self.precision)
+        c = self.options
+        flags = image_flags(out.global_confidence, flipped.confidence, low=c.low_confidence, mirror_ratio=c.mirror_ratio)
+        fixed = np.array([c.fix_mirrored and f == "mirrored?" for f in flags], dtype=bool)
+        if fixed.any():
+            self._predict_on_flip(model, dataset, np.flatnonzero(fixed), out, device, batch_size)
         df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))
         for k in range(out.confidence.shape[1]):
             df[f"{k + 1}_confidence"] = out.confidence[:, k]
         df["mean_confidence"] = out.confidence.mean(1)
         df["flipped_confidence"] = flipped.confidence.mean(1)
-        c = self.options
-        df["flag"] = image_flags(out.global_confidence, flipped.confidence, low=c.low_confidence,
-                                 mirror_ratio=c.mirror_ratio)
+        df["flag"] = flags
+        df["mirror_fixed"] = fixed
         flagged = df[df["flag"] != ""]
         if len(flagged):
             listed = ", ".join(f"{i} ({f})" for i, f in zip(flagged["image"][:5], flagged["flag"][:5]))
             print(f"warning: {len(flagged)} of {len(df)} images flagged (column 'flag'): {listed}"
                   f"{' ...' if len(flagged) > 5 else ''}", file=sys.stderr)
         return df
+
+    def _predict_on_flip(self, model: TaskModel, dataset: ImageDataset, rows: np.ndarray, out: Any,
+                         device: torch.device, batch_size: int) -> None:
+        """Replace the coordinates and confidences of ``rows`` (images flagged mirrored) in ``out`` by those of their
+        left-right flip, mapped back to the image as stored: normalised x -> 1 - x (pixel centres map onto pixel
+        centres, see the module's coordinate convention)."""
+        from tasks.landmarks.inference import landmark_outputs
+
+        paths = dataset.meta.get("paths")
+        sub = ImageDataset(dataset.images[torch.as_tensor(rows)],
+                           {k: v[torch.as_tensor(rows)] for k, v in dataset.targets.items()},
+                           [dataset.ids[int(i)] for i in rows],
+                           meta={"paths": [paths[int(i)] for i in rows]} if paths is not None else {})
+        flip = landmark_outputs(model, sub.images, device, batch_size, flip=True, refine_images=self._refine_source(sub),
+                                precision=self.precision)
+        coords = flip.coords.copy()
+        coords[..., 0] = 1.0 - coords[..., 0]
+        out.coords[rows], out.confidence[rows] = coords, flip.confidence
+        out.global_coords[rows] = flip.global_coords
+        out.global_coords[rows, :, 0] = 1.0 - flip.global_coords[..., 0]
+        out.global_confidence[rows] = flip.global_confidence
 
     def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
         from tasks.landmarks.metrics import plot_landmark_overlay

@@ -69,3 +69,31 @@ def test_refinement_images_read_on_demand_give_the_in_memory_result_one_batch_at
                                  refine_images=ImagesOnDemand(paths, load))
     assert np.array_equal(in_memory.coords, on_demand.coords)
     assert reads == [["0.png", "1.png"], ["2.png", "3.png"], ["4.png"]]  # never the whole split at once
+
+
+def _predict(images: torch.Tensor, *extra: str):
+    from tasks.landmarks.task import LandmarkTask
+    from transfer.config import Config
+    from transfer.config.io import load_config
+    from transfer.data.datasets import ImageDataset
+
+    cfg = load_config(Config, None, ["task.name=landmarks", "data.format=landmark_csv", "data.image_size=[32, 32]",
+                                     "task.landmarks.refine=false", *extra])
+    task = LandmarkTask(cfg)
+    sizes = torch.tensor([[32.0, 32.0]] * len(images))
+    ds = ImageDataset(images, {"orig_size": sizes}, [f"{k}.png" for k in range(len(images))])
+    return task.predict(LeftDotDetector(), ds, torch.device("cpu"), batch_size=4)
+
+
+def test_a_mirrored_image_is_predicted_on_its_flip_and_mapped_back() -> None:
+    """The model only finds the dot on the left; the mirrored copy's dot is on the right. Fixed, its prediction is
+    the unmirrored prediction mirrored (W - 1 - x) within 0.5 px; unfixed, it is wherever the model guessed."""
+    upright, mirrored = _dot_image(5, 10), _dot_image(5, 10).flip(-1)  # the dot at x = 26
+    fixed = _predict(torch.stack([upright, mirrored]))
+    assert list(fixed["flag"]) == ["", "mirrored?"] and list(fixed["mirror_fixed"]) == [False, True]
+    x_up, y_up = fixed.loc[0, "1_x"], fixed.loc[0, "1_y"]
+    assert abs(fixed.loc[1, "1_x"] - (32 - 1 - x_up)) < 0.5 and abs(fixed.loc[1, "1_y"] - y_up) < 0.5
+    assert fixed.loc[1, "1_confidence"] > 0.99  # the confidence of the pass that was used
+    as_stored = _predict(torch.stack([upright, mirrored]), "task.landmarks.fix_mirrored=false")
+    assert list(as_stored["flag"]) == ["", "mirrored?"] and not as_stored["mirror_fixed"].any()
+    assert abs(as_stored.loc[1, "1_x"] - 26) > 3  # what the fix is for

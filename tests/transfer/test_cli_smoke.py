@@ -81,7 +81,14 @@ def test_landmark_finetune_predict_then_evaluate(tmp_path, tiny_landmarks, capsy
     # predictions are in original pixels and agree with the run's own test predictions
     assert np.allclose(pred[["1_x", "1_y", "2_x", "2_y"]].to_numpy(), test_pred[["1_x", "1_y", "2_x", "2_y"]].to_numpy(),
                        atol=1e-3)
+    assert "mirror_fixed" in pred.columns
+    # predict changes how the task predicts (task.* options), never what the model was trained with
+    assert main(["predict", str(run), *map(str, test_imgs), "--out", str(out),
+                 "--set", "task.landmarks.fix_mirrored=false"]) == 0
     capsys.readouterr()
+    assert main(["predict", str(run), *map(str, test_imgs), "--out", str(out), "--set", "data.image_size=[32, 32]"]) != 0
+    err = capsys.readouterr().err
+    assert "only task.* options can change after training" in err and "Traceback" not in err
     assert main(["evaluate", str(run), "--data", "test.csv", "--out", str(tmp_path / "ev.csv")]) == 0
     assert list(pd.read_csv(tmp_path / "ev.csv")["image"]) == list(pred["image"])
     metrics = json.loads(capsys.readouterr().out)

@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="skip: predict the readable images and list the others in <out>.skipped.csv (path, reason)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--cache-dir", help=_CACHE_HELP)
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="task.KEY=VALUE",
+                    help="change how the task predicts (task.* options only), e.g. task.landmarks.fix_mirrored=false")
     pr.set_defaults(fn=cmd_predict)
 
 
@@ -86,7 +88,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     df, skipped = predict_images(args.run, args.images, out, device=args.device, on_bad=args.on_bad,
-                                 cache_dir=args.cache_dir)
+                                 cache_dir=args.cache_dir, overrides=args.overrides)
     print(f"wrote {len(df)} predictions to {out}"
           + (f"; {len(skipped)} skipped, listed in {skipped_csv(out)}" if skipped else ""))
     return 0

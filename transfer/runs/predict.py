@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -47,7 +48,8 @@ def image_paths(items: list[str], unused: list[Skipped] | None = None) -> list[P
 
 
 def predict_images(run: str | Path, items: list[str], out: Path, *, device: str = "auto",
-                   on_bad: str = "error", cache_dir: str | None = None) -> tuple[pd.DataFrame, list[Skipped]]:
+                   on_bad: str = "error", cache_dir: str | None = None,
+                   overrides: Sequence[str] = ()) -> tuple[pd.DataFrame, list[Skipped]]:
     """Write one row per readable image to ``out`` (CSV); return it and the skipped files.
 
     Skipped files (``on_bad="skip"``) are written to :func:`skipped_csv` as well as stderr, so the record of what
@@ -55,7 +57,7 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
     """
     output_file(out)
     dev = resolve_device(device)
-    cfg, task, model = load_model(run, dev, cache_dir)
+    cfg, task, model = load_model(run, dev, cache_dir, overrides)
     task.precision = Precision.resolve(dev, cfg.runtime.amp, cfg.runtime.channels_last)  # as it was trained
     task.precision.model(model)
     unused: list[Skipped] = []  # files of a folder that are not images: counted in the sidecar, never silent
