@@ -136,11 +136,20 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
     )
 
 
+#: integer images a dataset may hand over (a streamed pool's uint16 rows), and the value that maps to 1.0
+_QUANTIZED = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
 def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """The batch on ``device``; an ``image`` of uint8/uint16 (a streamed pool) is moved as integers (2-4x fewer
+    bytes to copy and pin) and only then converted to float32 in [0, 1] (``q / 65535``: the same values as the
+    decode cache's in-memory float images)."""
     out: Batch = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             v = v.to(device, non_blocking=True)
+            if k == "image" and v.dtype in _QUANTIZED:
+                v = v.to(torch.float32).div_(_QUANTIZED[v.dtype])
             if channels_last and v.dim() == 4 and v.is_floating_point():
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
