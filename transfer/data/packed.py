@@ -254,7 +254,7 @@ def pack_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
             "ids": ids, "file_digests": file_digests, "pixel_digests": pixel_digests,
             "original_sizes": [list(s) for s in sizes], "size": list(size), "gray": gray, "source": source}))
         if old is not None and old["data"] != data_name:
-            # superseded: a process still reading it keeps its mapping (POSIX), new readers take the new index
+            # superseded: a process still reading it keeps its open file (POSIX), new readers take the new index
             try:
                 (root / old["data"]).unlink()
             except OSError:
