@@ -196,3 +196,23 @@ def test_streamed_pretrain_with_workers_equals_the_in_memory_run(tmp_path):
     for stage in wa:
         for k in wa[stage]:
             assert torch.equal(wa[stage][k], wb[stage][k]), (stage, k)
+
+
+def test_torchrun_two_process_streamed_pretrain(tmp_path):
+    """Two CPU ranks under torchrun, both packing the same pool at once (atomic renames), each reading its shard
+    with 2 workers: one run, a checkpoint, a streamed summary."""
+    _pool(tmp_path, n=16)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = _pretrain_args(tmp_path, "ddp", "--set", "data.in_memory=false", "--set", "data.num_workers=2",
+                          "--set", "pretrain.method=moco", "--set", "pretrain.contrastive.queue_size=16")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "transfer.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "ddp"
+    s = json.loads((run / "summary.json").read_text())
+    assert s["streamed"] and s["pool_size"] == 16 and s["epochs"] == 2
+    assert (run / "backbone.pt").is_file()
+    packs = list((tmp_path / "cache" / "packed").glob("*.u16"))
+    assert len(packs) == 1 and not list((tmp_path / "cache" / "packed").glob("*.tmp"))
