@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -157,6 +158,22 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: a temporary pack file untouched this long was abandoned (its writer killed): removed by the next packing
+ABANDONED_S = 3600.0
+
+
+def _remove_abandoned(root: Path, slot: str) -> None:
+    """Temporary files of ``slot`` left by a writer killed mid-pack (they can be as large as the pack); one still
+    being written is touched every few milliseconds, so age alone tells them apart, whichever host wrote them."""
+    now = time.time()
+    for f in root.glob(f"{slot}.*.tmp"):
+        try:
+            if now - f.stat().st_mtime > ABANDONED_S:
+                f.unlink()
+        except OSError:
+            pass
+
+
 def _copy_rows(src: _Rows, n: int, out: Any, chunk: int = 256) -> None:
     """The first ``n`` rows of ``src`` into the file ``out``, a chunk at a time (bounded memory)."""
     for start in range(0, n, chunk):
@@ -174,6 +191,7 @@ def pack_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
     root.mkdir(parents=True, exist_ok=True)
     slot = _slot(source, size, gray, window, min_size)
     index_path = root / f"{slot}.json"
+    _remove_abandoned(root, slot)
     old = _read_index(index_path)
     old_rows: dict[tuple[str, str], int] = {}
     old_map: _Rows | None = None

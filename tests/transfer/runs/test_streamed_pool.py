@@ -216,3 +216,17 @@ def test_torchrun_two_process_streamed_pretrain(tmp_path):
     assert (run / "backbone.pt").is_file()
     packs = list((tmp_path / "cache" / "packed").glob("*.u16"))
     assert len(packs) == 1 and not list((tmp_path / "cache" / "packed").glob("*.tmp"))
+
+
+def test_an_abandoned_temporary_pack_is_removed(tmp_path):
+    d = _pool(tmp_path, n=4)
+    paths = sorted(d.iterdir())
+    a = pack_images(paths, (32, 32), tmp_path / "cache", source=str(d), progress=False)
+    slot = a.data.name.split("-")[0]
+    old, fresh = (tmp_path / "cache" / "packed" / f"{slot}.{pid}.abcd.tmp" for pid in (111, 222))
+    old.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"x" * 100)
+    os.utime(old, (1, 1))
+    Image.fromarray(np.full((40, 40), 3, np.uint8)).save(paths[0])  # a change: the pool is packed again
+    pack_images(paths, (32, 32), tmp_path / "cache", source=str(d), progress=False)
+    assert not old.exists() and fresh.exists()  # one being written (recent) is left alone
