@@ -9,7 +9,10 @@ momentum rising from ``momentum_start`` to ``momentum_end`` on lightly's cosine
 schedule.
 
 Notes: single-device BatchNorm needs no shuffling (shuffle-BN matters across
-GPUs only). The queue is a non-persistent buffer in lightly (so it is not in
+GPUs only; it is not implemented: under DDP each rank's key encoder normalises
+its own batch). Under DDP the queue is filled with the keys of every rank
+(``gather_distributed``): W ranks at batch B enqueue W * B keys a step, and
+every rank holds the same queue. The queue is a non-persistent buffer in lightly (so it is not in
 ``encoder``'s checkpoint); the method's extra state (``get_extra_state``)
 carries it, with its write pointer, into the run's resume state, so a resumed
 run continues with the queue it had.
@@ -38,7 +41,9 @@ class MoCo(MomentumTarget):
         self.projection_head = MoCoProjectionHead(backbone.num_features, c.proj_hidden, c.proj_dim)
         self.init_momentum(c.momentum_start, c.momentum_end)
         bank = (c.queue_size, c.proj_dim) if c.queue_size > 0 else 0
-        self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=bank)
+        # under DDP every rank enqueues the keys of every rank (lightly all-gathers them before enqueueing), so the
+        # ranks' queues stay identical and DDP's per-forward broadcast of rank 0's buffers changes nothing
+        self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=bank, gather_distributed=True)
 
     def get_extra_state(self) -> dict[str, Any]:
         """The momentum (see the base) and the queue of past keys with its write pointer (lightly's memory bank)."""

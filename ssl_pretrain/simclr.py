@@ -25,7 +25,9 @@ class SimCLR(TwoViewMethod):
         super().__init__(backbone, options, image_size)
         c = options
         self.projection_head = SimCLRProjectionHead(backbone.num_features, c.proj_hidden, c.proj_dim)
-        self.criterion = NTXentLoss(temperature=c.temperature)
+        # under DDP the negatives are every rank's views (lightly gathers them, with gradients); one process: the
+        # same as without gathering
+        self.criterion = NTXentLoss(temperature=c.temperature, gather_distributed=True)
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) in [0, 1] -> projections (B, proj_dim)."""

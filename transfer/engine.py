@@ -105,6 +105,65 @@ class EpochRandomSampler(Sampler[int]):
             yield from indices[start : start + b]
 
 
+def worker_epoch_seed(base: int, epoch: int, worker: int) -> int:
+    """The seed of DataLoader worker ``worker`` in ``epoch`` of a loader whose generator was seeded with ``base``
+    (a run's ``transfer.runs.seeding.loader_seed(seed, rank)``): a 63-bit hash of (base, epoch, worker), so no two
+    (rank, epoch, worker) share a stream, and epoch k's is the same whether or not the run was resumed before it."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{base}:{epoch}:{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _EpochKeys(Sampler):
+    """Wraps an epoch sampler: yields ``(epoch, index)``, so a worker knows which epoch an item belongs to."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = int(self.inner.epoch)  # read before the inner sampler starts (EpochRandomSampler moves it on)
+        for i in self.inner:
+            yield epoch, i
+
+
+class _EpochSeeded(Dataset):
+    """Wraps a dataset read by worker processes: at its first item of each epoch, a worker seeds Python, NumPy and
+    torch with :func:`worker_epoch_seed` (base, epoch, worker id). Workers persist across epochs
+    (``persistent_workers``), so without this a worker's random stream would run on from epoch to epoch, and a
+    run resumed at epoch k would restart it: an augmentation drawn in a worker would differ from the uninterrupted
+    run's. With it, what a worker draws in epoch k depends on (seed, rank, epoch, worker) alone."""
+
+    def __init__(self, inner: Dataset, base: int) -> None:
+        self.inner, self.base = inner, base
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("inner", "base", "_epoch") or name.startswith("__"):  # unpickling; __getitems__ takes indices
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, i = key
+        if epoch != self._epoch:
+            info = torch.utils.data.get_worker_info()
+            s = worker_epoch_seed(self.base, epoch, info.id if info is not None else 0)
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            torch.manual_seed(s)
+            self._epoch = epoch
+        return self.inner[i]
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
                 drop_last: bool = False, device: torch.device | None = None,
                 num_samples: int | None = None, worker_seed: int | None = None) -> DataLoader:
@@ -116,7 +175,10 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
     without replacement), for a fixed number of steps per epoch whatever the dataset size; under DDP each rank takes
     its share of every step's global batch (:class:`EpochRandomSampler`). ``worker_seed``: the seed of the loader's
     generator, from which torch seeds its worker processes (default ``seed``; runs pass one per rank,
-    ``transfer.runs.seeding.loader_seed``); the shuffle never depends on it, so every rank shares it.
+    ``transfer.runs.seeding.loader_seed``); the shuffle never depends on it, so every rank shares it. With workers
+    and an epoch sampler, each worker also reseeds at the start of every epoch from (worker_seed, epoch, worker id)
+    (:class:`_EpochSeeded`): workers persist across epochs (``persistent_workers``), and a resumed run's draws in
+    them match an uninterrupted run's. ``pin_memory`` on CUDA.
     """
     sampler: Sampler[int] | None = None
     g = torch.Generator()
@@ -129,6 +191,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle or num_samples is not None:
         sampler = EpochRandomSampler(len(dataset), seed, num_samples)  # type: ignore[arg-type]
+    if num_workers > 0 and isinstance(sampler, EpochSampler):  # workers reseeded per epoch (never the main process)
+        dataset, sampler = _EpochSeeded(dataset, seed if worker_seed is None else worker_seed), _EpochKeys(sampler)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
         drop_last=drop_last, generator=g, pin_memory=device is not None and device.type == "cuda",
@@ -136,11 +200,20 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
     )
 
 
+#: integer images a dataset may hand over (a streamed pool's uint16 rows), and the value that maps to 1.0
+_QUANTIZED = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
 def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """The batch on ``device``; an ``image`` of uint8/uint16 (a streamed pool) is moved as integers (2-4x fewer
+    bytes to copy and pin) and only then converted to float32 in [0, 1] (``q / 65535``: the same values as the
+    decode cache's in-memory float images)."""
     out: Batch = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             v = v.to(device, non_blocking=True)
+            if k == "image" and v.dtype in _QUANTIZED:
+                v = v.to(torch.float32).div_(_QUANTIZED[v.dtype])
             if channels_last and v.dim() == 4 and v.is_floating_point():
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v

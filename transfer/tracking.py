@@ -75,7 +75,7 @@ def _json_default(o: Any) -> Any:
 #: directory"). ``runtime.device`` is here so a run can move between devices; resumed on another device, it is no
 #: longer bit-identical to an uninterrupted run.
 UNTRACKED_KEYS: tuple[str, ...] = ("tracking", "study", "runtime.device", "runtime.compile", "runtime.channels_last",
-                                   "data.num_workers", "data.cache_dir")
+                                   "data.num_workers", "data.cache_dir", "data.in_memory", "data.in_memory_max_gib")
 #: further keys each kind of run does not read: stage 2 ignores the stage-1 section, stage 1 the stage-2 ones
 UNTRACKED_BY_JOB: dict[str, tuple[str, ...]] = {"finetune": ("pretrain",), "pretrain": ("train", "task")}
 

@@ -154,3 +154,23 @@ def test_killed_moco_pretrain_resumes_with_its_queue(tmp_path):
         assert a[stage].keys() == b[stage].keys()
         for k in a[stage]:
             assert torch.equal(a[stage][k], b[stage][k]), (stage, k)
+
+
+def test_killed_streamed_pretrain_with_two_workers_resumes_to_the_uninterrupted_weights(tmp_path):
+    """The pool streamed from its packed file by 2 DataLoader workers (persistent, reseeded per epoch): SIGKILL
+    mid-run, the same command again, and the weights equal the uninterrupted run's bit for bit."""
+    _pool(tmp_path)
+
+    def args(out: Path) -> list[str]:
+        return [*_moco_args(tmp_path)(out), "--set", "data.in_memory=false", "--set", "data.num_workers=2"]
+
+    ref, cut = _kill_and_resume(args, tmp_path)
+    cut_rows = _rows(cut)
+    assert [r["epoch"] for r in cut_rows] == [0, 1, 2, 3]
+    assert _without_timing(cut_rows) == _without_timing(_rows(ref))
+    assert json.loads((cut / "summary.json").read_text())["streamed"]
+    a = torch.load(ref / "backbone.pt", weights_only=True)["stages"]
+    b = torch.load(cut / "backbone.pt", weights_only=True)["stages"]
+    for stage in a:
+        for k in a[stage]:
+            assert torch.equal(a[stage][k], b[stage][k]), (stage, k)

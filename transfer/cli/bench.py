@@ -1,4 +1,4 @@
-"""``medtransfer bench data|finetune|pretrain|ssl``: benchmarks that print figures (speed; stage 1's known answer)."""
+"""``medtransfer bench data|finetune|pretrain|pool|ssl``: benchmarks that print figures (speed; stage 1's known answer)."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     bp.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
     bp.add_argument("--steps", type=int, default=10)
     bp.set_defaults(fn=cmd_bench_pretrain)
+
+    bpl = bsub.add_parser("pool", help="stage 1's pool: streamed vs in memory (data path, model step, peak memory)")
+    bpl.add_argument("--images", type=int, nargs="+", default=[1000, 10000], help="pool sizes to write and time")
+    bpl.add_argument("--size", type=int, default=224, help="working size (px, square)")
+    bpl.add_argument("--folder", default=None, help="time this folder of images instead of synthetic pools")
+    bpl.add_argument("--work-dir", default=".cache/bench-pool", help="synthetic pools and their decode caches")
+    bpl.add_argument("--batch-size", type=int, default=64, help="batch of the data-path epochs")
+    bpl.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers of the data path")
+    bpl.add_argument("--backbone", default="tiny_resnet", help="model of the stage-1 step (e.g. efficientnet_lite0)")
+    bpl.add_argument("--method", default="simclr")
+    bpl.add_argument("--step-batch", type=int, default=16)
+    bpl.add_argument("--steps", type=int, default=10, help="timed stage-1 steps (0: no model)")
+    bpl.add_argument("--max-in-memory-gib", type=float, default=4.0, help="skip the in-memory path above this")
+    bpl.add_argument("--json", default=None, help="also write the rows here")
+    bpl.set_defaults(fn=cmd_bench_pool)
 
     bs = bsub.add_parser("ssl", help="stage 1's known-answer benchmark: each method's probe vs its starting point")
     add_config_args(bs)
@@ -80,6 +95,19 @@ def cmd_bench_pretrain(args: argparse.Namespace) -> int:
 
     res = bench_pretrain(args.method, args.backbone, args.batch_size, tuple(args.size), steps=args.steps)
     print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_bench_pool(args: argparse.Namespace) -> int:
+    from transfer.bench.pool import bench_pool, table
+
+    rows = bench_pool(args.images, args.size, work_dir=Path(args.work_dir),
+                      folder=Path(args.folder) if args.folder else None, batch_size=args.batch_size,
+                      workers=tuple(args.workers), backbone=args.backbone, method=args.method,
+                      step_batch=args.step_batch, steps=args.steps, max_in_memory_gib=args.max_in_memory_gib)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print(table(rows))
     return 0
 
 

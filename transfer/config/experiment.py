@@ -83,7 +83,14 @@ class DataConfig:
     #: DICOM window replacing the file's VOI: [center, width] or a preset (lung, mediastinum, soft_tissue, bone,
     #: brain); other formats ignore it
     dicom_window: list[float] | str | None = None
-    num_workers: int = 0
+    #: DataLoader worker processes; ``auto``: none for data held in memory (a worker could only copy the tensor the
+    #: main process already holds, and pays start-up and IPC for it), ``min(8, CPU count)`` for a streamed pool
+    num_workers: int | Literal["auto"] = "auto"
+    #: stage 1's pool: ``true`` one float32 tensor in memory, ``false`` streamed from a packed uint16 file beside the
+    #: decode cache (memory does not grow with the pool), ``auto`` in memory while it fits ``in_memory_max_gib``
+    in_memory: bool | Literal["auto"] = "auto"
+    #: largest pool (as float32 at the working size) that ``in_memory: auto`` keeps in memory
+    in_memory_max_gib: float = 2.0
     #: on an unreadable or invalid sample: stop with an error, or skip it and report it
     on_bad: Literal["error", "skip"] = "error"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -92,12 +99,25 @@ class DataConfig:
         _check(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _check(0 < self.label_fraction <= 1, "data.label_fraction", f"must be in (0, 1], got {self.label_fraction}")
         _check(all(s >= 8 for s in self.image_size), "data.image_size", f"must be >= 8 px, got {self.image_size}")
-        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.num_workers == "auto" or self.num_workers >= 0, "data.num_workers", "must be >= 0 or auto")
+        _check(self.in_memory_max_gib >= 0, "data.in_memory_max_gib", f"must be >= 0, got {self.in_memory_max_gib}")
         _check(self.min_image_size >= 1, "data.min_image_size", f"must be >= 1, got {self.min_image_size}")
         try:
             dicom_window(self.dicom_window)
         except ValueError as e:
             raise ConfigError(f"data.dicom_window: {e}") from None
+
+    def workers(self, streamed: bool = False) -> int:
+        """``num_workers`` resolved: ``auto`` gives 0 for in-memory data, ``min(8, CPUs)`` for a streamed pool."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        if not streamed:
+            return 0
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        return min(8, cpus)
 
     def window(self) -> tuple[float, float] | None:
         """``dicom_window`` as (center, width), presets looked up."""

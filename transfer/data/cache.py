@@ -191,6 +191,39 @@ class DecodeCache:
         self._store(entry, quantized, image)
         return image
 
+    def get_quantized(
+        self, path: str | Path, size: tuple[int, int], *, gray: bool | None = True, resample: Resample = "bilinear",
+        window: tuple[float, float] | None = None,
+    ) -> tuple[np.ndarray, tuple[int, int], tuple[float, float] | None, str]:
+        """``(pixels, original_size, spacing, digest)``: the entry's uint16 pixels (C, H, W) as stored (no float
+        copy), and the content hash of the file's bytes, for which the file is read once (or not at all, when the
+        stat memory knows it): what a packed pool (:mod:`transfer.data.packed`) copies, and fingerprints with."""
+        size = _check_size(size)
+        window = window if window is not None and is_dicom(path) else None
+        data, digest = self._read_and_hash(path)
+        return (*self.quantized_from(data, digest, path, size, gray=gray, resample=resample, window=window), digest)
+
+    def quantized_from(
+        self, data: bytes, digest: str, path: str | Path, size: tuple[int, int], *, gray: bool | None = True,
+        resample: Resample = "bilinear", window: tuple[float, float] | None = None,
+    ) -> tuple[np.ndarray, tuple[int, int], tuple[float, float] | None]:
+        """The entry of bytes already read and hashed (``data``, ``digest``): loaded, or decoded and stored."""
+        window = window if window is not None and is_dicom(path) else None
+        if self.enabled:
+            raw = self._load_raw(self.entry_path(digest, size, gray, resample, window), size, gray)
+            if raw is not None:
+                self.hits += 1
+                return raw
+        self.misses += 1
+        image, quantized = self._decode(data, path, size, gray, resample, window)
+        if self.enabled:
+            self._store(self.entry_path(digest, size, gray, resample, window), quantized, image)
+        return quantized, image.original_size, image.spacing
+
+    def read_and_hash(self, path: str | Path) -> tuple[bytes, str]:
+        """The file's bytes and their :func:`content_hash` (remembered by stat, as for :meth:`get`)."""
+        return self._read_and_hash(path)
+
     def entry_path(self, digest: str, size: tuple[int, int], gray: bool | None, resample: Resample = "bilinear",
                    window: tuple[float, float] | None = None) -> Path:
         """Where the entry for these bytes and settings lives (sharded by the hash's first byte)."""
@@ -275,6 +308,11 @@ class DecodeCache:
         return CachedImage(_dequantize(quantized), img.original_size, img.spacing), quantized
 
     def _load(self, entry: Path, size: tuple[int, int], gray: bool | None) -> CachedImage | None:
+        raw = self._load_raw(entry, size, gray)
+        return None if raw is None else CachedImage(_dequantize(raw[0]), raw[1], raw[2])
+
+    def _load_raw(self, entry: Path, size: tuple[int, int], gray: bool | None
+                  ) -> tuple[np.ndarray, tuple[int, int], tuple[float, float] | None] | None:
         try:
             with np.load(entry, allow_pickle=False) as z:
                 q, osz, sp = z["pixels"], z["original_size"], z["spacing"]
@@ -288,7 +326,7 @@ class DecodeCache:
             self.corrupt += 1
             return None
         spacing = None if np.isnan(sp).any() else (float(sp[0]), float(sp[1]))
-        return CachedImage(_dequantize(q), (int(osz[0]), int(osz[1])), spacing)
+        return q, (int(osz[0]), int(osz[1])), spacing
 
     def _store(self, entry: Path, quantized: np.ndarray, image: CachedImage) -> None:
         spacing = np.array(image.spacing if image.spacing is not None else (np.nan, np.nan), np.float64)

@@ -45,6 +45,8 @@ class LoadedImages:
     spacings: list[tuple[float, float] | None]
     kept: np.ndarray  #: indices into the requested paths that loaded
     skipped: list[Skipped] = field(default_factory=list)
+    #: the decode cache's content hash of each kept file's bytes (computed while reading it: no second read)
+    digests: list[str] = field(default_factory=list)
 
 
 def load_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: str | Path, *, gray: bool = True,
@@ -53,11 +55,14 @@ def load_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
     """Decode (or read from the cache) every path at ``size``; bad files raise or are skipped and reported.
 
     ``min_size``: smallest accepted side of the file in px; ``window``: DICOM (center, width), other files ignore it.
+    Each file is read once; the pixels go straight into one preallocated (N, C, H, W) tensor (no list of per-image
+    arrays beside it, which doubled the peak).
     """
     from transfer.data.cache import DecodeCache
 
     cache = DecodeCache(cache_dir)
-    arrays, sizes, spacings, kept, skipped = [], [], [], [], []
+    out: torch.Tensor | None = None
+    sizes, spacings, kept, skipped, digests = [], [], [], [], []
     it: Any = paths
     if progress and len(paths) > 20:
         from tqdm.auto import tqdm
@@ -65,21 +70,26 @@ def load_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
         it = tqdm(paths, desc=desc, leave=False)
     for i, p in enumerate(it):
         try:
-            c = cache.get(p, size, gray=gray, window=window)
-            check_min_size(p, c.original_size, min_size)
+            q, original_size, spacing, digest = cache.get_quantized(p, size, gray=gray, window=window)
+            check_min_size(p, original_size, min_size)
         except MedTransferError as e:
             if on_bad == "skip":
                 skipped.append(Skipped(str(p), str(e), "too small" if isinstance(e, ImageTooSmallError) else "unreadable"))
                 continue
             raise
-        arrays.append(torch.from_numpy(np.ascontiguousarray(c.array, dtype=np.float32)))
-        sizes.append(c.original_size)
-        spacings.append(c.spacing)
+        if out is None:
+            out = torch.empty((len(paths) - i, *q.shape), dtype=torch.float32)
+        # the cache's dequantisation (float32 / 65535), row by row
+        np.divide(q, np.float32(65535.0), out=out[len(kept)].numpy(), dtype=np.float32)
+        sizes.append(original_size)
+        spacings.append(spacing)
         kept.append(i)
-    if not arrays:
+        digests.append(digest)
+    if out is None:
         example = f"e.g. {skipped[0].reason}" if skipped else "no path given"
         raise MedTransferError(f"no image could be read ({len(skipped)} skipped, {example})")
-    return LoadedImages(torch.stack(arrays), np.asarray(sizes, dtype=np.int64), spacings, np.asarray(kept), skipped)
+    images = out if len(kept) == len(out) else out[: len(kept)].clone()
+    return LoadedImages(images, np.asarray(sizes, dtype=np.int64), spacings, np.asarray(kept), skipped, digests)
 
 
 class ImageDataset(Dataset):

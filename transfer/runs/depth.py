@@ -65,7 +65,7 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
                                 scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.gamma),
                                 train_mode=train_mode, precision=task.precision)
     num_samples = t.steps_per_epoch * t.batch_size if t.steps_per_epoch else None
-    loader = make_loader(splits.train, t.batch_size, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
+    loader = make_loader(splits.train, t.batch_size, shuffle=True, num_workers=cfg.data.workers(), seed=cfg.seed,
                          drop_last=len(splits.train) > t.batch_size or num_samples is not None, device=engine.device,
                          num_samples=num_samples, worker_seed=loader_seed(cfg.seed, rank()))
 

@@ -1,4 +1,8 @@
-"""Stage 1's unlabelled pool: a folder tree, a CSV of paths, or a labelled dataset's images (labels unused)."""
+"""Stage 1's unlabelled pool: a folder tree, a CSV of paths, or a labelled dataset's images (labels unused).
+
+A folder or CSV pool is held in memory while small (``data.in_memory``) and streamed from a packed uint16 file
+(:mod:`transfer.data.packed`) when large; a labelled dataset's images are always in memory (the task loads them).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,11 +16,13 @@ import torch
 
 from transfer.api import TASKS
 from transfer.config import Config
-from transfer.data.cache import content_hash
-from transfer.data.datasets import Skipped, load_images
+from torch.utils.data import Dataset
+
+from transfer.data.datasets import ImageDataset, Skipped, load_images
 from transfer.data.fingerprint import DataFingerprint, item_digests
 from transfer.data.inventory import describe_skipped, scan_folder
-from transfer.data.readers import read_file_bytes, supported_suffixes
+from transfer.data.packed import PackedImageDataset, PackedImages, pack_images
+from transfer.data.readers import supported_suffixes
 from transfer.data.tables import read_listing
 from transfer.errors import DatasetError
 
@@ -25,20 +31,61 @@ PATH_COLUMNS = ("path", "image_path", "image", "file")
 
 @dataclasses.dataclass
 class Pool:
-    images: torch.Tensor  #: (N, C, H, W) in [0, 1]
+    """The pool, in memory (``images``) or streamed from a packed file (``packed``; ``images`` is then None)."""
+
+    images: torch.Tensor | None  #: (N, C, H, W) in [0, 1]; None when streamed
     ids: list[str]
-    fingerprint: str  #: hash of the pool's image contents, order-independent
+    fingerprint: str  #: hash of the pool's image contents (its files' bytes), order-independent
     skipped: list[dict[str, str]]
     source: str
+    packed: PackedImages | None = None
+
+    def __len__(self) -> int:
+        return len(self.packed) if self.packed is not None else len(self.images)  # type: ignore[arg-type]
+
+    @property
+    def streamed(self) -> bool:
+        return self.packed is not None
+
+    def dataset(self) -> Dataset:
+        """Items ``{"image", "index"}``: float tensors from memory, or uint16 rows read on demand (converted to float
+        on the device by the engine)."""
+        if self.packed is not None:
+            return PackedImageDataset(self.packed)
+        assert self.images is not None
+        return ImageDataset(self.images, ids=self.ids)
+
+    def sample(self, k: int = 8) -> torch.Tensor:
+        """The first ``k`` images as float32 (C, H, W) in [0, 1] (media)."""
+        k = min(k, len(self))
+        if self.packed is not None:
+            return self.packed.floats(range(k))
+        assert self.images is not None
+        return self.images[:k]
 
     @functools.cached_property
     def digests(self) -> DataFingerprint:
-        """One digest per image, stored with the resume state: a resume on a changed pool is refused."""
+        """One digest per image, stored with the resume state: a resume on a changed pool is refused. The same
+        digests in memory and streamed (those of the float32 pixels; a streamed pool's were taken when packed)."""
+        if self.packed is not None:
+            return {"pool": [[i, d] for i, d in zip(self.packed.ids, self.packed.pixel_digests)]}
+        assert self.images is not None
         return {"pool": item_digests(self.images, self.ids)}
 
 
+def pool_in_memory(cfg: Config, n: int) -> bool:
+    """``data.in_memory`` resolved for a pool of ``n`` files: ``auto`` keeps it in memory while its float32 tensor
+    fits ``data.in_memory_max_gib``."""
+    if cfg.data.in_memory != "auto":
+        return bool(cfg.data.in_memory)
+    h, w = cfg.data.image_size
+    channels = 1 if cfg.backbone.in_chans == 1 else 3
+    return n * channels * h * w * 4 <= cfg.data.in_memory_max_gib * 2**30
+
+
 def load_pool(cfg: Config) -> Pool:
-    """The unlabelled images named by ``pretrain.pool`` / ``pretrain.pool_format``."""
+    """The unlabelled images named by ``pretrain.pool`` / ``pretrain.pool_format``, in memory or streamed
+    (``data.in_memory``). Each file is read and hashed once: the decode cache's hashes are the fingerprint's."""
     p = cfg.pretrain
     if p.pool_format == "labelled":
         return _labelled_pool(cfg)
@@ -49,14 +96,21 @@ def load_pool(cfg: Config) -> Pool:
     paths = _folder_paths(root, unused) if p.pool_format == "folder" else _csv_paths(root, cfg)
     if not paths:
         raise DatasetError(f"{root}: the pretrain pool holds no image ({', '.join(supported_suffixes())})")
-    loaded = load_images(paths, **cfg.data.decode_options(), gray=cfg.backbone.in_chans == 1,
-                         on_bad=p.on_bad, progress=cfg.tracking.progress, desc="decoding pool")
-    digests = sorted(content_hash(read_file_bytes(paths[i])) for i in loaded.kept)
-    fp = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
-    skipped = [vars(s) for s in unused + loaded.skipped]
+    options = {**cfg.data.decode_options(), "gray": cfg.backbone.in_chans == 1, "on_bad": p.on_bad,
+               "progress": cfg.tracking.progress}
+    images: torch.Tensor | None = None
+    packed: PackedImages | None = None
+    if pool_in_memory(cfg, len(paths)):
+        loaded = load_images(paths, **options, desc="decoding pool")
+        images, ids, digests, bad = loaded.images, [str(paths[i]) for i in loaded.kept], loaded.digests, loaded.skipped
+    else:
+        packed = pack_images(paths, **options, source=str(root), desc="packing pool")
+        ids, digests, bad = packed.ids, packed.file_digests, packed.skipped
+    fp = hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
+    skipped = [vars(s) for s in unused + bad]
     if skipped:
-        print(describe_skipped(unused + loaded.skipped), file=sys.stderr)
-    return Pool(loaded.images, [str(paths[i]) for i in loaded.kept], fp, skipped, str(root))
+        print(describe_skipped(unused + bad), file=sys.stderr)
+    return Pool(images, ids, fp, skipped, str(root), packed)
 
 
 def _labelled_pool(cfg: Config) -> Pool:

@@ -12,7 +12,6 @@ from PIL import Image
 
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
-from transfer.data.datasets import ImageDataset
 from transfer.distributed import barrier, is_main_process, rank
 from transfer.engine import Engine, FitResult, make_loader, resolve_device
 from transfer.errors import DatasetError
@@ -49,8 +48,8 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     if not restart and (done := prior_run(run_dir, "backbone.pt", key, "pretrain")) is not None:
         return done
     pool = load_pool(cfg)
-    if len(pool.images) < p.batch_size:
-        raise DatasetError(f"the pretrain pool has {len(pool.images)} images, fewer than pretrain.batch_size={p.batch_size}")
+    if len(pool) < p.batch_size:
+        raise DatasetError(f"the pretrain pool has {len(pool)} images, fewer than pretrain.batch_size={p.batch_size}")
     with run_lock(run_dir):  # one start of a run at a time; a second one is refused, naming the first
         if not restart:
             # again under the lock: another start may have finished it, or left resume states, meanwhile
@@ -85,7 +84,7 @@ def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, k
         ckpt, provenance = _save(cfg, method, pool, report, run, selection)
         summary = {
             "run": name, "method": p.method, "backbone": cfg.backbone.name, "init": cfg.init,
-            "pool": pool.source, "pool_size": len(pool.images), "skipped": pool.skipped,
+            "pool": pool.source, "pool_size": len(pool), "streamed": pool.streamed, "skipped": pool.skipped,
             "data_fingerprint": pool.fingerprint, "epochs": len(history), "final": history[-1],
             "selection": selection, "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
             "cpu_seconds": round(time.process_time() - cpu0, 1),
@@ -134,10 +133,10 @@ def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run, key: dict[
     opt = build_pretrain_optimizer(method, p)
     engine = Engine.from_config(method, opt, cfg.runtime, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs),
                                 grad_clip=p.grad_clip, progress=cfg.tracking.progress)
-    loader = make_loader(ImageDataset(pool.images, ids=pool.ids), p.batch_size, shuffle=True,
-                         num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True, device=engine.device,
+    loader = make_loader(pool.dataset(), p.batch_size, shuffle=True, num_workers=cfg.data.workers(pool.streamed),
+                         seed=cfg.seed, drop_last=True, device=engine.device,
                          worker_seed=loader_seed(cfg.seed, rank()))
-    sample = {"image": pool.images[: min(8, len(pool.images))].to(engine.device)}
+    sample = {"image": pool.sample(8).to(engine.device)}
     probe = _probe(cfg, method, engine.device)
     monitored = probe is not None
     res = engine.fit(loader, p.epochs, evaluate=probe, monitor=p.monitor_metric if monitored else None, mode="max",
@@ -208,13 +207,13 @@ def _save(cfg: Config, method: PretrainMethod, pool: Pool, report: LoadReport, r
     ckpt = run.dir / "backbone.pt"
     provenance = {
         "method": cfg.pretrain.method, "source_weights": cfg.init, "weights_report": report.source, "selection": selection,
-        "data_fingerprint": pool.fingerprint, "pool": pool.source, "pool_size": len(pool.images),
+        "data_fingerprint": pool.fingerprint, "pool": pool.source, "pool_size": len(pool),
         "input_size": list(cfg.data.image_size), "config": to_dict(cfg), "artifact_name": f"backbone-{run.name}",
     }
     if not run.writes:  # under torchrun: rank 0's files
         return ckpt, provenance
     save_backbone_checkpoint(method.encoder, ckpt, provenance)
-    sample = {"image": pool.images[: min(8, len(pool.images))].to(next(method.parameters()).device)}
+    sample = {"image": pool.sample(8).to(next(method.parameters()).device)}
     for k, v in _media(method, sample).items():
         Image.fromarray(v).save(run.dir / f"{k}.png")
     return ckpt, provenance

@@ -5,8 +5,8 @@ with one seed for all, two ranks apply the same random transform to different im
 a batch should see is lost. nanoGPT's way: a seed offset per rank. Rank 0 keeps the run's ``seed`` itself, so a
 one-process run draws exactly what it drew before, and rank 0 of a multi-process run draws what it would alone.
 What every rank must share (splits, label fractions, each epoch's shuffle) is drawn from generators seeded with
-the run's ``seed`` directly, never from these. Worker processes of a DataLoader get a seed per (rank, worker) from
-the loader's generator (see :func:`loader_seed`): torch seeds Python, NumPy and torch in each worker from it.
+the run's ``seed`` directly, never from these. Worker processes of a DataLoader get a seed per (rank, epoch, worker)
+(see :func:`loader_seed`).
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def seed_everything(seed: int, rank: int = 0) -> int:
 
 def loader_seed(seed: int, rank: int = 0) -> int:
     """The seed of a training DataLoader's generator on ``rank``: torch seeds worker w's Python, NumPy and torch
-    RNGs from (a draw of this generator, w), so workers differ within a rank and between ranks. (Workers persist
-    across epochs, ``persistent_workers``, so their seeds do not change with the epoch.)"""
+    RNGs from (a draw of this generator, w), so workers differ within a rank and between ranks. Workers persist
+    across epochs (``persistent_workers``), so ``transfer.engine.make_loader`` also reseeds each worker at the start
+    of every epoch from (this seed, epoch, worker) (``transfer.engine.worker_epoch_seed``): a worker's draws in epoch
+    k depend on (seed, rank, epoch, worker) alone, and a run resumed at epoch k draws what an uninterrupted one
+    does."""
     return rank_seed(seed, rank)
