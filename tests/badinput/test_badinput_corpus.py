@@ -687,7 +687,33 @@ def _seg_no_foreground(c: Ctx, *sets: str) -> list[str]:
                     "task.segmentation.crop_size=32", "task.segmentation.decoder_width=4", *sets)
 
 
+def _seg_empty_fov(c: Ctx) -> list[str]:
+    """Training masks with a foreground square, field-of-view masks all 1, except one test image whose field of view
+    is all 0: it has no pixel to score."""
+    for split, n in (("seg", 8), ("segtest", 3)):
+        for sub in ("images", "masks", "fov"):
+            (c.tmp / split / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            png(c.tmp / split / "images" / f"{i}.png", 950 + 10 * (split == "segtest") + i)
+            m = np.zeros((SIZE, SIZE), np.uint8)
+            m[8:20, 10:22] = 255
+            Image.fromarray(m).save(c.tmp / split / "masks" / f"{i}.png")
+            fov = np.full((SIZE, SIZE), 0 if (split, i) == ("segtest", 1) else 255, np.uint8)
+            Image.fromarray(fov).save(c.tmp / split / "fov" / f"{i}.png")
+    return finetune(c.tmp, "task.name=segmentation", "data.format=mask_folder", "data.train=seg", "data.test=segtest",
+                    "task.segmentation.fov_dir=fov", "task.segmentation.fov_template={stem}.png",
+                    "task.segmentation.class_values=[0, 255]",
+                    "task.segmentation.crop_size=32", "task.segmentation.decoder_width=4")
+
+
+def _check_empty_fov(o: Outcome) -> None:
+    test = o.summary()["test"]
+    assert test["n_unscorable"] == 1 and test["unscorable"] == ["1.png"] and test["n_scored"] + 1 == test["n_images"]
+
+
 CASES += [
+    Case("segmentation: a test image whose field of view is empty", _seg_empty_fov, 0,
+         ("left out of the means (no pixel in the field of view): 1.png",), _check_empty_fov),
     Case("segmentation: every training mask empty", _seg_no_foreground, 2,
          ("seg: no foreground in the training split (6 masks of the 8 read, every one empty inside its field of view)",
           "task.segmentation.allow_no_foreground=true"),
