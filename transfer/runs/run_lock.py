@@ -35,6 +35,23 @@ class RunLockedError(MedTransferError):
     """Another process holds the run directory."""
 
 
+#: descriptors of the run locks this process holds. A flock belongs to the open file, which a fork shares: a
+#: DataLoader worker forked while the lock is held would hold it too, and after a kill -9 of the run it would keep
+#: the run locked until it noticed its parent was gone. Every forked child closes its copies at once.
+_HELD_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_FDS):
+        with suppress(OSError):
+            os.close(fd)
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 def _holder(text: str) -> dict[str, Any]:
     try:
         d = json.loads(text)
@@ -91,12 +108,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, json.dumps(me).encode())
+        _HELD_FDS.add(fd)
         try:
             yield
         finally:
             with suppress(OSError):  # released: the file no longer names a holder (it stays: see _flock)
                 os.ftruncate(fd, 0)
     finally:
+        _HELD_FDS.discard(fd)
         os.close(fd)  # closing releases the flock
 
 
