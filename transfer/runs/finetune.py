@@ -10,7 +10,7 @@ import torch
 from transfer.api import TASKS, Task, TaskModel
 from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config, to_dict
-from transfer.distributed import barrier, is_main_process, rank, world_size
+from transfer.distributed import barrier, rank, world_size
 from transfer.engine import resolve_device
 from transfer.precision import Precision
 from transfer.finetune import recalibrate_batchnorm, trainable_stages
@@ -19,11 +19,10 @@ from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.model_io import model_checkpoint
-from transfer.runs.prior_state import check_resume_data, interrupted, prior_run
-from transfer.runs.run_lock import run_lock
+from transfer.runs.prior_state import claimed_run, interrupted, prior_run
 from transfer.runs.seeding import rank_seed, seed_everything
 from transfer.runs.splits import Splits, prepare_data
-from transfer.tracking import Run, atomic_torch_save, discard_run_state, training_config
+from transfer.tracking import Run, atomic_torch_save, training_config
 from transfer.weights import LoadReport, backbone_from_config
 
 
@@ -60,14 +59,9 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
     if not restart and (done := prior_run(run_dir, "model.pt", key, "finetune")) is not None:
         return done
     splits = prepare_data(task, cfg)
-    with run_lock(run_dir):  # one start of a run at a time; a second one is refused, naming the first
-        if not restart:
-            # again under the lock: another start may have finished it, or left resume states, meanwhile
-            if (done := prior_run(run_dir, "model.pt", key, "finetune")) is not None:
-                return done
-            check_resume_data(run_dir, splits.fingerprint)
-        elif is_main_process():
-            discard_run_state(run_dir)
+    with claimed_run(run_dir, "model.pt", key, "finetune", splits.fingerprint, restart) as done:
+        if done is not None:
+            return done
         run = Run.from_config(cfg.tracking, name, to_dict(cfg),
                               job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
         barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)

@@ -12,16 +12,15 @@ from PIL import Image
 
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
-from transfer.distributed import barrier, is_main_process, rank
+from transfer.distributed import barrier, rank
 from transfer.engine import Engine, FitResult, make_loader, resolve_device
 from transfer.errors import DatasetError
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
-from transfer.runs.prior_state import check_resume_data, interrupted, prior_run
-from transfer.runs.run_lock import run_lock
+from transfer.runs.prior_state import claimed_run, interrupted, prior_run
 from transfer.runs.seeding import loader_seed, seed_everything
-from transfer.tracking import Run, atomic_write_json, discard_run_state, training_config
+from transfer.tracking import Run, atomic_write_json, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
 
 
@@ -50,15 +49,8 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     pool = load_pool(cfg)
     if len(pool) < p.batch_size:
         raise DatasetError(f"the pretrain pool has {len(pool)} images, fewer than pretrain.batch_size={p.batch_size}")
-    with run_lock(run_dir):  # one start of a run at a time; a second one is refused, naming the first
-        if not restart:
-            # again under the lock: another start may have finished it, or left resume states, meanwhile
-            if (done := prior_run(run_dir, "backbone.pt", key, "pretrain")) is not None:
-                return done
-            check_resume_data(run_dir, pool.digests)
-        elif is_main_process():
-            discard_run_state(run_dir)
-        return _run(cfg, method_cls, pool, name, key, (t0, cpu0))
+    with claimed_run(run_dir, "backbone.pt", key, "pretrain", pool.digests, restart) as done:
+        return done if done is not None else _run(cfg, method_cls, pool, name, key, (t0, cpu0))
 
 
 def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, key: dict[str, Any],

@@ -1,13 +1,16 @@
 """What a run directory already holds when a run starts: a finished run of this config, or resume states to check."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from transfer.data.fingerprint import DataFingerprint, data_changes
+from transfer.distributed import is_main_process
 from transfer.engine import ResumeStateError, check_resume_config, read_resume_state
 from transfer.errors import RunInterrupted
-from transfer.tracking import Run, completed_summary
+from transfer.runs.run_lock import run_lock
+from transfer.tracking import Run, completed_summary, discard_run_state
 
 
 def prior_run(run_dir: Path, output: str, config: dict[str, Any], job: str) -> dict[str, Any] | None:
@@ -62,3 +65,23 @@ def interrupted(run: Run) -> RunInterrupted:
                "command to resume")
     run.fail(KeyboardInterrupt(msg), status="interrupted", epochs_saved=progress[0] if progress else 0)
     return RunInterrupted(msg)
+
+
+@contextmanager
+def claimed_run(run_dir: Path, output: str, config: dict[str, Any], job: str, data: DataFingerprint,
+                restart: bool) -> Iterator[dict[str, Any] | None]:
+    """Hold ``run_dir`` for this start of a run (:func:`~transfer.runs.run_lock.run_lock`) and settle what it holds.
+
+    Yields the summary of a run of ``config`` that another start finished meanwhile (the caller returns it), else
+    None once the resume states are checked against ``data`` (or, with ``restart``, discarded by rank 0). Checked
+    again under the lock: another start may have finished the run, or left resume states, since the caller looked.
+    """
+    with run_lock(run_dir):  # one start of a run at a time; a second one is refused, naming the first
+        if not restart:
+            if (done := prior_run(run_dir, output, config, job)) is not None:
+                yield done
+                return
+            check_resume_data(run_dir, data)
+        elif is_main_process():
+            discard_run_state(run_dir)
+        yield None

@@ -19,7 +19,10 @@ from transfer.config import Config, StudyConfig
 from transfer.studies.html_report import markdown_to_html
 from transfer.studies.per_class import per_class_recall
 from transfer.studies.stage1_report import stage1_section
-from transfer.studies.study_plots import plot_roc_intervals, plot_test_metric, plot_validation_curves
+from transfer.studies.seed_stats import (INTERVAL_NAMES, MIN_SEEDS_FOR_INTERVAL, TEST_NAMES, interval_kind,
+                                         min_attainable_p, seeds_needed)
+from transfer.studies.study_plots import (plot_roc_intervals, plot_test_metric, plot_validation_curves,
+                                          validation_curves)
 from transfer.markdown import fmt_cell, fmt_p, md_table
 from transfer.tracking import atomic_write_text
 
@@ -73,8 +76,6 @@ _ANSWER_CELLS = 8
 def answer_section(task: Task, comparisons: pd.DataFrame, seed_test: str) -> list[str]:
     """The report's first lines: for each pair of inits compared, where one is better after Holm, with the
     difference, its bounded interval and ``p_holm``, cell by cell (the strongest first when there are many)."""
-    from transfer.studies.seed_stats import TEST_NAMES
-
     if not len(comparisons):
         return []
     lines = ["## Answer", ""]
@@ -251,8 +252,6 @@ def seeds_column(agg: pd.DataFrame) -> list[str]:
 
 def interval_sentence(task: Task, metric: str) -> str:
     """How the intervals of ``metric`` were computed, as the report states it."""
-    from transfer.studies.seed_stats import INTERVAL_NAMES, MIN_SEEDS_FOR_INTERVAL, interval_kind
-
     lo, hi = task.metric_range(metric)
     kind = interval_kind((lo, hi))
     where = {"logit": f" (`{metric}` lies in [{lo:g}, {hi:g}])", "log": f" (`{metric}` is positive)", "t": ""}[kind]
@@ -270,8 +269,6 @@ def _formatted(agg: pd.DataFrame, column: str, digits: int) -> list[str] | None:
 
 def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = "wilcoxon") -> list[str]:
     """Paired comparisons with Holm-adjusted p-values, the test used, effect sizes, and what the seeds allow."""
-    from transfer.studies.seed_stats import MIN_SEEDS_FOR_INTERVAL, TEST_NAMES, min_attainable_p, seeds_needed
-
     if not len(comparisons):
         return []
     better = "positive" if task.mode == "max" else "negative"
@@ -296,7 +293,7 @@ def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = 
                   f"t-interval of the mean paired difference{truncated} (`-` below {MIN_SEEDS_FOR_INTERVAL} pairs); "
                   "effect sizes: Cohen's d_z (mean / SD of the differences) and the matched-pairs rank-biserial "
                   "correlation.",
-                  _limits_line(seed_test, pairs, n, min_attainable_p, seeds_needed)]
+                  _limits_line(seed_test, pairs, n)]
     if len(by_seed) < n:
         lines += ["- With one seed the unit is the test image: the task's paired test over test images, named in "
                   "the `test` column, on the quantity named in `metric` (classification: a paired bootstrap of the "
@@ -307,10 +304,10 @@ def comparisons_section(task: Task, comparisons: pd.DataFrame, seed_test: str = 
     return lines + ["", md_table(comparisons[cols], 4), ""]
 
 
-def _limits_line(seed_test: str, pairs: int, n: int, min_p, seeds_needed) -> str:  # noqa: ANN001
+def _limits_line(seed_test: str, pairs: int, n: int) -> str:
     if seed_test in ("wilcoxon", "signflip"):
         name = "exact Wilcoxon" if seed_test == "wilcoxon" else "exact sign-flip"
-        floor = min_p(pairs, seed_test)
+        floor = min_attainable_p(pairs, seed_test)
         verdict = ("so no comparison here can reach p < 0.05, whatever the differences" if floor >= 0.05 else
                    "small enough for one comparison" if floor >= 0.05 / n else "small enough even after Holm")
         return (f"- Limits: with {pairs} paired seeds the {name} test cannot give a two-sided p below "
@@ -363,8 +360,9 @@ def _plots_section(st: StudyConfig, task: Task, df: pd.DataFrame, agg: pd.DataFr
     monitor = task.monitor
     plots = _grid_plots(st, monitor, agg, out)
     bounds = task.metric_range(monitor)
-    plots.append(plot_validation_curves(runs_dir, df, monitor, bounds, out.parent / f"{out.stem}_curves.png"))
-    plots.append(plot_validation_curves(runs_dir, df, monitor, bounds, out.parent / f"{out.stem}_convergence.png",
+    curves = validation_curves(runs_dir, list(df["run"]), monitor)
+    plots.append(plot_validation_curves(curves, df, monitor, bounds, out.parent / f"{out.stem}_curves.png"))
+    plots.append(plot_validation_curves(curves, df, monitor, bounds, out.parent / f"{out.stem}_convergence.png",
                                        x="steps"))
     roc = plot_roc_intervals(runs_dir, df, out.parent / f"{out.stem}_roc.png")
     plots += [roc] if roc is not None else []

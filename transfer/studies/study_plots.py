@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from transfer.studies.seed_stats import seed_interval
 from transfer.tracking import read_metrics
 
 #: the common false-positive-rate grid ROC curves are averaged on
@@ -57,36 +58,41 @@ def save_with_outside_legend(fig: Figure, axes: list[Any], path: Path) -> Path:
     return path
 
 
-def plot_validation_curves(runs_dir: Path, df: pd.DataFrame, monitor: str, bounds: tuple[float, float], path: Path,
-                           x: str = "epoch") -> Path:
+def validation_curves(runs_dir: Path, runs: list[str], monitor: str) -> dict[str, np.ndarray]:
+    """Each run's (epochs, 2) cumulative steps and validation ``monitor``, read once for every curve plot; runs
+    without one are left out."""
+    curves = {r: _curve(runs_dir / r, monitor) for r in runs}
+    return {r: c for r, c in curves.items() if c is not None}
+
+
+def plot_validation_curves(curves: dict[str, np.ndarray], df: pd.DataFrame, monitor: str, bounds: tuple[float, float],
+                           path: Path, x: str = "epoch") -> Path:
     """Validation ``monitor`` per epoch (``x="epoch"``) or against cumulative optimiser steps (``x="steps"``, the
     seed's "AUC vs mini-batches"): one panel per (depth, label fraction), one line per init, the mean over seeds
     with a band (the 95% interval over the seeds still training at that point, inside the metric's range; none
-    where fewer than three are)."""
-    from transfer.studies.seed_stats import seed_interval
-
+    where fewer than three are). ``curves``: :func:`validation_curves`."""
     keys = list(dict.fromkeys(zip(df["depth"], df["label_fraction"])))
     fig, axes = facet_figure(keys, lambda k: f"depth {k[0]}, {k[1]:.0%} of the labels")
     colours = {init: f"C{i}" for i, init in enumerate(dict.fromkeys(df["init"]))}
     for (init, depth, frac), g in df.groupby(["init", "depth", "label_fraction"], sort=False):
-        curves = [c for c in (_curve(runs_dir / r, monitor) for r in g["run"]) if c is not None]
-        if not curves:
+        curves_of_cell = [curves[r] for r in g["run"] if r in curves]
+        if not curves_of_cell:
             continue
-        n = max(len(c) for c in curves)  # seeds stopped early contribute up to their last epoch
-        ys = np.full((len(curves), n), np.nan)
-        xs = np.full((len(curves), n), np.nan)
-        for i, c in enumerate(curves):
+        n = max(len(c) for c in curves_of_cell)  # seeds stopped early contribute up to their last epoch
+        ys = np.full((len(curves_of_cell), n), np.nan)
+        xs = np.full((len(curves_of_cell), n), np.nan)
+        for i, c in enumerate(curves_of_cell):
             ys[i, : len(c)] = c[:, 1]
             xs[i, : len(c)] = np.arange(len(c)) if x == "epoch" else c[:, 0]
         stats = [seed_interval(ys[:, j].tolist(), bounds) for j in range(n)]
         # the mean of the one or two seeds that trained longest is not the cell's curve: drawn while at least three
         # seeds (or every seed of a cell with fewer) are still training
-        drawn = [j for j in range(n) if stats[j]["n"] >= min(3, len(curves))]
+        drawn = [j for j in range(n) if stats[j]["n"] >= min(3, len(curves_of_cell))]
         xm = np.nanmean(xs, axis=0)[drawn]
         stats = [stats[j] for j in drawn]
         ax = axes[(depth, frac)]
         ax.plot(xm, [st["mean"] for st in stats], marker=".", lw=1.4, color=colours[init],
-                label=f"{init} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+                label=f"{init} ({len(curves_of_cell)} seed{'s' * (len(curves_of_cell) > 1)})")
         ax.fill_between(xm, [st["lo"] for st in stats], [st["hi"] for st in stats], color=colours[init], alpha=0.18,
                         lw=0)
     for ax in axes.values():
