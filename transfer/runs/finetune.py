@@ -19,7 +19,7 @@ from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.model_io import model_checkpoint
-from transfer.runs.prior_state import claimed_run, interrupted, prior_run
+from transfer.runs.prior_state import claimed_run, prior_run, recorded
 from transfer.runs.seeding import rank_seed, seed_everything
 from transfer.runs.splits import Splits, prepare_data
 from transfer.tracking import Run, atomic_torch_save, training_config
@@ -65,7 +65,7 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
         run = Run.from_config(cfg.tracking, name, to_dict(cfg),
                               job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
         barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)
-        try:
+        with recorded(run):
             model, report = _build_model(cfg, task, splits, run)
             if feature_memo is not None and model.feature_memo is not None:
                 model.feature_memo = feature_memo
@@ -75,13 +75,6 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
                             "unused_keys": report.unexpected, "seconds": round(time.time() - t0, 1),
                             "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(device)})
             return _finish(cfg, task, model, run, summary)
-        except KeyboardInterrupt:
-            raise interrupted(run) from None
-        except Exception as e:
-            run.fail(e)
-            raise
-        finally:
-            run.finish()
 
 
 def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:

@@ -18,7 +18,7 @@ from transfer.errors import DatasetError
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
-from transfer.runs.prior_state import claimed_run, interrupted, prior_run
+from transfer.runs.prior_state import claimed_run, prior_run, recorded
 from transfer.runs.seeding import loader_seed, seed_everything
 from transfer.tracking import Run, atomic_write_json, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
@@ -63,7 +63,7 @@ def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, k
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
                           tags=["pretrain", p.method, cfg.backbone.name])
     barrier()  # under torchrun: no rank reads a resume state before rank 0 has discarded it (--restart)
-    try:
+    with recorded(run):
         backbone, report = backbone_from_config(cfg.backbone, cfg.init)
         print(report.summary())
         if cfg.init not in ("imagenet", "scratch"):
@@ -88,13 +88,6 @@ def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, k
             (run.dir / "last.pt").unlink(missing_ok=True)
         run.log_artifact(ckpt, f"backbone-{name}", "backbone", {k: v for k, v in provenance.items() if k != "config"})
         return summary
-    except KeyboardInterrupt:
-        raise interrupted(run) from None
-    except Exception as e:
-        run.fail(e)
-        raise
-    finally:
-        run.finish()
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, warmup: int, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:

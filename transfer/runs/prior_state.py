@@ -85,3 +85,18 @@ def claimed_run(run_dir: Path, output: str, config: dict[str, Any], job: str, da
         elif is_main_process():
             discard_run_state(run_dir)
         yield None
+
+
+@contextmanager
+def recorded(run: Run) -> Iterator[Run]:
+    """The body of a run: Ctrl-C becomes :func:`interrupted` (exit 130, what the rerun will do), any other error is
+    recorded in ``failed.json`` and raised, and the run (its W&B mirror) is finished either way."""
+    try:
+        yield run
+    except KeyboardInterrupt:
+        raise interrupted(run) from None
+    except Exception as e:
+        run.fail(e)
+        raise
+    finally:
+        run.finish()
