@@ -21,7 +21,7 @@ from torch import nn
 
 from transfer.backbones import StagedBackbone
 from transfer.backbones.feature_memo import FrozenFeatureMemo
-from transfer.config import Config
+from transfer.config import Config, DataConfig
 from transfer.data.datasets import ImageDataset, Skipped
 from transfer.errors import DatasetError
 from transfer.precision import Precision, inference_forward
@@ -97,6 +97,28 @@ class ExtraStage:
     reads_stage_outputs: bool = True  #: as :attr:`TaskModel.reads_stage_outputs`
 
 
+@dataclass(frozen=True)
+class TaskSetup:
+    """What a task reads of a run's config, and nothing more: the data section, its own option section, and the few
+    run facts that shape loading and the model. A task never sees the training, runtime or tracking sections, so
+    what it does cannot depend on how the run is driven (device, precision and rank reach it as arguments)."""
+
+    name: str
+    data: DataConfig
+    options: Any  #: the task's option section ``task.<name>`` (an instance of ``Task.options_class``, or None)
+    gray: bool  #: the backbone takes one channel (``backbone.in_chans == 1``): images are decoded as grayscale
+    seed: int  #: the run's seed: bootstrap resampling and other draws that must be the same on every rank
+    progress: bool = False  #: progress bars while decoding
+    init: str = "imagenet"  #: the backbone's starting point and ...
+    depth: str = "all"  #: ... the fine-tuning depth, for tasks whose model depends on them (a refinement backbone)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "TaskSetup":
+        name = cfg.task.name
+        return cls(name=name, data=cfg.data, options=cfg.task.section(name), gray=cfg.backbone.in_chans == 1,
+                   seed=cfg.seed, progress=cfg.tracking.progress, init=cfg.init, depth=cfg.train.depth)
+
+
 class Task(ABC):
     """A downstream task: dataset formats, head, loss, metrics, plots.
 
@@ -117,11 +139,15 @@ class Task(ABC):
     #: Metrics not listed are unbounded.
     metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
 
-    def __init__(self, cfg: Config) -> None:
-        if cfg.data.format not in self.formats:
-            raise DatasetError(f"data.format {cfg.data.format!r} is not valid for task {self.name}; "
+    def __init__(self, setup: TaskSetup | Config) -> None:
+        """``setup``: what the task reads (a whole :class:`Config` is reduced to it here, and not kept)."""
+        if isinstance(setup, Config):
+            setup = TaskSetup.from_config(setup)
+        if setup.data.format not in self.formats:
+            raise DatasetError(f"data.format {setup.data.format!r} is not valid for task {self.name}; "
                                f"valid: {', '.join(self.formats)}")
-        self.cfg = cfg
+        self.setup = setup
+        self.data = setup.data
         self.skipped: list[Skipped] = []
         self.info: dict[str, Any] = {}
         #: counts loading found that a run reports in ``summary.json`` beside its split sizes (e.g. masked labels)
@@ -145,11 +171,15 @@ class Task(ABC):
     @property
     def options(self) -> Any:
         """This task's option section, ``task.<name>`` (an instance of ``options_class``)."""
-        return self.cfg.task.section(self.name)
+        return self.setup.options
+
+    @property
+    def seed(self) -> int:
+        return self.setup.seed
 
     def resolve(self, rel: str) -> Path:
         """A path from the config, relative to ``data.root`` unless absolute (``#key`` suffix kept)."""
-        return self.cfg.data.resolve(rel)
+        return self.data.resolve(rel)
 
     @abstractmethod
     def load_split(self, spec: str, which: str) -> ImageDataset:
@@ -272,5 +302,10 @@ class PretrainMethod(nn.Module, ABC):
 
 #: downstream tasks: name -> Task subclass
 TASKS: Registry[type[Task]] = Registry("task", "medtransfer.tasks")
+
+
+def make_task(cfg: Config) -> Task:
+    """The registered task ``cfg.task.name``, given what it reads of ``cfg`` (:class:`TaskSetup`)."""
+    return TASKS.get(cfg.task.name)(TaskSetup.from_config(cfg))
 #: stage-1 methods: name -> PretrainMethod subclass
 PRETRAIN_METHODS: Registry[type[PretrainMethod]] = Registry("pretrain method", "medtransfer.pretrain_methods")

@@ -88,9 +88,9 @@ class ClassificationTask(Task):
 
     # -- data ----------------------------------------------------------------
     def load_split(self, spec: str, which: str) -> ImageDataset:
-        cfg = self.cfg
-        fmt = cfg.data.format
-        gray = cfg.backbone.in_chans == 1
+        data, setup = self.data, self.setup
+        fmt = data.format
+        gray = setup.gray
         if fmt == "npz":
             return self._load_npz(spec, which, gray)
         if fmt == "folder":
@@ -98,8 +98,8 @@ class ClassificationTask(Task):
         else:
             paths, labels, groups, names = self._read_csv(self.resolve(spec))
         self._set_classes(names, str(spec))
-        loaded = load_images(paths, **cfg.data.decode_options(), gray=gray, on_bad=cfg.data.on_bad,
-                             progress=cfg.tracking.progress, desc=f"decoding {which}")
+        loaded = load_images(paths, **data.decode_options(), gray=gray, on_bad=data.on_bad,
+                             progress=setup.progress, desc=f"decoding {which}")
         self.skipped += loaded.skipped
         targets = {"label": labels[loaded.kept]}
         ds = ImageDataset(loaded.images, targets, [str(paths[i]) for i in loaded.kept])
@@ -131,7 +131,7 @@ class ClassificationTask(Task):
             x = x.mean(1, keepdim=True)
         elif not gray and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1).contiguous()
-        h, w = self.cfg.data.image_size
+        h, w = self.data.image_size
         if x.shape[-2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
         source = f"{file}#{key or which}"
@@ -201,7 +201,7 @@ class ClassificationTask(Task):
         for col in ("path", "label"):
             if col not in df.columns:
                 raise DatasetError(f"{path}: missing column {col!r} (columns: {list(df.columns)}; expected path, label[, group])")
-        base = self.cfg.data.image_base(path)
+        base = self.data.image_base(path)
         check_label_rows(df, path)
         raw = df["label"].astype(str).str.strip().tolist()
         names = self.info.get("class_names") or sorted(set(raw))
@@ -232,7 +232,7 @@ class ClassificationTask(Task):
             self.info["class_weights"] = weights.tolist()
         elif c.class_weights == "balanced" and "class_weights" in self.info:
             weights = torch.tensor(self.info["class_weights"], dtype=torch.float32)
-        aug = BatchAugment(self.cfg.data.augment)
+        aug = BatchAugment(self.data.augment)
         return ClassifierModel(backbone, k, dropout=c.dropout, class_weights=weights, augment=aug,
                                feature_memo=FrozenFeatureMemo())
 
@@ -248,7 +248,7 @@ class ClassificationTask(Task):
         prob = self._probs(model, dataset, device, batch_size)
         y = dataset.target_array("label")
         m = classification_metrics(y, prob, bootstrap=self.options.bootstrap if with_ci else 0,
-                                   seed=self.cfg.seed)
+                                   seed=self.seed)
         m["loss"] = float(F.cross_entropy(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y)))
         df = self._frame(dataset, prob)
         df.insert(1, "label", [self.info["class_names"][i] for i in y])
@@ -287,7 +287,7 @@ class ClassificationTask(Task):
         col = f"prob_{names[1]}"
         # the configured resample count (task.classification.bootstrap), as for the CIs; 0 there only turns the CIs off
         n = self.options.bootstrap or 2000
-        return paired_bootstrap_auc(y, a[col].to_numpy(), b[col].to_numpy(), n=n, seed=self.cfg.seed)
+        return paired_bootstrap_auc(y, a[col].to_numpy(), b[col].to_numpy(), n=n, seed=self.seed)
 
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         out = super().summary_metrics(metrics)

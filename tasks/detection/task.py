@@ -59,18 +59,18 @@ class DetectionTask(Task):
         return classes
 
     def load_split(self, spec: str, which: str) -> ImageDataset:
-        cfg, classes = self.cfg, self.classes
+        data, setup, classes = self.data, self.setup, self.classes
         path = self.resolve(spec)
-        on_bad = cfg.data.on_bad
-        if cfg.data.format == "voc":
-            image_dir = self.resolve(cfg.data.image_dir) if cfg.data.image_dir else None
+        on_bad = data.on_bad
+        if data.format == "voc":
+            image_dir = self.resolve(data.image_dir) if data.image_dir else None
             parsed = read_voc(path, classes, image_dir, on_bad)
         else:
-            parsed = read_coco(path, classes, cfg.data.image_base(path), on_bad)
+            parsed = read_coco(path, classes, data.image_base(path), on_bad)
         if not parsed.items:
             raise DatasetError(f"{path}: no annotated image to load ({len(parsed.skipped)} skipped)")
-        loaded = load_images([it.image for it in parsed.items], **cfg.data.decode_options(),
-                             gray=cfg.backbone.in_chans == 1, on_bad=on_bad, progress=cfg.tracking.progress,
+        loaded = load_images([it.image for it in parsed.items], **data.decode_options(),
+                             gray=setup.gray, on_bad=on_bad, progress=setup.progress,
                              desc=f"decoding {which}")
         parsed.skipped += loaded.skipped
         counts = {"boxes_clipped": 0, "boxes_dropped": 0, **parsed.counts}
@@ -117,12 +117,12 @@ class DetectionTask(Task):
 
     # -- model ---------------------------------------------------------------
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> DetectionModel:
-        a = self.cfg.data.augment
+        a = self.data.augment
         bad = [k for k in ("rotation", "scale", "translate", "brightness", "contrast") if getattr(a, k)]
         if bad:
             raise ConfigError(f"data.augment.{bad[0]}: not supported by the detection task (the boxes would not "
                               "follow); use data.augment.hflip and task.detection.vflip")
-        return DetectionModel(backbone, len(self.classes), self.options, tuple(self.cfg.data.image_size),
+        return DetectionModel(backbone, len(self.classes), self.options, tuple(self.data.image_size),
                               hflip=a.hflip)
 
     @torch.no_grad()
@@ -232,7 +232,7 @@ class DetectionTask(Task):
         if list(fa["image"]) != list(fb["image"]):
             raise DatasetError("paired comparison needs predictions on the same images in the same order")
         return paired_errors(fa["score"].to_numpy(float), fb["score"].to_numpy(float), metric="f1_per_image",
-                             seed=self.cfg.seed)
+                             seed=self.seed)
 
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         out = {k: float(v) for k, v in metrics.items()

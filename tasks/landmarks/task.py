@@ -200,7 +200,7 @@ class LandmarkTask(Task):
         self._set_landmarks(len(columns), csv)
         coords, visible = landmark_coordinates(df, image_col, columns, csv, self.options.missing)
         csv_spacing = spacing_column(df, image_col, csv)
-        paths = image_paths(df[image_col], csv, self.cfg.data.image_base(csv))
+        paths = image_paths(df[image_col], csv, self.data.image_base(csv))
         check_images_once(paths, coords, csv)
         loaded = self._load_images(paths, which)
         coords, visible = coords[loaded.kept], visible[loaded.kept]
@@ -231,9 +231,9 @@ class LandmarkTask(Task):
 
     def _load_images(self, paths: list[Path], which: str) -> LoadedImages:
         """Decode (or read from the cache) at the working size; skipped files are recorded in ``self.skipped``."""
-        cfg = self.cfg
-        loaded = load_images(paths, **cfg.data.decode_options(), gray=cfg.backbone.in_chans == 1,
-                             on_bad=cfg.data.on_bad, progress=cfg.tracking.progress, desc=f"decoding {which}")
+        data, setup = self.data, self.setup
+        loaded = load_images(paths, **data.decode_options(), gray=setup.gray,
+                             on_bad=data.on_bad, progress=setup.progress, desc=f"decoding {which}")
         self.skipped += loaded.skipped
         return loaded
 
@@ -258,7 +258,7 @@ class LandmarkTask(Task):
 
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> LandmarkModel:
         c = self.options
-        aug = BatchAugment(self.cfg.data.augment, flip_pairs=[tuple(p) for p in c.flip_pairs], landmarks=True)
+        aug = BatchAugment(self.data.augment, flip_pairs=[tuple(p) for p in c.flip_pairs], landmarks=True)
         return LandmarkModel(backbone, self.info["num_landmarks"], head=c.head, hidden=c.hidden, dropout=c.dropout,
                              heatmap_stage=c.heatmap_stage, heatmap_weight=c.heatmap_weight,
                              heatmap_sigma=c.heatmap_sigma, augment=aug, heatmap_stride=c.heatmap_stride,
@@ -270,12 +270,12 @@ class LandmarkTask(Task):
         c = self.options
         if not c.refine:
             return None
-        if self.cfg.init == "scratch" and self.cfg.train.depth != "all":
+        if self.setup.init == "scratch" and self.setup.depth != "all":
             # frozen random stages get BatchNorm statistics from whole training images (recalibrate_batchnorm),
             # which are not what the refinement backbone sees
             raise ConfigError("task.landmarks.refine with init: scratch needs train.depth: all (frozen random "
                               f"stages of the refinement backbone would have no BatchNorm statistics), got "
-                              f"{self.cfg.train.depth!r}")
+                              f"{self.setup.depth!r}")
         from tasks.landmarks.refine import RefinementStage
 
         return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,
@@ -286,12 +286,12 @@ class LandmarkTask(Task):
     def _refine_images(self, paths: list[Path]) -> torch.Tensor:
         """The images the refinement stage crops from, at ``refine_image_size``, as uint8: a full-resolution
         cephalogram is 4.6 MB so, 18.6 MB as float (8-bit sources lose nothing; 16-bit ones keep 8 bits)."""
-        cfg = self.cfg
+        data, setup = self.data, self.setup
         size = tuple(self.options.refine_image_size)
-        options = {**cfg.data.decode_options(), "size": size}
+        options = {**data.decode_options(), "size": size}
         chunks = []
         for i in range(0, len(paths), 8):  # 8 at a time: never the whole split as float
-            loaded = load_images(paths[i : i + 8], **options, gray=cfg.backbone.in_chans == 1, on_bad="error",
+            loaded = load_images(paths[i : i + 8], **options, gray=setup.gray, on_bad="error",
                                  progress=False)
             chunks.append((loaded.images * 255).round().to(torch.uint8))
         return torch.cat(chunks)
@@ -424,7 +424,7 @@ class LandmarkTask(Task):
             raise DatasetError("paired comparison needs predictions on the same images in the same order")
         cols = [c for c in a.columns if c.endswith("_err_mm")]
         return paired_errors(a[cols].mean(1).to_numpy(), b[cols].mean(1).to_numpy(), metric="mre_mm",
-                             seed=self.cfg.seed)
+                             seed=self.seed)
 
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}

@@ -207,7 +207,7 @@ class SegmentationTask(Task):
 
     def _bad(self, path: Path | str, reason: str) -> None:
         """An invalid sample: an error naming the file, or a reported skip with ``data.on_bad: skip``."""
-        if self.cfg.data.on_bad == "skip":
+        if self.data.on_bad == "skip":
             self.skipped.append(Skipped(str(path), reason))
             print(f"warning: skipped {path}: {reason}", file=sys.stderr)
             return
@@ -253,18 +253,18 @@ class SegmentationTask(Task):
         return triples
 
     def load_split(self, spec: str, which: str) -> ImageDataset:
-        cfg, o = self.cfg, self.options
+        data, setup, o = self.data, self.setup, self.options
         split = self.resolve(spec)
         if not split.is_dir():
             raise DatasetError(f"{split}: split folder not found (data.{which} for format mask_folder)")
         triples = self.pair_files(split)
         if not triples:
             raise DatasetError(f"{split}: no image with a mask")
-        loaded = load_images([t[0] for t in triples], **cfg.data.decode_options(),
-                             gray=cfg.backbone.in_chans == 1, on_bad=cfg.data.on_bad, progress=cfg.tracking.progress,
+        loaded = load_images([t[0] for t in triples], **data.decode_options(),
+                             gray=setup.gray, on_bad=data.on_bad, progress=setup.progress,
                              desc=f"decoding {which}")
         self.skipped += loaded.skipped
-        size = tuple(int(s) for s in cfg.data.image_size)
+        size = tuple(int(s) for s in data.image_size)
         keep, masks, fovs, ids, empty, files = [], [], [], [], [], []
         for j, i in enumerate(loaded.kept):
             img, mpath, fpath = triples[int(i)]
@@ -284,7 +284,7 @@ class SegmentationTask(Task):
                 else:
                     fov = np.ones(osz, bool)
             except DatasetError as e:
-                if cfg.data.on_bad != "skip":
+                if data.on_bad != "skip":
                     raise
                 self.skipped.append(Skipped(str(mpath), str(e)))
                 print(f"warning: skipped {mpath}: {e}", file=sys.stderr)
@@ -346,7 +346,7 @@ class SegmentationTask(Task):
         o = self.options
         return SegmentationModel(backbone, len(o.class_values), stride=o.decoder_stride, width=o.decoder_width,
                                  top_stage=o.decoder_top_stage, image_skip=o.image_skip, crop_size=o.crop_size,
-                                 vflip=o.vflip, augment=self.cfg.data.augment, dice_weight=o.dice_weight,
+                                 vflip=o.vflip, augment=self.data.augment, dice_weight=o.dice_weight,
                                  ce_weight=o.ce_weight, foreground_ratio=o.foreground_ratio)
 
     def probabilities(self, model: TaskModel, images: torch.Tensor, device: torch.device,
@@ -454,7 +454,7 @@ class SegmentationTask(Task):
             d = np.asarray([r["dice"] for r in rows], float)
             d = d[np.isfinite(d)]
             if len(d) > 1:
-                rng = np.random.default_rng(self.cfg.seed)
+                rng = np.random.default_rng(self.seed)
                 boots = d[rng.integers(0, len(d), (2000, len(d)))].mean(1)
                 metrics["dice_ci95"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
         df = pd.DataFrame({"image": dataset.ids})
@@ -541,4 +541,4 @@ class SegmentationTask(Task):
 
         if list(a["image"]) != list(b["image"]):
             raise DatasetError("paired comparison needs predictions on the same images in the same order")
-        return paired_errors(a["dice"].to_numpy(), b["dice"].to_numpy(), metric="dice", seed=self.cfg.seed)
+        return paired_errors(a["dice"].to_numpy(), b["dice"].to_numpy(), metric="dice", seed=self.seed)

@@ -56,7 +56,7 @@ class BrightnessTask(Task):
         file, _, key = str(self.resolve(spec)).partition("#")
         images, _ = read_npz_split(file, key or which)
         x = torch.from_numpy(images).float().unsqueeze(1) / 255.0
-        x = F.interpolate(x, size=tuple(self.cfg.data.image_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=tuple(self.data.image_size), mode="bilinear", align_corners=False)
         target = x.mean((1, 2, 3)) * self.options.target_scale
         return ImageDataset(x, {"brightness": target}, [f"{which}:{i}" for i in range(len(x))])
 

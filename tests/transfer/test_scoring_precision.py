@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 
-import transfer.runs.finetune as finetune_run
 from transfer.backbones.staged import StagedBackbone
 from transfer.cli import main
 from transfer.precision import Precision
@@ -31,7 +30,7 @@ def passes(monkeypatch):
         return prepare(self, x)
 
     monkeypatch.setattr(StagedBackbone, "prepare", spy)
-    monkeypatch.setattr(finetune_run.Precision, "resolve", classmethod(lambda cls, *a, **k: _BF16_CL))
+    monkeypatch.setattr(Precision, "resolve", classmethod(lambda cls, *a, **k: _BF16_CL))
     return seen
 
 

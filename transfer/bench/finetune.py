@@ -6,11 +6,11 @@ from typing import Any
 
 import torch
 
-from transfer.api import TASKS
+from transfer.api import make_task
 from transfer.config import Config
-from transfer.engine import Engine, make_loader, resolve_device, to_device
+from transfer.engine import to_device
+from transfer.runs.context import RunContext
 from transfer.runs.depth import setup_depth
-from transfer.runs.seeding import seed_everything
 from transfer.runs.splits import prepare_data
 from transfer.weights import backbone_from_config
 
@@ -22,20 +22,22 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
     neighbour does not decide the ratio. The data-wait share is measured on
     the real DataLoader over the (warm) decoded training set.
     """
-    seed_everything(cfg.seed)
-    task = TASKS.get(cfg.task.name)(cfg)
+    ctx = RunContext.resolve(cfg.runtime, cfg.seed)
+    ctx.seed_shared()
+    device = ctx.device
+    task = make_task(cfg)
+    task.precision = ctx.precision
     splits = prepare_data(task, cfg)
-    device = resolve_device(cfg.runtime.device)
     backbone, _ = backbone_from_config(cfg.backbone, cfg.init)
     model = task.build_model(backbone, splits.train).to(device)
     depth = "all" if cfg.train.depth == "auto" else cfg.train.depth
     _, opt, train_mode = setup_depth(model, cfg, depth)
     t = cfg.train
     bs = min(t.batch_size, len(splits.train))
-    loader = make_loader(splits.train, bs, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = ctx.train_loader(splits.train, bs, num_workers=0, drop_last=True)
     batch = to_device(next(iter(loader)), device)
 
-    engine = Engine.from_config(model, opt, cfg.runtime, progress=False, train_mode=train_mode)
+    engine = ctx.engine(model, opt, progress=False, train_mode=train_mode)
     # the bare loop runs at the engine's precision (autocast, channels_last, the fp16 scaler), so the ratio compares
     # loops, not an fp32 loop with a bf16 one
     precision, scaler = engine.precision, engine.scaler

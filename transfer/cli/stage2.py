@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from transfer.api import TASKS
+from transfer.api import TASKS, make_task
 from transfer.cli.common import add_config_args, load
 from transfer.distributed import is_main_process
 from transfer.runs.evaluate import evaluate_run
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load(args)
-    task = TASKS.get(cfg.task.name)(cfg)  # its headline metrics (some tasks derive them from their options)
+    task = make_task(cfg)  # its headline metrics (some tasks derive them from their options)
     summary = run_finetune(cfg, name=args.name, restart=args.restart)
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0

@@ -1,6 +1,7 @@
 """Training at a fine-tuning depth: freezing and LR groups for a depth, one fit, and the ``auto`` depth search."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -8,11 +9,10 @@ import torch
 
 from transfer.api import Task, TaskModel
 from transfer.config import Config, to_dict
-from transfer.distributed import rank
-from transfer.engine import Engine, FitResult, make_loader
+from transfer.engine import FitResult
 from transfer.finetune import (LRSpec, build_optimizer, depth_names, freeze_stages, param_groups, set_train_mode,
                                trainable_stages)
-from transfer.runs.seeding import loader_seed
+from transfer.runs.context import RunContext
 from transfer.runs.splits import Splits
 from transfer.tracking import Run, training_config
 
@@ -52,25 +52,34 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
     return stages, opt, train_mode
 
 
-def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: str, run: Run, epochs: int,
-              resume_path: Path | None, tag: str = "", rows_before: int = 0) -> tuple[float, int, FitResult]:
-    """Train ``model`` at ``depth``; leaves the best validation state loaded. Returns (best, best_epoch, fit result).
+@dataclass(frozen=True)
+class DepthFit:
+    """One fit at a depth: the best validation value and its epoch, the stages that were trained (those of the
+    depth that receive a gradient), and the engine's record of the fit."""
+
+    best: float
+    best_epoch: int
+    trained_stages: list[str]
+    result: FitResult
+
+
+def fit_depth(task: Task, model: TaskModel, cfg: Config, ctx: RunContext, splits: Splits, depth: str, run: Run,
+              epochs: int, resume_path: Path | None, tag: str = "", rows_before: int = 0) -> DepthFit:
+    """Train ``model`` at ``depth``; leaves the best validation state loaded.
 
     ``rows_before``: rows of ``metrics.jsonl`` written before this depth (``auto``); rows past them and the
     resumed history are dropped before training, so each epoch is in the file once.
     """
-    _, opt, train_mode = setup_depth(model, cfg, depth)
+    stages, opt, train_mode = setup_depth(model, cfg, depth)
     t = cfg.train
-    engine = Engine.from_config(model, opt, cfg.runtime, grad_clip=t.grad_clip, progress=cfg.tracking.progress,
-                                scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.gamma),
-                                train_mode=train_mode, precision=task.precision)
+    engine = ctx.engine(model, opt, grad_clip=t.grad_clip, progress=cfg.tracking.progress,
+                        scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.gamma), train_mode=train_mode)
     num_samples = t.steps_per_epoch * t.batch_size if t.steps_per_epoch else None
-    loader = make_loader(splits.train, t.batch_size, shuffle=True, num_workers=cfg.data.workers(), seed=cfg.seed,
-                         drop_last=len(splits.train) > t.batch_size or num_samples is not None, device=engine.device,
-                         num_samples=num_samples, worker_seed=loader_seed(cfg.seed, rank()))
+    loader = ctx.train_loader(splits.train, t.batch_size, num_workers=cfg.data.workers(), num_samples=num_samples,
+                              drop_last=len(splits.train) > t.batch_size or num_samples is not None)
 
     def evaluate(epoch: int) -> dict[str, float]:
-        res = task.evaluate(model, splits.val, engine.device, batch_size=max(t.batch_size, 64))
+        res = task.evaluate(model, splits.val, ctx.device, batch_size=max(t.batch_size, 64))
         return task.summary_metrics(res.metrics)
 
     rows: list[dict[str, Any]] = []  # this fit's epoch rows, a resumed fit's restored ones first
@@ -97,41 +106,41 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, depth: 
         print(line)
     if res.best_metric is None:  # no finite validation value: nothing to select on, keep the last epoch
         run.warn(f"every validation {task.monitor} at depth {depth} was NaN; kept the last epoch's weights")
-        return float("nan"), res.epochs_run - 1, res
+        return DepthFit(float("nan"), res.epochs_run - 1, stages, res)
     model.load_state_dict(res.best_state)
-    return res.best_metric, res.best_epoch, res
+    return DepthFit(res.best_metric, res.best_epoch, stages, res)
 
 
-def auto_depth(task: Task, model: TaskModel, cfg: Config, splits: Splits, run: Run,
-               curve: list[dict[str, Any]], resumed: dict[str, Any] | None = None) -> tuple[str, float, int]:
+def auto_depth(task: Task, model: TaskModel, cfg: Config, ctx: RunContext, splits: Splits, run: Run,
+               curve: list[dict[str, Any]], resumed: dict[str, Any] | None = None) -> tuple[str, DepthFit]:
     """Tajbakhsh et al.'s incremental procedure: head only, then one more stage at a time while val improves.
 
     Each depth continues from the best weights of the previous one; the best
     model over all depths is kept. Each depth has its resume state (``last_<depth>.pt``); ``resumed`` gets
-    ``epoch``/``depth`` of the last depth that continued from one.
+    ``epoch``/``depth`` of the last depth that continued from one. Returns the chosen depth and its fit.
     """
     t = cfg.train
     epochs = t.auto_epochs or t.epochs
     sign = 1.0 if task.mode == "max" else -1.0
     names = [d for d in depth_names(model.backbone.stage_names) if d != "all"]
-    best_depth, best_metric, best_epoch, best_state = None, None, -1, None
+    best_depth, best, best_state = None, None, None
     rows = 0
     for depth in names:
         stages = trainable_stages(depth, model.backbone.stage_names)
-        if stages and stages[0] in model.unused_stages:
+        if stages and stages[0] in model.unused_stages:  # this depth adds only stages no head reads: as the last
             continue
-        metric, epoch, res = fit_depth(task, model, cfg, splits, depth, run, epochs, run.dir / f"last_{depth}.pt",
-                                       tag=depth, rows_before=rows)
-        rows += res.epochs_run
-        if res.resumed_from is not None and resumed is not None:
-            resumed.update(epoch=res.resumed_from, depth=depth)
-        curve.append({"depth": depth, "val": metric, "best_epoch": epoch})
+        fit = fit_depth(task, model, cfg, ctx, splits, depth, run, epochs, run.dir / f"last_{depth}.pt",
+                        tag=depth, rows_before=rows)
+        rows += fit.result.epochs_run
+        if fit.result.resumed_from is not None and resumed is not None:
+            resumed.update(epoch=fit.result.resumed_from, depth=depth)
+        curve.append({"depth": depth, "val": fit.best, "best_epoch": fit.best_epoch})
         run.write_json("depth_curve.json", curve)
-        if best_metric is None or sign * (metric - best_metric) > t.auto_tolerance:
-            best_depth, best_metric, best_epoch = depth, metric, epoch
+        if best is None or sign * (fit.best - best.best) > t.auto_tolerance:
+            best_depth, best = depth, fit
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             break
-    assert best_state is not None and best_depth is not None and best_metric is not None
+    assert best_state is not None and best_depth is not None and best is not None
     model.load_state_dict(best_state)
-    return best_depth, best_metric, best_epoch
+    return best_depth, best

@@ -5,22 +5,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from transfer.api import TASKS, Task, TaskModel
+from transfer.api import Task, TaskModel, make_task
 from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config, to_dict
-from transfer.distributed import barrier, rank, world_size
-from transfer.engine import resolve_device
-from transfer.precision import Precision
-from transfer.finetune import recalibrate_batchnorm, trainable_stages
+from transfer.distributed import barrier
+from transfer.finetune import recalibrate_batchnorm
 from transfer.runs.config_checks import check_finetune_config
+from transfer.runs.context import RunContext
 from transfer.runs.depth import auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.prior_state import claimed_run, prior_run, recorded
-from transfer.runs.seeding import rank_seed, seed_everything
 from transfer.runs.splits import Splits, prepare_data
 from transfer.tracking import Run, atomic_torch_save, training_config
 from transfer.weights import LoadReport, backbone_from_config
@@ -45,14 +41,13 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
     ``feature_memo``: a memo of frozen-backbone features shared with other runs in this process (a study's cells);
     the model's own, per run, otherwise.
     """
-    seed_everything(cfg.seed)
+    ctx = RunContext.resolve(cfg.runtime, cfg.seed)  # device, precision, rank, seeds: worked out here, once
+    ctx.seed_shared()
     t0 = time.time()
-    task = TASKS.get(cfg.task.name)(cfg)
+    task = make_task(cfg)
     check_finetune_config(cfg)
-    # autocast and memory format, resolved once: the engine trains and the task scores under the same
-    device = resolve_device(cfg.runtime.device)
-    task.precision = Precision.resolve(device, cfg.runtime.amp, cfg.runtime.channels_last)
-    reset_gpu_peak_memory(device)  # the peak of this run, not of an earlier one in the same process (a study)
+    task.precision = ctx.precision  # the engine trains and the task scores under the same autocast and memory format
+    reset_gpu_peak_memory(ctx.device)  # the peak of this run, not of an earlier one in the same process (a study)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "finetune")
@@ -66,18 +61,19 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
                               job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
         barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)
         with recorded(run):
-            model, report = _build_model(cfg, task, splits, run)
+            model, report = _build_model(cfg, ctx, task, splits, run)
             if feature_memo is not None and model.feature_memo is not None:
                 model.feature_memo = feature_memo
-            summary = _train_and_select(cfg, task, model, splits, run)
-            summary.update(_score(cfg, task, model, splits, run))
+            summary = _train_and_select(cfg, ctx, task, model, splits, run)
+            summary.update(_score(cfg, ctx, task, model, splits, run))
             summary.update({"weights": report.source, "missing_keys": report.missing,
                             "unused_keys": report.unexpected, "seconds": round(time.time() - t0, 1),
-                            "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(device)})
+                            "peak_memory_gib": peak_memory_gib(),
+                            "gpu_peak_memory_gib": gpu_peak_memory_gib(ctx.device)})
             return _finish(cfg, task, model, run, summary)
 
 
-def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:
+def _build_model(cfg: Config, ctx: RunContext, task: Task, splits: Splits, run: Run) -> tuple[TaskModel, LoadReport]:
     """Backbone with its weights, the task's new head; BatchNorm statistics for frozen random stages."""
     backbone, report = backbone_from_config(cfg.backbone, cfg.init)
     print(report.summary())
@@ -85,53 +81,49 @@ def _build_model(cfg: Config, task: Task, splits: Splits, run: Run) -> tuple[Tas
         run.use_checkpoint(Path(cfg.init), report.provenance)
     # the head's init does not depend on how many weights were loaded. From here on each rank draws from its own
     # seed (augmentations, crops, jitter); DDP gives every rank rank 0's initial weights, so the model is shared
-    seed_everything(cfg.seed, rank())
-    device = resolve_device(cfg.runtime.device)
-    model = task.build_model(backbone, splits.train).to(device)
+    ctx.seed_own()
+    model = task.build_model(backbone, splits.train).to(ctx.device)
     if cfg.init == "scratch" and cfg.train.depth != "all":
         # frozen random stages need BatchNorm statistics from data (see recalibrate_batchnorm)
-        recalibrate_batchnorm(backbone, splits.train.images, device, max(cfg.train.batch_size, 64))
+        recalibrate_batchnorm(backbone, splits.train.images, ctx.device, max(cfg.train.batch_size, 64))
     return model, report
 
 
-def _train_and_select(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) -> dict[str, Any]:
+def _train_and_select(cfg: Config, ctx: RunContext, task: Task, model: TaskModel, splits: Splits, run: Run
+                      ) -> dict[str, Any]:
     """Train at the configured depth (or search it); the selected model is left loaded."""
     t = cfg.train
-    device = resolve_device(cfg.runtime.device)
     depth_curve: list[dict[str, Any]] = []
     resumed: dict[str, Any] = {}
     if t.depth == "auto":
-        chosen, best_metric, best_epoch = auto_depth(task, model, cfg, splits, run, depth_curve, resumed)
-    else:
-        trainable_stages(t.depth, model.backbone.stage_names)  # validates the name before training
-        best_metric, best_epoch, res = fit_depth(task, model, cfg, splits, t.depth, run, t.epochs,
-                                                 run.dir / "last.pt")
+        chosen, fit = auto_depth(task, model, cfg, ctx, splits, run, depth_curve, resumed)
+    else:  # the depth's name was checked with the config (check_finetune_config)
         chosen = t.depth
-        if res.resumed_from is not None:
-            resumed.update(epoch=res.resumed_from, depth=t.depth)
+        fit = fit_depth(task, model, cfg, ctx, splits, t.depth, run, t.epochs, run.dir / "last.pt")
+        if fit.result.resumed_from is not None:
+            resumed.update(epoch=fit.result.resumed_from, depth=t.depth)
     return {
         "run": run.name, "task": cfg.task.name, "backbone": cfg.backbone.name, "init": cfg.init,
         "depth": t.depth, "selected_depth": chosen,
         # what was trained: stages a head never uses (above a heatmap head's feature map) get no gradient
-        "trainable_stages": [s for s in trainable_stages(chosen, model.backbone.stage_names)
-                             if s not in model.unused_stages],
+        "trainable_stages": fit.trained_stages,
         "label_fraction": cfg.data.label_fraction, "seed": cfg.seed, "image_size": list(cfg.data.image_size),
         "channels": cfg.backbone.in_chans, "channel_policy": cfg.backbone.channels,
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device": str(ctx.device), "device_name": ctx.device_name,
         # processes under torchrun; train.batch_size is per process, so the effective batch is world_size times it
-        "world_size": world_size(),
+        "world_size": ctx.world_size,
         # each rank's RNG seed (rank 0's is the run's seed): ranks draw their own augmentations
-        "rank_seeds": [rank_seed(cfg.seed, r) for r in range(world_size())],
-        "monitor": task.monitor, "best_val": best_metric, "best_epoch": best_epoch, **splits.info,
+        "rank_seeds": ctx.rank_seeds,
+        "monitor": task.monitor, "best_val": fit.best, "best_epoch": fit.best_epoch, **splits.info,
         "depth_curve": depth_curve, "task_info": task.info,
         # the first epoch trained after continuing from a resume state (None: trained from the start)
         "resumed_from_epoch": resumed.get("epoch"), "resumed_at_depth": resumed.get("depth"),
     }
 
 
-def _score(cfg: Config, task: Task, model: TaskModel, splits: Splits, run: Run) -> dict[str, Any]:
+def _score(cfg: Config, ctx: RunContext, task: Task, model: TaskModel, splits: Splits, run: Run) -> dict[str, Any]:
     """Final scores of the selected model: validation, then the test split once; predictions and plots."""
-    device = resolve_device(cfg.runtime.device)
+    device = ctx.device
     media = cfg.tracking.log_media
     media = media and run.writes  # plots are files: rank 0's
     val = task.evaluate(model, splits.val, device, with_ci=True)

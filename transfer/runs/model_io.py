@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from transfer.api import TASKS, Task, TaskModel
+from transfer.api import Task, TaskModel, make_task
 from transfer.config import Config, from_dict, to_dict
 from transfer.config.io import ConfigError, deep_merge, parse_overrides
 from transfer.errors import CheckpointError, UnsafeCheckpointError
@@ -52,7 +52,7 @@ def load_model(path: str | Path, device: torch.device | None = None, cache_dir: 
     data = deep_merge(ck["config"], parse_overrides(overrides)) if overrides else ck["config"]
     cfg = from_dict(Config, data, source=str(path) + (" + --set " + " ".join(overrides) if overrides else ""))
     cfg.data.cache_dir = cache_dir
-    task = TASKS.get(cfg.task.name)(cfg)
+    task = make_task(cfg)
     task.info = dict(ck["task_info"])
     backbone, _ = backbone_from_config(cfg.backbone, "scratch")  # the weights come from the state dict
     model = task.build_model(backbone)

@@ -12,14 +12,14 @@ from PIL import Image
 
 from transfer.api import PRETRAIN_METHODS, PretrainMethod
 from transfer.config import Config, PretrainConfig, to_dict
-from transfer.distributed import barrier, rank
-from transfer.engine import Engine, FitResult, make_loader, resolve_device
+from transfer.distributed import barrier
+from transfer.engine import FitResult
 from transfer.errors import DatasetError
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
+from transfer.runs.context import RunContext
 from transfer.runs.prior_state import claimed_run, prior_run, recorded
-from transfer.runs.seeding import loader_seed, seed_everything
 from transfer.tracking import Run, atomic_write_json, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
 
@@ -37,9 +37,10 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     """
     p = cfg.pretrain
     method_cls = PRETRAIN_METHODS.get(p.method)
+    ctx = RunContext.resolve(cfg.runtime, cfg.seed)  # device, precision, rank, seeds: worked out here, once
     # each rank its own seed (rank 0: the run's): its own views and augmentations; the pool draws nothing, and DDP
     # gives every rank rank 0's initial weights
-    seed_everything(cfg.seed, rank())
+    ctx.seed_own()
     t0, cpu0 = time.time(), time.process_time()
     name = name or cfg.tracking.name or default_pretrain_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
@@ -50,16 +51,15 @@ def run_pretrain(cfg: Config, *, name: str | None = None, restart: bool = False)
     if len(pool) < p.batch_size:
         raise DatasetError(f"the pretrain pool has {len(pool)} images, fewer than pretrain.batch_size={p.batch_size}")
     with claimed_run(run_dir, "backbone.pt", key, "pretrain", pool.digests, restart) as done:
-        return done if done is not None else _run(cfg, method_cls, pool, name, key, (t0, cpu0))
+        return done if done is not None else _run(cfg, ctx, method_cls, pool, name, key, (t0, cpu0))
 
 
-def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, key: dict[str, Any],
+def _run(cfg: Config, ctx: RunContext, method_cls: type[PretrainMethod], pool: Pool, name: str, key: dict[str, Any],
          started: tuple[float, float]) -> dict[str, Any]:
     """The run directory, the fit and the checkpoint (under the run's lock); ``started``: wall and CPU clocks."""
     p = cfg.pretrain
     t0, cpu0 = started
-    device = resolve_device(cfg.runtime.device)
-    reset_gpu_peak_memory(device)
+    reset_gpu_peak_memory(ctx.device)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
                           tags=["pretrain", p.method, cfg.backbone.name])
     barrier()  # under torchrun: no rank reads a resume state before rank 0 has discarded it (--restart)
@@ -70,7 +70,7 @@ def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, k
             run.use_checkpoint(Path(cfg.init), report.provenance)
         options = p.section(method_cls.config_section) if method_cls.config_section else None
         method = method_cls.from_config(backbone, options, tuple(cfg.data.image_size))
-        res = _train(cfg, method, pool, run, key)
+        res = _train(cfg, ctx, method, pool, run, key)
         history = res.history
         selection = selection_record(cfg, res)
         ckpt, provenance = _save(cfg, method, pool, report, run, selection)
@@ -81,7 +81,7 @@ def _run(cfg: Config, method_cls: type[PretrainMethod], pool: Pool, name: str, k
             "selection": selection, "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
             "cpu_seconds": round(time.process_time() - cpu0, 1),
             "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
-            "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(device),
+            "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(ctx.device),
         }
         run.log_summary(summary)  # summary.json + backbone.pt: complete, the resume state is no longer needed
         if run.writes:
@@ -109,20 +109,20 @@ def build_pretrain_optimizer(model: torch.nn.Module, p: PretrainConfig) -> torch
     return torch.optim.AdamW(groups, lr=p.lr)
 
 
-def _train(cfg: Config, method: PretrainMethod, pool: Pool, run: Run, key: dict[str, Any]) -> FitResult:
+def _train(cfg: Config, ctx: RunContext, method: PretrainMethod, pool: Pool, run: Run, key: dict[str, Any]
+           ) -> FitResult:
     """The engine over the pool, with the optional representation check and media every few epochs.
 
     ``key``: the training config the resume state is stored with (and checked against).
     """
     p = cfg.pretrain
     opt = build_pretrain_optimizer(method, p)
-    engine = Engine.from_config(method, opt, cfg.runtime, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs),
-                                grad_clip=p.grad_clip, progress=cfg.tracking.progress)
-    loader = make_loader(pool.dataset(), p.batch_size, shuffle=True, num_workers=cfg.data.workers(pool.streamed),
-                         seed=cfg.seed, drop_last=True, device=engine.device,
-                         worker_seed=loader_seed(cfg.seed, rank()))
-    sample = {"image": pool.sample(8).to(engine.device)}
-    probe = _probe(cfg, method, engine.device)
+    engine = ctx.engine(method, opt, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs), grad_clip=p.grad_clip,
+                        progress=cfg.tracking.progress)
+    loader = ctx.train_loader(pool.dataset(), p.batch_size, num_workers=cfg.data.workers(pool.streamed),
+                              drop_last=True)
+    sample = {"image": pool.sample(8).to(ctx.device)}
+    probe = _probe(cfg, method, ctx.device)
     monitored = probe is not None
     res = engine.fit(loader, p.epochs, evaluate=probe, monitor=p.monitor_metric if monitored else None, mode="max",
                      patience=p.monitor_patience or None, min_delta=p.monitor_min_delta,
@@ -204,15 +204,19 @@ def _save(cfg: Config, method: PretrainMethod, pool: Pool, report: LoadReport, r
     return ckpt, provenance
 
 
-def resolve_pretrain_init(cfg: Config, method: str, root: Path) -> Path:
-    """For studies: the checkpoint of ``method`` pretrained with this config (run once, then reused)."""
+def resolve_pretrain_init(cfg: Config, method: str, root: Path, *, source: str | None = None,
+                          name: str | None = None) -> Path:
+    """For studies: the checkpoint of ``method`` pretrained with this config (run once, then reused), started from
+    ``source`` (default: the config's ``init``), in ``<root>/pretrain/<name>`` (default: the method's name)."""
+    name = name or method
     out = root / "pretrain"
-    ckpt = out / method / "backbone.pt"
+    ckpt = out / name / "backbone.pt"
     if not ckpt.is_file():
-        c = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, method=method),
-                                tracking=dataclasses.replace(cfg.tracking, out_dir=str(out), name=method,
+        c = dataclasses.replace(cfg, init=source or cfg.init,
+                                pretrain=dataclasses.replace(cfg.pretrain, method=method),
+                                tracking=dataclasses.replace(cfg.tracking, out_dir=str(out), name=name,
                                                              wandb_group=cfg.tracking.wandb_group or cfg.study.name))
-        print(f"pretraining {method} for the study ...")
-        s = run_pretrain(c, name=method)
-        atomic_write_json(out / method / "pretrain_summary.json", s)
+        print(f"pretraining {method} from {c.init} for the study ...")
+        s = run_pretrain(c, name=name)
+        atomic_write_json(out / name / "pretrain_summary.json", s)
     return ckpt

@@ -9,7 +9,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from transfer.api import TASKS, batched_forward
+from transfer.api import batched_forward, make_task
 from transfer.config import Config
 from transfer.errors import DatasetError
 
@@ -58,7 +58,7 @@ def probe_data(cfg: Config) -> tuple[torch.Tensor, np.ndarray]:
 
     The task must have class labels (its ``stratify_key``); a task without them cannot score a probe.
     """
-    task = TASKS.get(cfg.task.name)(cfg)
+    task = make_task(cfg)
     if task.stratify_key is None:
         raise DatasetError(f"pretrain.monitor_data needs a task with class labels; task {task.name!r} has none "
                            f"(set task.name to a classification task and data.format to its format)")

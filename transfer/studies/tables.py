@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from transfer.api import TASKS, Task
+from transfer.api import Task, make_task
 from transfer.config import Config
 from transfer.studies.cells import Cell, grid_cells, is_finished
 from transfer.studies.manifest import manifest_config
@@ -55,7 +55,7 @@ def report_path(cfg: Config, root: Path) -> Path:
 def write_study_outputs(cfg: Config, root: Path, report: Path | None = None) -> dict[str, Any]:
     """Tables (CSV), the markdown report (``report``, default :func:`report_path`) and its HTML page, from the
     finished cells under ``root/runs``."""
-    task = TASKS.get(cfg.task.name)(cfg)
+    task = make_task(cfg)
     cells = grid_cells(cfg)
     df = collect_results(task, root, cells)
     missing = [c.name for c in cells if not is_finished(root / "runs" / c.name)]
