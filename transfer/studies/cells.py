@@ -35,11 +35,37 @@ class Cell:
         return f"{prefix}{self.label}-{self.depth}-frac{self.label_fraction:g}-seed{self.seed}"
 
 
+@dataclass(frozen=True)
+class StageOne:
+    """A study init made by stage 1: ``pretrain:<method>`` (stage 1 starts from the config's ``init``) or
+    ``pretrain:<method>@<source>`` (from ``source``: ``scratch``, ``imagenet`` or a checkpoint), so one study can
+    compare a method started from random weights with the same method started from ImageNet."""
+
+    method: str
+    source: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The name of its folder under ``<study>/pretrain`` and of its arm in the tables."""
+        return self.method if self.source is None else f"{self.method}-from-{init_label(self.source)}"
+
+
+def stage_one(init: str) -> StageOne | None:
+    """The stage-1 run behind a study init, or None for an init that needs none."""
+    if not init.startswith("pretrain:"):
+        return None
+    method, _, source = init.split(":", 1)[1].partition("@")
+    if not method or (_ and not source):
+        raise MedTransferError(f"study.inits: {init!r}: expected pretrain:<method> or pretrain:<method>@<source> "
+                               "(source: scratch, imagenet or a checkpoint path)")
+    return StageOne(method, source or None)
+
+
 def init_label(init: str) -> str:
     if init in ("imagenet", "scratch"):
         return init
-    if init.startswith("pretrain:"):
-        return init.split(":", 1)[1]
+    if (one := stage_one(init)) is not None:
+        return one.key
     return Path(init).parent.name or Path(init).stem
 
 
@@ -90,8 +116,8 @@ def is_finished(run_dir: Path) -> bool:
 def cell_config(cfg: Config, cell: Cell, root: Path) -> Config:
     """The fine-tuning config of one cell: its init, seed, depth and label fraction, its run directory."""
     init = cell.init
-    if init.startswith("pretrain:"):
-        init = str(root / "pretrain" / init.split(":", 1)[1] / "backbone.pt")
+    if (one := stage_one(init)) is not None:
+        init = str(root / "pretrain" / one.key / "backbone.pt")
     base = variant_config(cfg, cell.variant)
     return dataclasses.replace(
         base, init=init, seed=cell.seed,

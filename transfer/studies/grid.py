@@ -21,7 +21,8 @@ from transfer.config import Config
 from transfer.config.io import to_dict
 from transfer.runs.finetune import run_finetune
 from transfer.runs.pretrain import resolve_pretrain_init
-from transfer.studies.cells import Cell, cell_config, grid_cells, init_label, is_finished, shard_cells
+from transfer.studies.cells import (Cell, StageOne, cell_config, grid_cells, init_label, is_finished, shard_cells,
+                                     stage_one)
 from transfer.studies.executors import run_jobs
 from transfer.studies.manifest import check_manifest
 from transfer.studies.plan import print_plan
@@ -46,9 +47,9 @@ def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: boo
     if dry_run:
         return print_plan(cfg, root, mine, progress)
     t0 = time.time()
-    methods = sorted({c.init.split(":", 1)[1] for c in mine if c.init.startswith("pretrain:")
-                      and not (root / "pretrain" / c.init.split(":", 1)[1] / "backbone.pt").is_file()})
-    run_jobs(cfg, root, pretrain_job, [(cfg, m, str(root)) for m in methods], "pretrain", progress)
+    stage1 = {one.key: one for c in mine if (one := stage_one(c.init)) is not None
+              and not (root / "pretrain" / one.key / "backbone.pt").is_file()}
+    run_jobs(cfg, root, pretrain_job, [(cfg, stage1[k], str(root)) for k in sorted(stage1)], "pretrain", progress)
     done = {c.name for c in finished}
     numbered = [(k, c) for k, c in enumerate(mine, 1)]
     for k, c in numbered:
@@ -66,16 +67,16 @@ def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: boo
     return out
 
 
-def pretrain_job(cfg: Config, method: str, root: str) -> str:
-    """Stage 1 for ``method`` (a job): its checkpoint, made once; shards that need it at the same time wait for the
+def pretrain_job(cfg: Config, one: StageOne, root: str) -> str:
+    """Stage 1 for ``one`` (a job): its checkpoint, made once; shards that need it at the same time wait for the
     one making it (a file lock on the study's shared folder) instead of training it twice."""
     out = Path(root) / "pretrain"
     out.mkdir(parents=True, exist_ok=True)
-    tags = [*cfg.tracking.tags, f"study:{cfg.study.name}", f"init:{method}"]
+    tags = [*cfg.tracking.tags, f"study:{cfg.study.name}", f"init:{one.key}"]
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tags=tags))
-    with open(out / f".{method}.lock", "w") as lock:
+    with open(out / f".{one.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return str(resolve_pretrain_init(cfg, method, Path(root)))
+        return str(resolve_pretrain_init(cfg, one.method, Path(root), source=one.source, name=one.key))
 
 
 def cells_job(cfg: Config, cells: list[tuple[int, Cell]], total: int, root: str) -> str:

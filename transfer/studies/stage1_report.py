@@ -65,6 +65,17 @@ def plot_stage1(curves: dict[str, pd.DataFrame], path: Path) -> Path:
     return path
 
 
+def _kept(selection: dict[str, Any] | None) -> str:
+    """Which epoch's encoder the checkpoint holds, and why (``pretrain.keep: best`` by the probe, or the last)."""
+    if not selection:
+        return "last"
+    if selection.get("by") is None or selection.get("kept") != "best":
+        return f"last (epoch {selection.get('epoch')})"
+    stop = ", plateau stop" if selection.get("stopped_on_plateau") else ""
+    return (f"epoch {selection['epoch']} of {selection.get('epochs_trained')}: "
+            f"{selection['by'].removeprefix('val_')} {selection['value']:.3f}{stop}")
+
+
 def stage1_section(root: Path, out: Path, md_table: Callable[[pd.DataFrame, int], str]) -> list[str]:
     """The report's stage-1 section (empty when the study pretrained nothing)."""
     curves = read_stage1(root / "pretrain")
@@ -81,12 +92,14 @@ def stage1_section(root: Path, out: Path, md_table: Callable[[pd.DataFrame, int]
                      "last quarter": "-" if math.isnan(share) else f"{share:.1%}",
                      "flat": "loss rose" if math.isnan(share) else "yes" if share < FLAT else "no",
                      "pretext metric": f"{metric.removeprefix('train_')} {float(frame[metric].iloc[-1]):.3f}"
-                     if metric else "-", "minutes": (summary.get("seconds") or float("nan")) / 60})
+                     if metric else "-", "kept": _kept(summary.get("selection")),
+                     "minutes": (summary.get("seconds") or float("nan")) / 60})
     plot = plot_stage1(curves, out.parent / f"{out.stem}_stage1.png")
     return ["## Stage 1 (unlabelled adaptation)", "",
             "Training curves of each stage-1 run this study made; one run per method, shared by every seed and label "
             "fraction of stage 2. `last quarter`: the share of the training loss's whole decrease made in the last "
             f"quarter of the epochs; `flat` when under {FLAT:.0%}; `loss rose` for a curve that ends above its start (MoCo's loss grows "
-            "while its queue of negatives fills). The cosine schedule's learning rate ends near zero, which "
+            "while its queue of negatives fills). `kept`: the epoch whose encoder the checkpoint holds (with "
+            "`pretrain.keep: best`, the best validation probe, and whether the probe's plateau stopped stage 1). The cosine schedule's learning rate ends near zero, which "
             "flattens every curve, so read the curves as well.", "",
             md_table(pd.DataFrame(rows), 3), "", f"![{plot.stem}]({plot.name})", ""]

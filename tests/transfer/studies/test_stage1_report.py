@@ -9,13 +9,14 @@ from transfer.studies.report import md_table
 from transfer.studies.stage1_report import last_quarter_share, stage1_section
 
 
-def _write_run(root, method, losses, metric=None):
+def _write_run(root, method, losses, metric=None, selection=None):
     d = root / "pretrain" / method
     d.mkdir(parents=True)
     rows = [{"epoch": e, "train_loss": v, "train_momentum": 0.99, **({metric: 0.1 * e} if metric else {})}
             for e, v in enumerate(losses)]
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (d / "summary.json").write_text(json.dumps({"pool_size": 150, "seconds": 120.0}))
+    (d / "summary.json").write_text(json.dumps({"pool_size": 150, "seconds": 120.0,
+                                                **({"selection": selection} if selection else {})}))
 
 
 def test_last_quarter_share_of_the_decrease():
@@ -26,12 +27,15 @@ def test_last_quarter_share_of_the_decrease():
 
 def test_stage1_section_table_and_plot(tmp_path):
     _write_run(tmp_path, "cae", [1.0, 0.5, 0.3, 0.2, 0.1], "train_psnr")  # still falling: 0.2 -> 0.1 of 0.9
-    _write_run(tmp_path, "byol", [0.0, -0.5, -0.6, -0.6, -0.6], "train_pretext_acc")  # flat
+    _write_run(tmp_path, "byol", [0.0, -0.5, -0.6, -0.6, -0.6], "train_pretext_acc",  # flat
+               {"kept": "best", "epoch": 1, "by": "val_linear_probe_acc", "value": 0.9312, "epochs_trained": 5,
+                "stopped_on_plateau": True})
     out = tmp_path / "rep" / "r.md"
     out.parent.mkdir()
     text = "\n".join(stage1_section(tmp_path, out, md_table))
-    assert "| byol | 5 | 150 | 0.000 | -0.600 | 0.0% | yes | pretext_acc 0.400 | 2.000 |" in text
-    assert "| cae | 5 | 150 | 1.000 | 0.100 | 11.1% | no | psnr 0.400 | 2.000 |" in text
+    assert ("| byol | 5 | 150 | 0.000 | -0.600 | 0.0% | yes | pretext_acc 0.400 | "
+            "epoch 1 of 5: linear_probe_acc 0.931, plateau stop | 2.000 |") in text
+    assert "| cae | 5 | 150 | 1.000 | 0.100 | 11.1% | no | psnr 0.400 | last | 2.000 |" in text
     assert "momentum" not in text  # a schedule value, not the method's metric
     assert (out.parent / "r_stage1.png").stat().st_size > 0 and "![r_stage1](r_stage1.png)" in text
     assert stage1_section(tmp_path / "none", out, md_table) == []

@@ -1,6 +1,7 @@
 """The study directory: manifest, restart after a kill, a changed config, shards, dry run, report rebuilt from disk."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -157,3 +158,32 @@ def test_report_rebuilds_tables_and_html_from_run_directories(tmp_path, tiny_npz
         main(["report"])
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no study manifest" in capsys.readouterr().err
+
+
+def test_a_stage1_init_names_its_method_and_its_starting_point():
+    from transfer.errors import MedTransferError
+    from transfer.studies.cells import StageOne, init_label, stage_one
+
+    assert stage_one("pretrain:simclr") == StageOne("simclr") and init_label("pretrain:simclr") == "simclr"
+    assert stage_one("pretrain:simclr@scratch") == StageOne("simclr", "scratch")
+    assert init_label("pretrain:simclr@scratch") == "simclr-from-scratch"
+    assert init_label("pretrain:byol@imagenet") == "byol-from-imagenet"
+    assert stage_one("imagenet") is None and stage_one("runs/x/backbone.pt") is None
+    for bad in ("pretrain:", "pretrain:simclr@", "pretrain:@scratch"):
+        with pytest.raises(MedTransferError, match="pretrain:<method>@<source>"):
+            stage_one(bad)
+
+
+def test_a_study_pretrains_a_method_from_the_starting_point_its_init_names(tmp_path, tiny_npz, tiny_cae_study):
+    """``pretrain:cae@scratch`` in a study whose ``init`` is another starting point: stage 1 starts from scratch
+    (its own folder, its own arm), whatever the config's ``init`` says."""
+    settings = tiny_cae_study(tiny_npz, tmp_path / "studies", "src", steps=1)
+    settings = [s for s in settings if not s.startswith("study.inits=")] + [
+        "study.inits=[scratch, 'pretrain:cae@scratch']", "init=imagenet"]
+    args = ["study"] + [x for s in settings for x in ("--set", s)]
+    assert main(args) == 0
+    root = tmp_path / "studies" / "src"
+    pre = json.loads((root / "pretrain" / "cae-from-scratch" / "summary.json").read_text())
+    assert pre["init"] == "scratch" and pre["method"] == "cae"
+    run = json.loads((root / "runs" / "cae-from-scratch-all-frac1-seed0" / "summary.json").read_text())
+    assert run["init"].endswith("pretrain/cae-from-scratch/backbone.pt")
