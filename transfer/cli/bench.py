@@ -112,14 +112,14 @@ def cmd_bench_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_ssl(args: argparse.Namespace) -> int:
-    import shutil
+    import shlex
+    import sys
 
     from transfer.bench.ssl import INITS, METHODS, bench_ssl
 
-    res = bench_ssl(load(args), Path(args.out), methods=tuple(args.methods or METHODS), inits=tuple(args.inits or INITS))
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(args.out) / "report.md", args.report)
+    command = "medtransfer " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    res = bench_ssl(load(args), Path(args.out), methods=tuple(args.methods or METHODS), inits=tuple(args.inits or INITS),
+                    report=Path(args.report) if args.report else None, command=command)
     for row in res["results"]:
         gain = row["linear_gain"]
         print(f"{row['method']:>8} from {row['init']:<8}: linear probe {row['linear_probe_acc']:.3f} "

@@ -35,6 +35,9 @@ def test_bench_ssl_probes_starts_trains_methods_and_reads_back(tiny_npz, tmp_pat
     assert len(res["curves"]) == 4  # 2 methods x 2 probes
     text = report.read_text()
     assert "## Starting points (no stage 1)" in text and "## After stage 1" in text and "| byol | scratch |" in text
+    assert "## The known answer" in text and "![ssl_curves](ssl_curves.png)" in text
+    assert (report.parent / "ssl_curves.png").stat().st_size > 0
+    assert all(isinstance(r["meets_target"], bool) for r in rows.values())
     summary = tmp_path / "bench" / "runs" / "simclr-scratch" / "summary.json"
     before = summary.stat().st_mtime_ns
     assert main(_args(tiny_npz, tmp_path)) == 0  # finished runs and baselines are read back, not trained again
@@ -46,3 +49,17 @@ def test_bench_ssl_without_a_probe_is_one_line(tiny_npz, tmp_path, capsys):
     assert main(_args(tiny_npz, tmp_path, "--set", "pretrain.monitor_every=0")) != 0
     err = capsys.readouterr().err
     assert "bench ssl needs the probe" in err and "Traceback" not in err
+
+
+def test_the_known_answer_test_per_starting_point():
+    from transfer.bench.ssl import meets_target
+
+    def row(init, gain, minutes=10.0):
+        return {"init": init, "linear_gain": gain, "cpu_minutes_to_kept": minutes}
+
+    assert meets_target(row("scratch", 0.031)) and meets_target(row("scratch", 0.03))
+    assert not meets_target(row("scratch", 0.029))  # a gain, but less than the 3 points asked
+    assert not meets_target(row("scratch", 0.05, minutes=61))  # the gain came after the CPU budget
+    assert meets_target(row("imagenet", -0.009)) and meets_target(row("imagenet", 0.02))
+    assert not meets_target(row("imagenet", -0.011))  # more than a point below ImageNet
+    assert meets_target(row("runs/x/backbone.pt", 0.1)) is None and meets_target(row("scratch", None)) is None
