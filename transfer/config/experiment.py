@@ -55,11 +55,25 @@ class AugmentConfig:
     hflip: bool = False  #: landmarks additionally need task.landmarks.flip_pairs
     brightness: float = 0.0
     contrast: float = 0.0
+    #: the intensity ops below imitate another acquisition (exposure curve, detector sharpness, dose); 0 = off
+    gamma: float = 0.0  #: max relative gamma change, e.g. 0.2 -> gamma in [0.8, 1.2] (I -> I ** gamma)
+    blur: float = 0.0  #: max Gaussian blur SD in working-size pixels; sigma drawn in [0.1, blur]
+    blur_p: float = 0.5  #: share of the images blurred when ``blur`` > 0
+    noise: float = 0.0  #: SD of additive Gaussian noise, intensities in [0, 1]
+    noise_p: float = 0.5  #: share of the images given noise when ``noise`` > 0
 
     def __post_init__(self) -> None:
-        for k in ("rotation", "scale", "translate", "brightness", "contrast"):
-            _check(getattr(self, k) >= 0, f"data.augment.{k}", "must be >= 0")
+        for k in ("rotation", "scale", "translate", "brightness", "contrast", "gamma", "blur", "noise"):
+            _check(getattr(self, k) >= 0, f"data.augment.{k}", f"must be >= 0, got {getattr(self, k)}")
         _check(self.scale < 1, "data.augment.scale", "must be < 1")
+        _check(self.gamma < 1, "data.augment.gamma",
+               f"must be < 1 (gamma is drawn in [1 - g, 1 + g]), got {self.gamma}")
+        # kornia draws the blur SD in [0.1, blur] and raises on a drawn 0 at the forward pass
+        _check(self.blur == 0 or self.blur >= 0.1, "data.augment.blur",
+               f"must be 0 (off) or >= 0.1 pixel (the smallest SD drawn), got {self.blur}")
+        _check(self.noise <= 1, "data.augment.noise", f"must be <= 1 (intensities are in [0, 1]), got {self.noise}")
+        for k in ("blur_p", "noise_p"):
+            _check(0 <= getattr(self, k) <= 1, f"data.augment.{k}", f"must be in [0, 1], got {getattr(self, k)}")
 
 
 @dataclass
