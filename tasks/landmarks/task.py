@@ -20,8 +20,7 @@ from torch import nn
 
 from tasks.landmarks.config import LandmarkConfig
 from tasks.landmarks.on_demand import ImagesOnDemand
-from tasks.landmarks.listing import (check_images_once, check_inside_images, image_paths, landmark_coordinates,
-                                     read_landmark_csv, spacing_column)
+from tasks.landmarks.listing import LandmarkRows, check_in_one_listing, check_inside_images, read_landmark_rows
 from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
@@ -187,26 +186,30 @@ class LandmarkTask(Task):
     formats = ("landmark_csv",)
     monitor = "mre_mm"
     mode = "min"
+    reads_listing_lists = True  # data.train: [train.csv, test.csv] (cross-validation folds over both)
     stratify_key = None
     report_metrics = ("mre_mm", "sd_mm", "sdr_2.0mm", "sdr_2.5mm", "sdr_3.0mm", "sdr_4.0mm")
     metric_ranges = {"mre_mm": (0.0, math.inf), "sd_mm": (0.0, math.inf), "sdr_*": (0.0, 100.0)}  # SDR in percent
     report_digits = 2  # millimetres and percentages
 
-    def load_split(self, spec: str, which: str) -> ImageDataset:
+    def load_split(self, spec: str | list[str], which: str) -> ImageDataset:
         """A landmark CSV (an image column, ``<k>_x, <k>_y`` for k = 1..L in original pixels, optional
-        ``spacing`` in mm) and its images, decoded at the working size."""
-        csv = self.resolve(spec)
-        df, image_col, columns = read_landmark_csv(csv)
-        self._set_landmarks(len(columns), csv)
-        coords, visible = landmark_coordinates(df, image_col, columns, csv, self.options.missing)
-        csv_spacing = spacing_column(df, image_col, csv)
-        paths = image_paths(df[image_col], csv, self.cfg.data.image_base(csv))
-        check_images_once(paths, coords, csv)
+        ``spacing`` in mm) and its images, decoded at the working size; a list of CSVs is read as one split (a
+        dataset's labelled listings together, e.g. for cross-validation folds), each checked with its own lines."""
+        parts = []
+        for s in [spec] if isinstance(spec, str) else spec:
+            csv = self.resolve(s)
+            part = read_landmark_rows(csv, self.cfg.data.image_base(csv), self.options.missing)
+            self._set_landmarks(part.coords.shape[1], csv)
+            parts.append(part)
+        check_in_one_listing(parts)
+        paths = [p for part in parts for p in part.paths]
+        coords, visible = (np.concatenate([getattr(part, k) for part in parts]) for k in ("coords", "visible"))
         loaded = self._load_images(paths, which)
+        self._check_inside(parts, loaded)
         coords, visible = coords[loaded.kept], visible[loaded.kept]
-        check_inside_images(coords, loaded.original_sizes, loaded.kept, paths, csv)
-        self._report_masked(visible, csv, which)
-        spacing = self._spacing(csv_spacing, loaded)
+        self._report_masked(visible, ", ".join(str(part.csv) for part in parts), which)
+        spacing = self._spacing(self._csv_spacing(parts), loaded)
         targets = {  # a masked landmark stays NaN: it rides through augmentation (flips swap it too)
             "landmarks": torch.from_numpy(to_normalised(coords, loaded.original_sizes)).float(),
             "orig_size": torch.from_numpy(loaded.original_sizes.astype(np.float32)),
@@ -218,6 +221,24 @@ class LandmarkTask(Task):
         # every other split is only scored, a batch at a time: its full-resolution images are read then
         # (see _refine_source), so memory holds one batch of them, not the split
         return ImageDataset(loaded.images, targets, [p.name for p in kept], meta={"paths": kept})
+
+    @staticmethod
+    def _check_inside(parts: list[LandmarkRows], loaded: LoadedImages) -> None:
+        """Every landmark of the loaded rows inside its image, an error naming the row's own CSV and line."""
+        start = 0
+        for part in parts:
+            rows = (loaded.kept >= start) & (loaded.kept < start + len(part.paths))
+            check_inside_images(part.coords[loaded.kept[rows] - start], loaded.original_sizes[rows],
+                                loaded.kept[rows] - start, part.paths, part.csv)
+            start += len(part.paths)
+
+    @staticmethod
+    def _csv_spacing(parts: list[LandmarkRows]) -> np.ndarray | None:
+        """(N,) the ``spacing`` column of every row (NaN for a CSV without one), None when no CSV has one."""
+        if all(part.spacing is None for part in parts):
+            return None
+        return np.concatenate([part.spacing if part.spacing is not None else np.full(len(part.paths), np.nan)
+                               for part in parts])
 
     def _set_landmarks(self, n_landmarks: int, csv: Path) -> None:
         """Record the number of landmarks and their names; every split must have as many as the first."""
@@ -248,12 +269,13 @@ class LandmarkTask(Task):
     def _spacing(self, csv_spacing: np.ndarray | None, loaded: LoadedImages) -> np.ndarray:
         """(N, 2) mm per pixel as (x, y) of the kept images: the CSV's column, else the file's, else the option."""
         spacing = np.full((len(loaded.kept), 2), self.options.pixel_spacing, dtype=np.float64)
-        if csv_spacing is not None:
-            spacing[:] = csv_spacing[loaded.kept, None]
-        else:
-            for i, s in enumerate(loaded.spacings):
-                if s is not None:
-                    spacing[i] = (s[1], s[0])  # file spacing is (row, col) = (y, x)
+        from_csv = (np.zeros(len(loaded.kept), dtype=bool) if csv_spacing is None
+                    else np.isfinite(csv_spacing[loaded.kept]))  # NaN: a row of a listing without the column
+        for i, s in enumerate(loaded.spacings):
+            if from_csv[i]:
+                spacing[i] = csv_spacing[loaded.kept[i]]
+            elif s is not None:
+                spacing[i] = (s[1], s[0])  # file spacing is (row, col) = (y, x)
         return spacing
 
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> LandmarkModel:

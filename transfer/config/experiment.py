@@ -82,9 +82,16 @@ class DataConfig:
     format: str = "npz"
     #: dataset root; ``${VAR:-default}`` is expanded
     root: str = "${MEDTRANSFER_DATA:-../shared/data}"
-    train: str = ""  #: file or folder relative to root, or ``builtin:<name>`` (a dataset shipped with the package)
+    #: file or folder relative to root, or ``builtin:<name>`` (a dataset shipped with the package); a list of
+    #: listings is read as one split by the tasks that can (landmark CSVs), e.g. a dataset's two labelled CSVs
+    train: str | list[str] = ""
     val: str | None = None  #: None -> carve ``val_fraction`` from train (stratified)
     test: str | None = None
+    #: cross-validation: a folds file (``image,fold``, from ``medtransfer folds make``), relative to the working
+    #: directory unless absolute (like ``tracking.out_dir``); with ``fold`` k the test split is the images of
+    #: ``train`` in fold k and the training split those in the other folds (validation carved from them as usual)
+    folds: str | None = None
+    fold: int | None = None  #: the fold held out as the test split, 0..K-1 (set with ``folds``)
     image_dir: str | None = None  #: folder of images for CSV formats, relative to root
     image_size: tuple[int, int] = (224, 224)  #: (height, width) the network sees
     val_fraction: float = 0.2
@@ -116,6 +123,15 @@ class DataConfig:
         _check(self.num_workers == "auto" or self.num_workers >= 0, "data.num_workers", "must be >= 0 or auto")
         _check(self.in_memory_max_gib >= 0, "data.in_memory_max_gib", f"must be >= 0, got {self.in_memory_max_gib}")
         _check(self.min_image_size >= 1, "data.min_image_size", f"must be >= 1, got {self.min_image_size}")
+        _check(not isinstance(self.train, list) or (bool(self.train) and all(self.train)), "data.train",
+               f"a list must name one or more listings, got {self.train}")
+        _check(self.fold is None or self.fold >= 0, "data.fold", f"must be >= 0, got {self.fold}")
+        _check(self.fold is None or bool(self.folds), "data.fold", "needs data.folds (the folds file it indexes)")
+        _check(not self.folds or self.fold is not None, "data.folds",
+               "needs data.fold (the fold held out as the test split, 0..K-1)")
+        _check(self.fold is None or not self.test, "data.test",
+               f"data.fold takes the test split from data.train (fold {self.fold} of data.folds); leave data.test "
+               f"empty, got {self.test!r}")
         try:
             dicom_window(self.dicom_window)
         except ValueError as e:
