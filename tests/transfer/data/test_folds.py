@@ -175,3 +175,13 @@ def test_a_labelled_stage1_pool_under_folds_must_be_named(tiny_landmarks):
     cfg = _fold_config(tiny_landmarks, folds_file, "data.fold=0", "pretrain.pool_format=labelled")
     with pytest.raises(ConfigError, match="pretrain.pool: a labelled pool taken from data.train would hold every fold"):
         load_pool(cfg)
+
+
+def test_a_study_report_says_the_test_split_is_a_fold():
+    from transfer.studies.report import _data_desc
+
+    cfg = load_config(Config, None, ["data.train=[a.csv, b.csv]", "data.folds=f.csv", "data.fold=1"])
+    desc = _data_desc(cfg.data, "20% of train")
+    assert "`a.csv`, `b.csv` dealt into the folds of `f.csv`" in desc and "None" not in desc
+    plain = _data_desc(load_config(Config, None, ["data.train=a.csv", "data.test=t.csv"]).data, "v")
+    assert plain == "`a.csv` (train), v (validation), `t.csv`"
