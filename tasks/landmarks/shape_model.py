@@ -134,8 +134,11 @@ class ShapeModel(nn.Module):
         spread = torch.einsum("nkc,nkd->kcd", r, r) / n  # (L, 2, 2) about 0: a bias counts as spread
         spread += 1e-9 * torch.eye(2, dtype=spread.dtype) * spread.diagonal(dim1=1, dim2=2).sum(-1).mean()
         self.precision.copy_(torch.linalg.inv(spread).float())
+        # in mm for the report: the model frame has centroid size 1, the training shapes their own
+        centroid_mm = float(np.sqrt(((shapes_mm - shapes_mm.mean(1, keepdims=True)) ** 2).sum((1, 2))).mean())
         return {"shapes": int(n), "components": kept, "variance_kept": share,
-                "residual_sd": [float(v) for v in spread.diagonal(dim1=1, dim2=2).mean(-1).sqrt()]}
+                "residual_sd_mm": [round(float(v) * centroid_mm, 3)
+                                   for v in spread.diagonal(dim1=1, dim2=2).mean(-1).sqrt()]}
 
     def residuals(self, points: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Candidate positions of each landmark k minus where the shape puts k given the other landmarks of

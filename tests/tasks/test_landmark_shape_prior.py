@@ -210,6 +210,9 @@ def test_the_model_fits_its_shape_model_when_built_and_uses_it_in_inference_only
     _, task = _task(tmp_path, "task.landmarks.shape_prior=true")
     model = task.build_model(_backbone(), _train_split(_training_shapes()))
     assert model.shape_prior.shape.fitted and task.info["shape_model"]["shapes"] == 60
+    # the training shapes have 1.5 mm of noise per coordinate: each landmark's spread about its leave-one-out
+    # prediction is about that, in mm
+    assert all(1.2 < sd < 2.5 for sd in task.info["shape_model"]["residual_sd_mm"]), task.info["shape_model"]
     logits, truth = _planted_logits()
     model.head = _FixedHeatmaps(logits)
     images = torch.zeros(2, 1, 32, 32)
