@@ -297,3 +297,16 @@ def test_shape_prior_options_are_checked(tmp_path):
     _, task = _task(tmp_path, "task.landmarks.shape_prior=true")
     with pytest.raises(DatasetError, match="task.landmarks.shape_prior: the training split has 3 complete shapes"):
         task.build_model(_backbone(), _train_split(_training_shapes()[:3]))
+
+
+def test_the_step_does_its_algebra_in_float32_under_autocast():
+    """Under bf16 autocast (the GPU runs' inference) the shape algebra is not done in bf16: the same landmark moves to
+    the same mode."""
+    logits, truth = _planted_logits()
+    prior = _prior()
+    coords, confidence = decode_heatmaps(logits, 3)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        corrected, moved = prior(logits.bfloat16(), coords, confidence)
+    assert moved[0].tolist() == [False, False, True, False, False, False]
+    assert corrected.dtype == coords.dtype
+    assert np.abs(corrected[0, 2].numpy() * FRAME - truth[2]).max() < 1.0
