@@ -138,6 +138,9 @@ class Task(ABC):
     #: seeds and their error bars stay inside it (logit scale for a bounded range, log scale for (0, inf)).
     #: Metrics not listed are unbounded.
     metric_ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+    #: True when :meth:`load_split` reads a list of listings as one split (``data.train: [a.csv, b.csv]``); a list
+    #: given to any other task is refused before anything is read
+    reads_listing_lists: ClassVar[bool] = False
 
     def __init__(self, setup: TaskSetup | Config) -> None:
         """``setup``: what the task reads (a whole :class:`Config` is reduced to it here, and not kept)."""
@@ -182,8 +185,9 @@ class Task(ABC):
         return self.data.resolve(rel)
 
     @abstractmethod
-    def load_split(self, spec: str, which: str) -> ImageDataset:
-        """Load one labelled split described by ``spec`` (path, folder or ``file#key``)."""
+    def load_split(self, spec: str | list[str], which: str) -> ImageDataset:
+        """Load one labelled split described by ``spec`` (path, folder or ``file#key``; a list of them only when
+        :attr:`reads_listing_lists`)."""
 
     @abstractmethod
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> TaskModel:

@@ -118,10 +118,11 @@ class DetectionTask(Task):
     # -- model ---------------------------------------------------------------
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> DetectionModel:
         a = self.data.augment
-        bad = [k for k in ("rotation", "scale", "translate", "brightness", "contrast") if getattr(a, k)]
+        bad = [k for k in ("rotation", "scale", "translate", "brightness", "contrast", "gamma", "blur", "noise")
+               if getattr(a, k)]
         if bad:
-            raise ConfigError(f"data.augment.{bad[0]}: not supported by the detection task (the boxes would not "
-                              "follow); use data.augment.hflip and task.detection.vflip")
+            raise ConfigError(f"data.augment.{bad[0]}: not supported by the detection task (it applies flips only: "
+                              "boxes would not follow an affine); use data.augment.hflip and task.detection.vflip")
         return DetectionModel(backbone, len(self.classes), self.options, tuple(self.data.image_size),
                               hflip=a.hflip)
 

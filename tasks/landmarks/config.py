@@ -42,6 +42,17 @@ class LandmarkConfig:
     #: prediction is the one a mirrored cephalogram gets wrong (53 mm off on one held-out image). Landmark identities
     #: are kept (a lateral cephalogram has no left/right pairs)
     fix_mirrored: bool = True
+    #: the shape step of the global stage (tasks/landmarks/shape_prior.py; "decoder" head): a landmark whose decoded
+    #: peak is far from where a statistical shape model of the training landmarks puts it, given the others, moves
+    #: to the mode of its heatmap that best agrees with both (the refinement then crops around it). The shape model is
+    #: fitted and saved with every decoder-head model (3+ landmarks, 5+ complete training shapes), so this switch and
+    #: the three below also work at predict time (``predict --set task.landmarks.shape_prior=true``); ``shape_variance``
+    #: is fixed by training. Column ``shape_moved``: landmarks moved per image
+    shape_prior: bool = False
+    shape_modes: int = 3  #: modes of each heatmap considered, the arg-max's included (>= 2)
+    shape_threshold: float = 3.0  #: Mahalanobis distance from the shape's prediction beyond which a landmark is judged
+    shape_min_mass: float = 0.05  #: least softmax mass (in its decoding window) of a mode that may replace the arg-max
+    shape_variance: float = 0.95  #: share of the aligned training shapes' variance the shape model's PCA keeps
     pixel_spacing: float = 0.1  #: mm per original pixel, when the file has none
     names: list[str] = field(default_factory=list)
     #: left-right landmark pairs (1-based) swapped by a horizontal flip
@@ -60,6 +71,14 @@ class LandmarkConfig:
                                                       and min(self.refine_image_size) >= 16),
              "refine: true needs the (H, W) the crops come from, each >= 16, e.g. the original size"),
             ("refine_crop", self.refine_crop >= 16, "must be >= 16 pixels"),
+            ("shape_prior", not self.shape_prior or self.head == "decoder",
+             f"needs head: decoder (the step picks among the modes of its heatmaps), got head: {self.head}"),
+            ("shape_modes", self.shape_modes >= 2,
+             f"must be >= 2 (the arg-max and another mode), got {self.shape_modes}"),
+            ("shape_threshold", self.shape_threshold > 0,
+             f"must be > 0 (a Mahalanobis distance), got {self.shape_threshold}"),
+            ("shape_min_mass", 0 < self.shape_min_mass < 1, f"must be in (0, 1), got {self.shape_min_mass}"),
+            ("shape_variance", 0 < self.shape_variance < 1, f"must be in (0, 1), got {self.shape_variance}"),
         ):
             if not ok:
                 raise ConfigError(f"task.landmarks.{key}: {what}")

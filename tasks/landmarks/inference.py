@@ -31,6 +31,8 @@ class LandmarkOutputs:
     confidence: np.ndarray  #: (N, L) peak mass in (0, 1]; NaN for the regression head
     global_confidence: np.ndarray  #: (N, L) the global stage's (= ``confidence`` without refinement)
     global_coords: np.ndarray  #: (N, L, 2) the global stage's (= ``coords`` without refinement)
+    #: (N, L) bool: the landmarks the shape step moved (None without it, see tasks/landmarks/shape_prior.py)
+    shape_moved: np.ndarray | None = None
 
 
 def _confidence(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -54,7 +56,7 @@ def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.devic
     was = model.training
     model.eval()
     forward_all = inference_forward(model.forward_all, precision)
-    coords, conf, global_conf, global_coords = [], [], [], []
+    coords, conf, global_conf, global_coords, moved = [], [], [], [], []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(device)
         r = None if refine_images is None else refine_images[i : i + batch_size].to(device)
@@ -65,9 +67,12 @@ def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.devic
         conf.append(_confidence(out).float().cpu())
         global_conf.append(out.get("global_confidence", conf[-1]).float().cpu())
         global_coords.append(out.get("global_coords", out["coords"]).float().cpu())
+        if "shape_moved" in out:
+            moved.append(out["shape_moved"].cpu())
     model.train(was)
     return LandmarkOutputs(*(torch.cat(x).numpy().astype(np.float64)
-                             for x in (coords, conf, global_conf, global_coords)))
+                             for x in (coords, conf, global_conf, global_coords)),
+                           shape_moved=torch.cat(moved).numpy() if moved else None)
 
 
 def image_flags(confidence: np.ndarray, flipped_confidence: np.ndarray, *, low: float,

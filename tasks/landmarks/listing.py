@@ -8,6 +8,7 @@ after it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,36 @@ def check_inside_images(coords: np.ndarray, sizes_hw: np.ndarray, kept: np.ndarr
             k = int(out[0])
             raise DatasetError(f"{csv}, line {int(r) + 2} ({paths[r].name}): landmark {k + 1} at "
                                f"({coords[i, k, 0]:g}, {coords[i, k, 1]:g}) lies outside the {w}x{h} image")
+
+
+@dataclass
+class LandmarkRows:
+    """The checked rows of one landmark CSV, before any image is decoded."""
+
+    csv: Path
+    paths: list[Path]  #: the image of every row
+    coords: np.ndarray  #: (N, L, 2) original pixel (x, y), NaN where masked
+    visible: np.ndarray  #: (N, L) bool
+    spacing: np.ndarray | None  #: (N,) the ``spacing`` column (mm per pixel), None without one
+
+
+def read_landmark_rows(csv: Path, base: Path, missing: str) -> LandmarkRows:
+    """Every check of one CSV that needs no image: header, values, image files present, each image once."""
+    df, image_col, columns = read_landmark_csv(csv)
+    coords, visible = landmark_coordinates(df, image_col, columns, csv, missing)
+    spacing = spacing_column(df, image_col, csv)
+    paths = image_paths(df[image_col], csv, base)
+    check_images_once(paths, coords, csv)
+    return LandmarkRows(csv, paths, coords, visible, spacing)
+
+
+def check_in_one_listing(parts: list[LandmarkRows]) -> None:
+    """Listings read as one split share no image: it would weigh twice, and could land in training and test."""
+    seen: dict[str, Path] = {}
+    for part in parts:
+        for r, p in enumerate(part.paths):
+            key = str(p.resolve())
+            if key in seen and seen[key] != part.csv:
+                raise DatasetError(f"{part.csv}, line {r + 2}: image {p.name} is also listed in {seen[key]}; the "
+                                   "listings of one split must not share an image")
+            seen[key] = part.csv

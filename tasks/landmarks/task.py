@@ -20,8 +20,7 @@ from torch import nn
 
 from tasks.landmarks.config import LandmarkConfig
 from tasks.landmarks.on_demand import ImagesOnDemand
-from tasks.landmarks.listing import (check_images_once, check_inside_images, image_paths, landmark_coordinates,
-                                     read_landmark_csv, spacing_column)
+from tasks.landmarks.listing import LandmarkRows, check_in_one_listing, check_inside_images, read_landmark_rows
 from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
@@ -42,6 +41,15 @@ def to_pixels(norm: np.ndarray, sizes_hw: np.ndarray) -> np.ndarray:
     return norm * wh - 0.5
 
 
+def training_shapes_mm(train: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+    """The complete landmark sets of ``train`` in mm from each image's top-left corner (N, L, 2), and the median field
+    of view (W, H) in mm (2,): the normalised coordinates' scale for a shape model."""
+    norm = train.target_array("landmarks").astype(np.float64)
+    view = train.target_array("orig_size")[:, ::-1].astype(np.float64) * train.target_array("spacing")  # (N, 2) mm
+    complete = np.isfinite(norm).all(axis=(1, 2))
+    return norm[complete] * view[complete, None, :], np.median(view, axis=0)
+
+
 #: the success radius (mm) the per-landmark report table shows beside each mean: the clinical 2 mm
 _SDR_SHOWN = "2.0"
 
@@ -60,7 +68,8 @@ class LandmarkModel(TaskModel):
                  heatmap_stage: str | None, heatmap_weight: float, heatmap_sigma: float,
                  augment: BatchAugment | None, heatmap_stride: int = 4, sigma_mm: float = 2.0,
                  decode_radius: int = 3, decoder_width: int = 32, refine: nn.Module | None = None,
-                 refine_weight: float = 1.0) -> None:
+                 refine_weight: float = 1.0, shape_prior: nn.Module | None = None, use_shape_prior: bool = False
+                 ) -> None:
         super().__init__()
         from tasks.landmarks.dense_head import DecoderHeatmapHead
         from tasks.landmarks.heads import HeatmapHead, RegressionHead
@@ -73,6 +82,12 @@ class LandmarkModel(TaskModel):
         self.sigma_mm = sigma_mm
         self.refine_stage = refine  #: a :class:`~tasks.landmarks.refine.RefinementStage`, or None
         self.refine_weight = refine_weight
+        #: a :class:`~tasks.landmarks.shape_prior.ShapePrior` (its shape model saved with the model whether used or
+        #: not), applied in inference when ``use_shape_prior``
+        self.shape_prior = shape_prior
+        self.use_shape_prior = use_shape_prior
+        if use_shape_prior and shape_prior is None:
+            raise ValueError("use_shape_prior needs a shape_prior module")
         self.unused_stages: list[str] = []
         self.reads_stage_outputs = head != "regression"  # the heatmap heads read stage outputs, not pooled features
         if head == "decoder":
@@ -109,8 +124,13 @@ class LandmarkModel(TaskModel):
 
     def forward_all(self, images: torch.Tensor, refine_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every output of the global stage; with ``refine_images`` and a refinement stage, "coords" and
-        "confidence" are the refined ones and "global_coords" the first estimates."""
+        "confidence" are the refined ones and "global_coords" the first estimates. In inference with the shape step,
+        the global stage's coordinates are those after it (the refinement crops around them) and "shape_moved"
+        (B, L) says which landmarks it moved; training never uses it (the losses are on the arg-max decoding)."""
         out = self._forward_global(images)
+        if self.use_shape_prior and not self.training:
+            coords, moved = self.shape_prior(out["heatmaps"], out["coords"], out["confidence"])
+            out = {**out, "coords": coords, "shape_moved": moved}
         if self.refine_stage is not None and refine_images is not None:
             coords, confidence = self.refine_stage.refine(refine_images, out["coords"])
             out = {**out, "global_coords": out["coords"], "coords": coords, "confidence": confidence,
@@ -187,26 +207,30 @@ class LandmarkTask(Task):
     formats = ("landmark_csv",)
     monitor = "mre_mm"
     mode = "min"
+    reads_listing_lists = True  # data.train: [train.csv, test.csv] (cross-validation folds over both)
     stratify_key = None
     report_metrics = ("mre_mm", "sd_mm", "sdr_2.0mm", "sdr_2.5mm", "sdr_3.0mm", "sdr_4.0mm")
     metric_ranges = {"mre_mm": (0.0, math.inf), "sd_mm": (0.0, math.inf), "sdr_*": (0.0, 100.0)}  # SDR in percent
     report_digits = 2  # millimetres and percentages
 
-    def load_split(self, spec: str, which: str) -> ImageDataset:
+    def load_split(self, spec: str | list[str], which: str) -> ImageDataset:
         """A landmark CSV (an image column, ``<k>_x, <k>_y`` for k = 1..L in original pixels, optional
-        ``spacing`` in mm) and its images, decoded at the working size."""
-        csv = self.resolve(spec)
-        df, image_col, columns = read_landmark_csv(csv)
-        self._set_landmarks(len(columns), csv)
-        coords, visible = landmark_coordinates(df, image_col, columns, csv, self.options.missing)
-        csv_spacing = spacing_column(df, image_col, csv)
-        paths = image_paths(df[image_col], csv, self.data.image_base(csv))
-        check_images_once(paths, coords, csv)
+        ``spacing`` in mm) and its images, decoded at the working size; a list of CSVs is read as one split (a
+        dataset's labelled listings together, e.g. for cross-validation folds), each checked with its own lines."""
+        parts = []
+        for s in [spec] if isinstance(spec, str) else spec:
+            csv = self.resolve(s)
+            part = read_landmark_rows(csv, self.data.image_base(csv), self.options.missing)
+            self._set_landmarks(part.coords.shape[1], csv)
+            parts.append(part)
+        check_in_one_listing(parts)
+        paths = [p for part in parts for p in part.paths]
+        coords, visible = (np.concatenate([getattr(part, k) for part in parts]) for k in ("coords", "visible"))
         loaded = self._load_images(paths, which)
+        self._check_inside(parts, loaded)
         coords, visible = coords[loaded.kept], visible[loaded.kept]
-        check_inside_images(coords, loaded.original_sizes, loaded.kept, paths, csv)
-        self._report_masked(visible, csv, which)
-        spacing = self._spacing(csv_spacing, loaded)
+        self._report_masked(visible, ", ".join(str(part.csv) for part in parts), which)
+        spacing = self._spacing(self._csv_spacing(parts), loaded)
         targets = {  # a masked landmark stays NaN: it rides through augmentation (flips swap it too)
             "landmarks": torch.from_numpy(to_normalised(coords, loaded.original_sizes)).float(),
             "orig_size": torch.from_numpy(loaded.original_sizes.astype(np.float32)),
@@ -218,6 +242,24 @@ class LandmarkTask(Task):
         # every other split is only scored, a batch at a time: its full-resolution images are read then
         # (see _refine_source), so memory holds one batch of them, not the split
         return ImageDataset(loaded.images, targets, [p.name for p in kept], meta={"paths": kept})
+
+    @staticmethod
+    def _check_inside(parts: list[LandmarkRows], loaded: LoadedImages) -> None:
+        """Every landmark of the loaded rows inside its image, an error naming the row's own CSV and line."""
+        start = 0
+        for part in parts:
+            rows = (loaded.kept >= start) & (loaded.kept < start + len(part.paths))
+            check_inside_images(part.coords[loaded.kept[rows] - start], loaded.original_sizes[rows],
+                                loaded.kept[rows] - start, part.paths, part.csv)
+            start += len(part.paths)
+
+    @staticmethod
+    def _csv_spacing(parts: list[LandmarkRows]) -> np.ndarray | None:
+        """(N,) the ``spacing`` column of every row (NaN for a CSV without one), None when no CSV has one."""
+        if all(part.spacing is None for part in parts):
+            return None
+        return np.concatenate([part.spacing if part.spacing is not None else np.full(len(part.paths), np.nan)
+                               for part in parts])
 
     def _set_landmarks(self, n_landmarks: int, csv: Path) -> None:
         """Record the number of landmarks and their names; every split must have as many as the first."""
@@ -248,12 +290,13 @@ class LandmarkTask(Task):
     def _spacing(self, csv_spacing: np.ndarray | None, loaded: LoadedImages) -> np.ndarray:
         """(N, 2) mm per pixel as (x, y) of the kept images: the CSV's column, else the file's, else the option."""
         spacing = np.full((len(loaded.kept), 2), self.options.pixel_spacing, dtype=np.float64)
-        if csv_spacing is not None:
-            spacing[:] = csv_spacing[loaded.kept, None]
-        else:
-            for i, s in enumerate(loaded.spacings):
-                if s is not None:
-                    spacing[i] = (s[1], s[0])  # file spacing is (row, col) = (y, x)
+        from_csv = (np.zeros(len(loaded.kept), dtype=bool) if csv_spacing is None
+                    else np.isfinite(csv_spacing[loaded.kept]))  # NaN: a row of a listing without the column
+        for i, s in enumerate(loaded.spacings):
+            if from_csv[i]:
+                spacing[i] = csv_spacing[loaded.kept[i]]
+            elif s is not None:
+                spacing[i] = (s[1], s[0])  # file spacing is (row, col) = (y, x)
         return spacing
 
     def build_model(self, backbone: StagedBackbone, train: ImageDataset | None = None) -> LandmarkModel:
@@ -263,7 +306,32 @@ class LandmarkTask(Task):
                              heatmap_stage=c.heatmap_stage, heatmap_weight=c.heatmap_weight,
                              heatmap_sigma=c.heatmap_sigma, augment=aug, heatmap_stride=c.heatmap_stride,
                              sigma_mm=c.sigma_mm, decode_radius=c.decode_radius, decoder_width=c.decoder_width,
-                             refine=self._refinement_stage(backbone), refine_weight=c.refine_weight)
+                             refine=self._refinement_stage(backbone), refine_weight=c.refine_weight,
+                             shape_prior=self._shape_prior(train), use_shape_prior=c.shape_prior)
+
+    def _shape_prior(self, train: ImageDataset | None) -> nn.Module | None:
+        """The shape step of a decoder head, its shape model fitted on ``train``'s landmarks when training (left to
+        the state dict when rebuilding a saved model). Fitted whether ``shape_prior`` is on or not (a PCA of the
+        training shapes, no random number drawn), so that it can be switched on at predict time."""
+        c, n = self.options, self.info["num_landmarks"]
+        if c.head != "decoder" or n < 3:
+            if c.shape_prior:
+                raise ConfigError(f"task.landmarks.shape_prior: needs 3 or more landmarks (a shape), got {n}")
+            return None
+        from tasks.landmarks.shape_model import MIN_SHAPES
+        from tasks.landmarks.shape_prior import ShapePrior
+
+        prior = ShapePrior(n, radius=c.decode_radius, modes=c.shape_modes, threshold=c.shape_threshold,
+                           min_mass=c.shape_min_mass)
+        if train is None:
+            return prior
+        shapes, frame = training_shapes_mm(train)
+        if len(shapes) >= MIN_SHAPES:
+            self.info["shape_model"] = prior.shape.fit(shapes, frame, c.shape_variance)
+        elif c.shape_prior:
+            raise DatasetError(f"task.landmarks.shape_prior: the training split has {len(shapes)} complete shapes "
+                               f"(images with every landmark placed); the shape model needs {MIN_SHAPES} or more")
+        return prior
 
     def _refinement_stage(self, backbone: StagedBackbone) -> nn.Module | None:
         """The second stage, on a copy of ``backbone`` as initialised (the same ``init`` for both stages)."""
@@ -311,20 +379,21 @@ class LandmarkTask(Task):
         return ImagesOnDemand(paths, self._refine_images)
 
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Final and global-stage predictions (the same without refinement), original pixels (N, L, 2)."""
+                batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Final and global-stage predictions (the same without refinement), original pixels (N, L, 2), and the
+        landmarks the shape step moved (N, L) (None without it)."""
         from tasks.landmarks.inference import landmark_outputs
 
         out = landmark_outputs(model, dataset.images, device, _inference_batch(batch_size, dataset.images),
                                refine_images=self._refine_source(dataset), precision=self.precision)
         sizes = dataset.target_array("orig_size")
-        return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes)
+        return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes), out.shape_moved
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
                  *, with_ci: bool = False) -> EvalResult:
         from tasks.landmarks.metrics import landmark_metrics, radial_errors_mm
 
-        pred, global_pred = self._pixels(model, dataset, device, batch_size)
+        pred, global_pred, moved = self._pixels(model, dataset, device, batch_size)
         sizes = dataset.target_array("orig_size")
         true = to_pixels(dataset.target_array("landmarks").astype(np.float64), sizes)
         true = np.round(true, 3)
@@ -335,18 +404,23 @@ class LandmarkTask(Task):
         err = radial_errors_mm(pred, true, spacing, visible)
         if getattr(model, "refine_stage", None) is not None:  # what the refinement stage adds, on the same images
             m["global_mre_mm"] = float(np.nanmean(radial_errors_mm(global_pred, true, spacing, visible)))
-        df = self._frame(dataset, pred)
+        if moved is not None:  # landmarks the shape step moved, over the split
+            m["shape_moved"] = int(moved.sum())
+        df = self._frame(dataset, pred, moved)
         for k in range(pred.shape[1]):
             df[f"{k + 1}_x_true"] = true[:, k, 0]
             df[f"{k + 1}_y_true"] = true[:, k, 1]
             df[f"{k + 1}_err_mm"] = err[:, k]
         return EvalResult(m, df, {"pred": pred, "true": true, "err": err})
 
-    def _frame(self, dataset: ImageDataset, pred: np.ndarray) -> pd.DataFrame:
+    def _frame(self, dataset: ImageDataset, pred: np.ndarray, shape_moved: np.ndarray | None = None) -> pd.DataFrame:
+        """Image and coordinates, and with the shape step ``shape_moved``: how many landmarks of the image it moved."""
         df = pd.DataFrame({"image": dataset.ids})
         for k in range(pred.shape[1]):
             df[f"{k + 1}_x"] = pred[:, k, 0]
             df[f"{k + 1}_y"] = pred[:, k, 1]
+        if shape_moved is not None:
+            df["shape_moved"] = shape_moved.sum(1).astype(int)
         return df
 
     def predict(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64) -> pd.DataFrame:
@@ -364,7 +438,7 @@ class LandmarkTask(Task):
         fixed = np.array([c.fix_mirrored and f == "mirrored?" for f in flags], dtype=bool)
         if fixed.any():
             self._predict_on_flip(model, dataset, np.flatnonzero(fixed), out, device, batch_size)
-        df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")))
+        df = self._frame(dataset, to_pixels(out.coords, dataset.target_array("orig_size")), out.shape_moved)
         for k in range(out.confidence.shape[1]):
             df[f"{k + 1}_confidence"] = out.confidence[:, k]
         df["mean_confidence"] = out.confidence.mean(1)
@@ -398,6 +472,8 @@ class LandmarkTask(Task):
         out.global_coords[rows] = flip.global_coords
         out.global_coords[rows, :, 0] = 1.0 - flip.global_coords[..., 0]
         out.global_confidence[rows] = flip.global_confidence
+        if out.shape_moved is not None:
+            out.shape_moved[rows] = flip.shape_moved
 
     def plots(self, result: EvalResult, dataset: ImageDataset, out_dir: Path, prefix: str) -> list[Path]:
         from tasks.landmarks.metrics import plot_landmark_overlay

@@ -14,6 +14,7 @@ the image's original size (nearest).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -132,8 +133,10 @@ class SegmentationModel(TaskModel):
         self.crop_size = crop_size
         self.foreground_ratio = foreground_ratio
         self.hflip, self.vflip = augment.hflip, vflip
-        intensity = AugmentConfig(brightness=augment.brightness, contrast=augment.contrast)
-        self.intensity = BatchAugment(intensity) if intensity.brightness or intensity.contrast else None
+        # the intensity ops only (the mask stays as it is): brightness, contrast and the acquisition ops
+        intensity = dataclasses.replace(augment, rotation=0.0, scale=0.0, translate=0.0, hflip=False)
+        aug = BatchAugment(intensity)
+        self.intensity = aug if aug.active else None
         self.loss = DiceCELoss(dice_weight, ce_weight)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,30 @@ def test_landmark_csv_errors(tmp_path):
         assert f"l{i}.csv" in str(e.value)
 
 
+def test_landmark_csvs_read_as_one_split(tmp_path):
+    """A list of landmark CSVs is one split: every row in order, each CSV's own spacing column (or none), and each
+    error names the CSV of the row and its own line."""
+    for i in range(1, 5):
+        _img(tmp_path / "im" / f"{i}.png")
+    (tmp_path / "a.csv").write_text("image_path,1_x,1_y,spacing\n1.png,3,4,0.2\n2.png,5,6,0.2\n")
+    (tmp_path / "b.csv").write_text("image_path,1_x,1_y\n3.png,7,8\n4.png,9,10\n")
+    t = _task(tmp_path, "data.format=landmark_csv", "task.name=landmarks", "data.image_dir=im",
+              "task.landmarks.pixel_spacing=0.1")
+    ds = t.load_split(["a.csv", "b.csv"], "train")
+    assert ds.ids == ["1.png", "2.png", "3.png", "4.png"]
+    assert ds.target_array("spacing")[:, 0].tolist() == pytest.approx([0.2, 0.2, 0.1, 0.1])
+    assert (ds.target_array("landmarks")[:, 0] * 20 - 0.5).tolist() == [[3, 4], [5, 6], [7, 8], [9, 10]]
+    (tmp_path / "c.csv").write_text("image_path,1_x,1_y\n3.png,1,1\n4.png,30,1\n")
+    with pytest.raises(DatasetError, match=r"c.csv, line 3 \(4.png\): landmark 1 at \(30, 1\) lies outside"):
+        t.load_split(["a.csv", "c.csv"], "train")
+    (tmp_path / "d.csv").write_text("image_path,1_x,1_y\n4.png,1,1\n2.png,1,1\n")
+    with pytest.raises(DatasetError, match=r"d.csv, line 3: image 2.png is also listed in .*a.csv"):
+        t.load_split(["a.csv", "d.csv"], "train")
+    (tmp_path / "e.csv").write_text("image_path,1_x,1_y,2_x,2_y\n4.png,1,1,2,2\n")
+    with pytest.raises(DatasetError, match=r"e.csv: 2 landmarks, the training split has 1"):
+        t.load_split(["a.csv", "e.csv"], "train")
+
+
 def test_unreadable_image_skip_is_reported(tmp_path):
     _img(tmp_path / "im" / "1.png")
     (tmp_path / "im" / "2.png").write_bytes(b"garbage")

@@ -55,11 +55,25 @@ class AugmentConfig:
     hflip: bool = False  #: landmarks additionally need task.landmarks.flip_pairs
     brightness: float = 0.0
     contrast: float = 0.0
+    #: the intensity ops below imitate another acquisition (exposure curve, detector sharpness, dose); 0 = off
+    gamma: float = 0.0  #: max relative gamma change, e.g. 0.2 -> gamma in [0.8, 1.2] (I -> I ** gamma)
+    blur: float = 0.0  #: max Gaussian blur SD in working-size pixels; sigma drawn in [0.1, blur]
+    blur_p: float = 0.5  #: share of the images blurred when ``blur`` > 0
+    noise: float = 0.0  #: SD of additive Gaussian noise, intensities in [0, 1]
+    noise_p: float = 0.5  #: share of the images given noise when ``noise`` > 0
 
     def __post_init__(self) -> None:
-        for k in ("rotation", "scale", "translate", "brightness", "contrast"):
-            _check(getattr(self, k) >= 0, f"data.augment.{k}", "must be >= 0")
+        for k in ("rotation", "scale", "translate", "brightness", "contrast", "gamma", "blur", "noise"):
+            _check(getattr(self, k) >= 0, f"data.augment.{k}", f"must be >= 0, got {getattr(self, k)}")
         _check(self.scale < 1, "data.augment.scale", "must be < 1")
+        _check(self.gamma < 1, "data.augment.gamma",
+               f"must be < 1 (gamma is drawn in [1 - g, 1 + g]), got {self.gamma}")
+        # kornia draws the blur SD in [0.1, blur] and raises on a drawn 0 at the forward pass
+        _check(self.blur == 0 or self.blur >= 0.1, "data.augment.blur",
+               f"must be 0 (off) or >= 0.1 pixel (the smallest SD drawn), got {self.blur}")
+        _check(self.noise <= 1, "data.augment.noise", f"must be <= 1 (intensities are in [0, 1]), got {self.noise}")
+        for k in ("blur_p", "noise_p"):
+            _check(0 <= getattr(self, k) <= 1, f"data.augment.{k}", f"must be in [0, 1], got {getattr(self, k)}")
 
 
 @dataclass
@@ -68,9 +82,16 @@ class DataConfig:
     format: str = "npz"
     #: dataset root; ``${VAR:-default}`` is expanded
     root: str = "${MEDTRANSFER_DATA:-../shared/data}"
-    train: str = ""  #: file or folder relative to root, or ``builtin:<name>`` (a dataset shipped with the package)
+    #: file or folder relative to root, or ``builtin:<name>`` (a dataset shipped with the package); a list of
+    #: listings is read as one split by the tasks that can (landmark CSVs), e.g. a dataset's two labelled CSVs
+    train: str | list[str] = ""
     val: str | None = None  #: None -> carve ``val_fraction`` from train (stratified)
     test: str | None = None
+    #: cross-validation: a folds file (``image,fold``, from ``medtransfer folds make``), relative to the working
+    #: directory unless absolute (like ``tracking.out_dir``); with ``fold`` k the test split is the images of
+    #: ``train`` in fold k and the training split those in the other folds (validation carved from them as usual)
+    folds: str | None = None
+    fold: int | None = None  #: the fold held out as the test split, 0..K-1 (set with ``folds``)
     image_dir: str | None = None  #: folder of images for CSV formats, relative to root
     image_size: tuple[int, int] = (224, 224)  #: (height, width) the network sees
     val_fraction: float = 0.2
@@ -102,6 +123,15 @@ class DataConfig:
         _check(self.num_workers == "auto" or self.num_workers >= 0, "data.num_workers", "must be >= 0 or auto")
         _check(self.in_memory_max_gib >= 0, "data.in_memory_max_gib", f"must be >= 0, got {self.in_memory_max_gib}")
         _check(self.min_image_size >= 1, "data.min_image_size", f"must be >= 1, got {self.min_image_size}")
+        _check(not isinstance(self.train, list) or (bool(self.train) and all(self.train)), "data.train",
+               f"a list must name one or more listings, got {self.train}")
+        _check(self.fold is None or self.fold >= 0, "data.fold", f"must be >= 0, got {self.fold}")
+        _check(self.fold is None or bool(self.folds), "data.fold", "needs data.folds (the folds file it indexes)")
+        _check(not self.folds or self.fold is not None, "data.folds",
+               "needs data.fold (the fold held out as the test split, 0..K-1)")
+        _check(self.fold is None or not self.test, "data.test",
+               f"data.fold takes the test split from data.train (fold {self.fold} of data.folds); leave data.test "
+               f"empty, got {self.test!r}")
         try:
             dicom_window(self.dicom_window)
         except ValueError as e:

@@ -1,6 +1,7 @@
 """Batched training augmentation on the device (kornia), moving landmarks with the image."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import kornia.augmentation as K
@@ -11,7 +12,8 @@ from transfer.config import AugmentConfig
 
 
 class BatchAugment(nn.Module):
-    """Random affine (rotation, scale, translation), intensity and optional flip on a batch.
+    """Random affine (rotation, scale, translation), intensity (brightness, contrast, gamma, blur, noise) and optional
+    flip on a batch.
 
     ``forward(images, keypoints=None)``: images (B, C, H, W) in [0, 1];
     keypoints (B, L, 2) in working-size pixel coordinates (x, y), moved with
@@ -35,6 +37,7 @@ class BatchAugment(nn.Module):
             K.ColorJiggle(brightness=cfg.brightness, contrast=cfg.contrast, p=1.0)
             if (cfg.brightness or cfg.contrast) else None
         )
+        self.acquisition = _acquisition_ops(cfg)
         perm = None
         if flip_pairs:
             n = max(max(p) for p in flip_pairs)
@@ -45,7 +48,8 @@ class BatchAugment(nn.Module):
 
     @property
     def active(self) -> bool:
-        return self.geometric is not None or self.intensity is not None or self.cfg.hflip
+        return (self.geometric is not None or self.intensity is not None or self.acquisition is not None
+                or self.cfg.hflip)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -73,4 +77,23 @@ class BatchAugment(nn.Module):
             else:
                 images = self.intensity(images)
             images = images.clamp(0, 1)
+        if self.acquisition is not None:  # intensity only: keypoints stay where they are
+            images = self.acquisition(images).clamp(0, 1)  # blur and noise do not clamp themselves
         return images, keypoints
+
+
+def _acquisition_ops(cfg: AugmentConfig) -> nn.Sequential | None:
+    """Gamma, blur and noise (what another scanner or exposure changes), in that order; None when all are off.
+
+    Built only for the ops that are on, after the affine and colour ops, so a config without them draws the same
+    random numbers as before they existed.
+    """
+    ops: list[nn.Module] = []
+    if cfg.gamma:
+        ops.append(K.RandomGamma(gamma=(1 - cfg.gamma, 1 + cfg.gamma), p=1.0))
+    if cfg.blur:
+        radius = math.ceil(3 * cfg.blur)  # the kernel covers +-3 SD of the widest blur drawn
+        ops.append(K.RandomGaussianBlur(kernel_size=2 * radius + 1, sigma=(0.1, cfg.blur), p=cfg.blur_p))
+    if cfg.noise:
+        ops.append(K.RandomGaussianNoise(mean=0.0, std=cfg.noise, p=cfg.noise_p))
+    return nn.Sequential(*ops) if ops else None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from transfer.api import TASKS
-from transfer.config import Config
+from transfer.config import Config, ConfigError
 from torch.utils.data import Dataset
 
 from transfer.data.datasets import ImageDataset, Skipped, load_images
@@ -25,6 +25,7 @@ from transfer.data.packed import PackedImageDataset, PackedImages, pack_images
 from transfer.data.readers import supported_suffixes
 from transfer.data.tables import read_listing
 from transfer.errors import DatasetError
+from transfer.runs.splits import load_listed
 
 PATH_COLUMNS = ("path", "image_path", "image", "file")
 
@@ -115,8 +116,12 @@ def load_pool(cfg: Config) -> Pool:
 
 def _labelled_pool(cfg: Config) -> Pool:
     p = cfg.pretrain
+    if not p.pool and cfg.data.fold is not None:
+        # with folds data.train lists the held-out fold too: stage 1 would adapt to the test images
+        raise ConfigError("pretrain.pool: a labelled pool taken from data.train would hold every fold of data.folds, "
+                          f"the held-out fold {cfg.data.fold} too; name the pool's listing in pretrain.pool")
     task = TASKS.get(cfg.task.name)(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_bad=p.on_bad)))
-    ds = task.load_split(p.pool or cfg.data.train, "pool")
+    ds = load_listed(task, p.pool or cfg.data.train, "pool", "pretrain.pool" if p.pool else "data.train")
     h = hashlib.sha256()
     for i in np.argsort(ds.ids):
         h.update(ds.images[int(i)].numpy().tobytes())

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 from transfer.api import Task
 from transfer.config import Config
-from transfer.data.datasets import ImageDataset
+from transfer.config.io import ConfigError
+from transfer.data.datasets import ImageDataset, Skipped
+from transfer.data.folds import fold_split, read_folds
 from transfer.data.fingerprint import DataFingerprint, data_fingerprint
 from transfer.data.inventory import describe_skipped
 from transfer.data.overlap import shared_images
@@ -26,16 +29,28 @@ class Splits:
     fingerprint: DataFingerprint = field(default_factory=dict)
 
 
+def load_listed(task: Task, spec: str | list[str], which: str, key: str = "data.train") -> ImageDataset:
+    """``task.load_split(spec, which)``; a list of listings (``key`` names where it came from) only for a task that
+    reads lists, refused before anything is read for any other."""
+    if isinstance(spec, list) and not task.reads_listing_lists:
+        raise ConfigError(f"{key}: task {task.name} reads one listing per split, got a list {spec}")
+    return task.load_split(spec, which)
+
+
 def prepare_data(task: Task, cfg: Config) -> Splits:
     """Train / validation / test; validation carved (stratified) from training when not given.
 
-    The label fraction is taken from the training part *after* the validation
+    With ``data.fold`` the test split is that fold of the training listings (``data.folds``) and training the other
+    folds, before validation is carved. The label fraction is taken from the training part *after* the validation
     split, so every fraction is selected on the same validation images.
     """
     d = cfg.data
     if not d.train:
         raise DatasetError("data.train is empty: name the training split in the config or with --set data.train=...")
-    full = task.load_split(d.train, "train")
+    full = load_listed(task, d.train, "train")
+    fold_test, fold_info = None, {}
+    if d.fold is not None:
+        full, fold_test, fold_info = _hold_out_fold(full, d.folds, d.fold, task.skipped)
     if d.val:
         train, val = full, task.load_split(d.val, "val")
         carved = False
@@ -49,20 +64,33 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
     keep = nested_fraction(len(train), d.label_fraction, cfg.seed, task.label_array(train),
                            task.info.get("class_names"), source=f"training split {d.train}")
     train = train.subset(keep)
-    test = task.load_split(d.test, "test") if d.test else None
+    test = task.load_split(d.test, "test") if d.test else fold_test
+    test_source = d.test or (f"{d.folds} (fold {d.fold})" if d.fold is not None else None)
     # every split holds what training and scoring need (e.g. every class), checked before anything trains
     for which, ds, source in (("train", train, d.train), ("val", val, d.val or f"{d.train} (carved)"),
-                              ("test", test, d.test)):
+                              ("test", test, test_source)):
         if ds is not None:
             task.check_split(ds, which, str(source))
     info = {"n_train": len(train), "n_train_before_fraction": n_before, "n_val": len(val),
-            "n_test": len(test) if test is not None else 0, "val_carved_from_train": carved,
+            "n_test": len(test) if test is not None else 0, "val_carved_from_train": carved, **fold_info,
             **_overlaps(train, {"val": val, "test": test}), **task.data_report,
             "skipped_counts": dict(Counter(s.kind for s in task.skipped)),
             "skipped": [vars(s) for s in task.skipped]}
     if task.skipped:
         print(describe_skipped(task.skipped), file=sys.stderr)
     return Splits(train, val, test, info, data_fingerprint({"train": train, "val": val, "test": test}))
+
+
+def _hold_out_fold(full: ImageDataset, folds: str, fold: int, skipped: list[Skipped]
+                   ) -> tuple[ImageDataset, ImageDataset, dict[str, Any]]:
+    """(training part, test split, what ``summary.json`` records) of ``full`` for fold ``fold`` of the folds file."""
+    path = Path(folds).expanduser()
+    assignment = read_folds(path)
+    tr, te = fold_split(full.ids, assignment, fold, str(path), skipped=[s.path for s in skipped])
+    if not len(tr) or not len(te):
+        raise DatasetError(f"{path}: fold {fold} leaves {len(tr)} training and {len(te)} test images")
+    return full.subset(tr), full.subset(te), {"folds": str(path), "fold": fold,
+                                              "n_folds": int(assignment.max()) + 1}
 
 
 def _overlaps(train: ImageDataset, others: dict[str, ImageDataset | None]) -> dict[str, int]:

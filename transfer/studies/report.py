@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from transfer.api import Task
-from transfer.config import Config, StudyConfig
+from transfer.config import Config, DataConfig, StudyConfig
 from transfer.studies.html_report import markdown_to_html
 from transfer.studies.per_class import per_class_recall
 from transfer.studies.stage1_report import stage1_section
@@ -191,6 +191,15 @@ def _title_section(st: StudyConfig, builtin_data: bool = False) -> list[str]:
     return lines
 
 
+def _data_desc(d: DataConfig, val_desc: str) -> str:
+    """Where the splits came from: the listings, or the folds of the listings under ``data.fold``."""
+    train = ", ".join(f"`{t}`" for t in d.train) if isinstance(d.train, list) else f"`{d.train}`"
+    if d.fold is None:
+        return f"{train} (train), {val_desc} (validation), `{d.test}`"
+    return (f"{train} dealt into the folds of `{d.folds}`: the other folds (train), {val_desc} (validation), "
+            f"fold `data.fold` ({d.fold} in the base config; a variant may set it)")
+
+
 def _setup_section(cfg: Config, task: Task, df: pd.DataFrame, devices: str) -> list[str]:
     """Data, backbone, training recipe, augmentation and grid, as the runs used them."""
     t, d, st = cfg.train, cfg.data, cfg.study
@@ -198,8 +207,8 @@ def _setup_section(cfg: Config, task: Task, df: pd.DataFrame, devices: str) -> l
     val_desc = f"`{d.val}`" if d.val else f"{d.val_fraction:.0%} of train ({'stratified' if task.stratify_key else 'random'})"
     return [
         "## Setup", "",
-        f"- Task: {cfg.task.name}; data: `{d.train}` (train), {val_desc} (validation), "
-        f"`{d.test}` (test, evaluated once per run with the model selected on validation).",
+        f"- Task: {cfg.task.name}; data: {_data_desc(d, val_desc)} (test, evaluated once per run with the model "
+        "selected on validation).",
         f"- Backbone: `{cfg.backbone.name}`, input {d.image_size[0]}x{d.image_size[1]} (H x W), "
         f"{cfg.backbone.in_chans} channel(s), channel policy `{cfg.backbone.channels}`.",
         f"- Training: {t.optimizer}, lr {t.lr:g} for pretrained stages, head x{t.head_lr_mult:g}, "
