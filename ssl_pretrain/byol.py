@@ -23,6 +23,8 @@ from transfer.backbones.staged import StagedBackbone
 class BYOL(MomentumTarget):
     """BYOL pre-training."""
 
+    options_read = ("proj_hidden", "proj_dim", "pred_hidden", "momentum_start", "momentum_end", "views")
+
     def __init__(self, backbone: StagedBackbone, options: ContrastiveConfig, image_size: tuple[int, int]) -> None:
         super().__init__(backbone, options, image_size)
         c = options

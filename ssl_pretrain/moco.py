@@ -32,8 +32,15 @@ from transfer.api import Batch
 from transfer.backbones.staged import StagedBackbone
 
 
+#: above this share of the pool, the queue's false negatives (an image's own earlier key) are warned about
+QUEUE_SHARE_WARNING = 0.25
+
+
 class MoCo(MomentumTarget):
     """MoCo v2 pre-training."""
+
+    options_read = ("proj_hidden", "proj_dim", "temperature", "queue_size", "momentum_start", "momentum_end",
+                    "views")
 
     def __init__(self, backbone: StagedBackbone, options: ContrastiveConfig, image_size: tuple[int, int]) -> None:
         super().__init__(backbone, options, image_size)
@@ -44,6 +51,18 @@ class MoCo(MomentumTarget):
         # under DDP every rank enqueues the keys of every rank (lightly all-gathers them before enqueueing), so the
         # ranks' queues stay identical and DDP's per-forward broadcast of rank 0's buffers changes nothing
         self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=bank, gather_distributed=True)
+        self.queue_size = c.queue_size
+
+    def pool_warnings(self, pool_size: int) -> list[str]:
+        """A queue that holds much of the pool holds each image's own key from the previous epoch (another view, an
+        older encoder) as a negative: a false negative as hard as the positive. MoCo's own setting is 65,536 keys
+        for ImageNet's 1.28M images (5%), lightly's CIFAR-10 benchmark 4,096 for 50,000 (8%)."""
+        share = self.queue_size / max(pool_size, 1)
+        if share <= QUEUE_SHARE_WARNING:
+            return []
+        return [f"pretrain.contrastive.queue_size={self.queue_size} holds {share:.0%} of the pool's {pool_size} images: "
+                "each image's own key from the last epoch is among its negatives about that often; keep it under "
+                f"{QUEUE_SHARE_WARNING:.0%} of the pool (e.g. {max(int(pool_size * 0.2) // 128 * 128, 128)})"]
 
     def get_extra_state(self) -> dict[str, Any]:
         """The momentum (see the base) and the queue of past keys with its write pointer (lightly's memory bank)."""

@@ -21,6 +21,8 @@ from transfer.backbones.staged import StagedBackbone
 class SimCLR(TwoViewMethod):
     """SimCLR pre-training: encoder + ``SimCLRProjectionHead``, ``NTXentLoss``."""
 
+    options_read = ("proj_hidden", "proj_dim", "temperature", "views")
+
     def __init__(self, backbone: StagedBackbone, options: ContrastiveConfig, image_size: tuple[int, int]) -> None:
         super().__init__(backbone, options, image_size)
         c = options

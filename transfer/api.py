@@ -279,6 +279,9 @@ class PretrainMethod(nn.Module, ABC):
     #: name of the option section the method reads (several methods may share one), or None
     config_section: ClassVar[str | None] = None
     config_class: ClassVar[type | None] = None
+    #: the fields of that section the method reads (None: all). A run is keyed by these alone (resume, finished-run
+    #: checks), so an option of another method in a shared section (MoCo's queue for SimCLR) is not a change to it
+    options_read: ClassVar[tuple[str, ...] | None] = None
 
     encoder: StagedBackbone
 
@@ -298,6 +301,11 @@ class PretrainMethod(nn.Module, ABC):
 
     def after_optimizer_step(self, progress: float) -> None:  # noqa: B027 - optional hook
         """After each optimiser step (momentum updates); ``progress`` in [0, 1] over the whole run."""
+
+    def pool_warnings(self, pool_size: int) -> list[str]:
+        """Warnings about these options on a pool of ``pool_size`` images (given once, in the run's summary);
+        default: none."""
+        return []
 
     def media(self, batch: Batch) -> dict[str, np.ndarray]:
         """Images (uint8 arrays) that show what the method does on ``batch``: views, reconstructions..."""

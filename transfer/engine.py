@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from transfer.api import Batch
 from transfer.config import RuntimeConfig
+from transfer.config.pretrain import method_options_only
 from transfer.distributed import all_gather_object, all_reduce_sum, is_main_process, rank, world_size
 from transfer.errors import MedTransferError, UnsafeCheckpointError
 from transfer.precision import Precision, amp_dtype  # noqa: F401 (amp_dtype: re-exported)
@@ -604,7 +605,10 @@ def check_resume_config(state: dict[str, Any], path: Path, config: dict[str, Any
                                f"it cannot be checked against this one; {_WAYS_OUT}")
     if state.get("config_fingerprint") == config_fingerprint(config):
         return
-    changes = config_changes(old, config)
+    # a stage-1 state written before runs were keyed by their method's own options: compare those only
+    changes = config_changes(method_options_only(old), config)
+    if not changes:
+        return
     raise ResumeStateError(f"{path}: the resume state was written with another config "
                            f"({'; '.join(changes) or 'fingerprint differs'}); {_WAYS_OUT}")
 

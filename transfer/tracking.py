@@ -1,6 +1,7 @@
 """Run directories (atomic writes, JSONL metrics) and the W&B mirror."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from transfer.config import TrackingConfig
+from transfer.config import Config, TrackingConfig, from_dict, to_dict
+from transfer.config.pretrain import method_options_only
 from transfer.errors import MedTransferError
 from transfer.write_errors import OutputWriteError, writing
 
@@ -87,7 +89,8 @@ def training_config(config: dict[str, Any], job: str) -> dict[str, Any]:
     """
     ignored = UNTRACKED_KEYS + UNTRACKED_BY_JOB.get(job, ())
     flat = _flatten(config)
-    return {k: v for k, v in sorted(flat.items()) if not any(k == p or k.startswith(p + ".") for p in ignored)}
+    key = {k: v for k, v in sorted(flat.items()) if not any(k == p or k.startswith(p + ".") for p in ignored)}
+    return method_options_only(key) if job == "pretrain" else key
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:
@@ -125,11 +128,28 @@ def discard_run_state(run_dir: Path) -> list[Path]:
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``["train.lr: 0.01 -> 0.05", ...]`` for the keys of two flat configs that differ (absent: ``<absent>``)."""
+    """``["train.lr: 0.01 -> 0.05", ...]`` for the keys of two flat configs that differ (absent: ``<absent>``).
+
+    A key the old config lacks because its option did not exist yet counts at the option's default: a run made
+    before an option was added is the same run as one made with the option at its default (which reproduces the
+    old behaviour), so upgrading medtransfer does not orphan finished runs and resume states.
+    """
+    defaults = _config_defaults()
+
     def show(d: dict[str, Any], k: str) -> str:
-        return json.dumps(d[k], default=_json_default) if k in d else "<absent>"
+        if k in d:
+            return json.dumps(d[k], default=_json_default)
+        if d is old and k in defaults:
+            return json.dumps(defaults[k], default=_json_default)
+        return "<absent>"
 
     return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in sorted(set(old) | set(new)) if show(old, k) != show(new, k)]
+
+
+@functools.lru_cache(maxsize=1)
+def _config_defaults() -> dict[str, Any]:
+    """Every key of a config at its default, flat (the registered plug-ins' option sections included)."""
+    return _flatten(to_dict(from_dict(Config, {})))
 
 
 def completed_summary(run_dir: Path, outputs: tuple[str, ...], config: dict[str, Any] | None = None,

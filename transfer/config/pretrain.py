@@ -12,6 +12,29 @@ from typing import Any, Literal
 from transfer.config.io import ConfigError, plugin_sections, section_of
 
 
+def method_options_only(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat stage-1 training config (dotted keys, ``pretrain.method`` among them) without the options its method
+    does not read: the other methods' sections, and the fields of its own section outside its
+    ``PretrainMethod.options_read``. A stage-1 run is keyed by what it computes with, so a new MoCo queue size is not
+    a change to a finished SimCLR run (both read ``pretrain.contrastive``). A config without ``pretrain.method``, or
+    whose method is not registered (a plug-in not installed here), is returned whole."""
+    from transfer.api import PRETRAIN_METHODS  # as _method_sections: read after plug-ins are installed
+
+    method = flat.get("pretrain.method")
+    if method not in PRETRAIN_METHODS.names():
+        return flat
+    cls = PRETRAIN_METHODS.get(method)
+    sections = set(_method_sections())
+
+    def read(key: str) -> bool:
+        parts = key.split(".")
+        if len(parts) < 3 or parts[0] != "pretrain" or parts[1] not in sections:
+            return True  # not a method's option
+        return parts[1] == cls.config_section and (cls.options_read is None or parts[2] in cls.options_read)
+
+    return {k: v for k, v in flat.items() if read(k)}
+
+
 def _method_sections() -> dict[str, type]:
     """{section name: dataclass} of the registered methods; methods may share one (SimCLR, MoCo, BYOL)."""
     from transfer.api import PRETRAIN_METHODS  # read when a config is loaded, after plug-ins are installed

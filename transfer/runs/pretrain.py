@@ -70,6 +70,8 @@ def _run(cfg: Config, ctx: RunContext, method_cls: type[PretrainMethod], pool: P
             run.use_checkpoint(Path(cfg.init), report.provenance)
         options = p.section(method_cls.config_section) if method_cls.config_section else None
         method = method_cls.from_config(backbone, options, tuple(cfg.data.image_size))
+        for msg in method.pool_warnings(len(pool)):
+            run.warn(msg)
         res = _train(cfg, ctx, method, pool, run, key)
         history = res.history
         selection = selection_record(cfg, res)
