@@ -30,6 +30,7 @@ from ssl_pretrain.base import MomentumTarget, positive_pair_accuracy
 from ssl_pretrain.config import ContrastiveConfig
 from transfer.api import Batch
 from transfer.backbones.staged import StagedBackbone
+from transfer.distributed import world_size
 
 
 #: above this share of the pool, the queue's false negatives (an image's own earlier key) are warned about
@@ -52,6 +53,13 @@ class MoCo(MomentumTarget):
         # ranks' queues stay identical and DDP's per-forward broadcast of rank 0's buffers changes nothing
         self.criterion = NTXentLoss(temperature=c.temperature, memory_bank_size=bank, gather_distributed=True)
         self.queue_size = c.queue_size
+        # lightly's queue starts as random unit vectors. Against them a constant embedding scores far above chance
+        # (its positive at cosine 1, its negatives near 0), and MoCo from scratch collapsed onto one direction within
+        # 10 steps (PneumoniaMNIST, lite0: positive-pair accuracy exactly 1/batch, the loss then at chance, ln(K+1)).
+        # So until the queue holds real keys only, the negatives are the batch's own (SimCLR's loss on (q, k)) and
+        # the keys are enqueued as usual
+        self.batch_criterion = NTXentLoss(temperature=c.temperature, gather_distributed=True)
+        self.keys_enqueued = 0
 
     def pool_warnings(self, pool_size: int) -> list[str]:
         """A queue that holds much of the pool holds each image's own key from the previous epoch (another view, an
@@ -67,7 +75,8 @@ class MoCo(MomentumTarget):
     def get_extra_state(self) -> dict[str, Any]:
         """The momentum (see the base) and the queue of past keys with its write pointer (lightly's memory bank)."""
         bank = self.criterion.memory_bank
-        return {**super().get_extra_state(), "queue": bank.bank.detach().clone(), "queue_ptr": bank.bank_ptr.clone()}
+        return {**super().get_extra_state(), "queue": bank.bank.detach().clone(), "queue_ptr": bank.bank_ptr.clone(),
+                "keys_enqueued": self.keys_enqueued}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
@@ -77,6 +86,8 @@ class MoCo(MomentumTarget):
                              "(pretrain.contrastive.queue_size / proj_dim changed)")
         bank.bank.copy_(state["queue"])
         bank.bank_ptr.copy_(state["queue_ptr"])
+        # a state from before the warm-up existed: its queue was filled long ago unless its pointer never wrapped
+        self.keys_enqueued = int(state.get("keys_enqueued", self.queue_size))
 
     def forward(self, x: Tensor) -> Tensor:
         """Images -> query projections (B, proj_dim)."""
@@ -86,6 +97,11 @@ class MoCo(MomentumTarget):
         x_q, x_k = self.augment(batch["image"])
         q = self(x_q)
         k = self.forward_momentum(x_k)
-        loss = self.criterion(q, k)  # enqueues k (q requires grad)
+        if self.queue_size and self.keys_enqueued < self.queue_size:  # the queue still holds random vectors
+            loss = self.batch_criterion(q, k)
+            self.criterion.memory_bank(torch.nn.functional.normalize(k, dim=1), update=True)  # gathers under DDP
+        else:
+            loss = self.criterion(q, k)  # enqueues k (q requires grad)
+        self.keys_enqueued += k.shape[0] * world_size()
         return {"loss": loss, "pretext_acc": positive_pair_accuracy(q, k),
                 "momentum": torch.tensor(self.current_momentum, device=loss.device)}

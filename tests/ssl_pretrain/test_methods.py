@@ -207,6 +207,25 @@ def test_moco_enqueues_keys():
     torch.testing.assert_close(bank.bank[:4].norm(dim=1), torch.ones(4))
 
 
+def test_moco_uses_batch_negatives_until_its_queue_holds_real_keys():
+    """lightly's queue starts as random unit vectors, against which a constant embedding wins (MoCo collapsed on
+    PneumoniaMNIST); the first queue_size keys are trained against the batch's own negatives while they fill it."""
+    torch.manual_seed(0)
+    model = make("moco", contrastive=ContrastiveConfig(**{**SMALL_HEADS, "queue_size": 8}))
+    random_init = model.criterion.memory_bank.bank.clone()
+    used: list[str] = []
+    for name, loss in (("batch", model.batch_criterion), ("queue", model.criterion)):
+        loss.register_forward_hook(lambda *_, name=name: used.append(name))
+    run_steps(model, smooth_images(4, 36, 36), steps=2)
+    assert used == ["batch", "batch"] and model.keys_enqueued == 8
+    bank = model.criterion.memory_bank.bank
+    assert not any(torch.allclose(row, old) for row in bank for old in random_init)  # every row a real key
+    torch.testing.assert_close(bank.norm(dim=1), torch.ones(8))
+    run_steps(model, smooth_images(4, 36, 36, seed=1), steps=1)
+    assert used == ["batch", "batch", "queue"]
+    assert model.get_extra_state()["keys_enqueued"] == 12  # carried into the resume state
+
+
 # -- CAE geometry ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone,upto", [("tiny_resnet", None), ("tiny_efficientnet", None),
                                            ("tiny_alexnet", None), ("tiny_alexnet", "fc6"), ("tiny_resnet", "layer2")])
