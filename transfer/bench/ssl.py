@@ -98,12 +98,13 @@ def _baselines(cfg: Config, inits: tuple[str, ...], out: Path, progress: Callabl
 def collect(out: Path, methods: tuple[str, ...], inits: tuple[str, ...], baselines: dict[str, Any]) -> dict[str, Any]:
     """Per (method, init): every probe with its epoch and CPU time, the kept checkpoint's probe and its gain over the
     starting point; from the run directories and ``baselines.json``."""
-    rows, curves = [], []
+    rows, curves, pending = [], [], []
     for init in inits:
         for method in methods:
             run = out / "runs" / f"{method}-{init}"
             summary_file = run / "summary.json"
             if not summary_file.is_file():
+                pending.append(f"{method} from {init}")
                 continue
             summary = json.loads(summary_file.read_text())
             probes = [r for r in read_metrics(run) if f"val_{PROBE_KEYS[0]}" in r]
@@ -131,7 +132,7 @@ def collect(out: Path, methods: tuple[str, ...], inits: tuple[str, ...], baselin
             row["knn_gain"] = _minus(row["knn_acc"], row["start_knn"])
             row["meets_target"] = meets_target(row)
             rows.append(row)
-    return {"baselines": baselines, "results": rows, "curves": curves}
+    return {"baselines": baselines, "results": rows, "curves": curves, "pending": pending}
 
 
 def meets_target(row: dict[str, Any]) -> bool | None:
@@ -201,6 +202,8 @@ def render(result: dict[str, Any], cfg: Config, *, command: str = "", plot: Path
               "collapsed; healthy post-ReLU features sit well below 1, so compare with the starting point's); "
               "`effective_rank`: exp(entropy of the normalised singular values).", "",
               "## Starting points (no stage 1)", "", md_table(base, 3), ""]
+    if result.get("pending"):
+        lines += [f"**Not finished yet** (run the command again to continue them): {', '.join(result['pending'])}.", ""]
     if result["results"]:
         res = pd.DataFrame(result["results"])
         verdict = res[["method", "init", "start_linear", "linear_probe_acc", "linear_gain", "last_linear_gain",

@@ -33,6 +33,7 @@ def test_bench_ssl_probes_starts_trains_methods_and_reads_back(tiny_npz, tmp_pat
         assert r["linear_gain"] == r["linear_probe_acc"] - res["baselines"]["scratch"]["linear_probe_acc"]
         assert r["embedding_std"] >= 0 and r["effective_rank"] >= 1
     assert len(res["curves"]) == 4  # 2 methods x 2 probes
+    assert res["pending"] == []
     text = report.read_text()
     assert "## Starting points (no stage 1)" in text and "## After stage 1" in text and "| byol | scratch |" in text
     assert "## The known answer" in text and "![ssl_curves](ssl_curves.png)" in text
@@ -63,3 +64,11 @@ def test_the_known_answer_test_per_starting_point():
     assert meets_target(row("imagenet", -0.009)) and meets_target(row("imagenet", 0.02))
     assert not meets_target(row("imagenet", -0.011))  # more than a point below ImageNet
     assert meets_target(row("runs/x/backbone.pt", 0.1)) is None and meets_target(row("scratch", None)) is None
+
+
+def test_bench_ssl_lists_the_runs_not_finished_yet(tiny_npz, tmp_path):
+    assert main(_args(tiny_npz, tmp_path, "--methods", "simclr")) == 0
+    from transfer.bench.ssl import collect
+
+    res = collect(tmp_path / "bench", ("simclr", "byol"), ("scratch",), {})
+    assert res["pending"] == ["byol from scratch"] and [r["method"] for r in res["results"]] == ["simclr"]
