@@ -51,17 +51,18 @@ CPU_MINUTES = 60.0
 
 
 def bench_ssl(cfg: Config, out: Path, *, methods: tuple[str, ...] = METHODS, inits: tuple[str, ...] = INITS,
-              report: Path | None = None, command: str = "", progress: Callable[[str], None] = print
-              ) -> dict[str, Any]:
+              report: Path | None = None, command: str = "", train: bool = True,
+              progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Probe each init, train each (method, init) not finished yet, and write ``bench.json`` and ``report.md``
-    (also to ``report`` when given, with the probe curves' plot beside it)."""
+    (also to ``report`` when given, with the probe curves' plot beside it). ``train=False``: only rebuild them from
+    the run directories and the starting points already probed (while other processes still train)."""
     p = cfg.pretrain
     if not (p.monitor_every and p.monitor_data):
         raise ConfigError("bench ssl needs the probe: set pretrain.monitor_every and pretrain.monitor_data "
                           "(a labelled split the pool does not include)")
     out.mkdir(parents=True, exist_ok=True)
-    baselines = _baselines(cfg, inits, out, progress)
-    for init in inits:
+    baselines = _baselines(cfg, inits, out, progress) if train else _read_baselines(out)
+    for init in inits if train else ():
         for method in methods:
             c = dataclasses.replace(cfg, init=init, pretrain=dataclasses.replace(p, method=method),
                                     tracking=dataclasses.replace(cfg.tracking, out_dir=str(out / "runs")))
@@ -76,10 +77,15 @@ def bench_ssl(cfg: Config, out: Path, *, methods: tuple[str, ...] = METHODS, ini
     return result
 
 
+def _read_baselines(out: Path) -> dict[str, Any]:
+    path = out / "baselines.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _baselines(cfg: Config, inits: tuple[str, ...], out: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     """The probe of each starting point, measured once (``OUT/baselines.json``): the numbers stage 1 must beat."""
     path = out / "baselines.json"
-    done = json.loads(path.read_text()) if path.is_file() else {}
+    done = _read_baselines(out)
     images, labels = probe_data(cfg)
     device = resolve_device(cfg.runtime.device)
     for init in inits:

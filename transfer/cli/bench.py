@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bs.add_argument("--inits", nargs="+", default=None, help="starting points (default: scratch imagenet)")
     bs.add_argument("--out", default="runs/bench-ssl", help="folder of the runs, bench.json and report.md")
     bs.add_argument("--report", default=None, help="also copy the markdown table here (e.g. reports/ssl_known_answer.md)")
+    bs.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild bench.json and the report from the finished runs (others may still train)")
     bs.set_defaults(fn=cmd_bench_ssl)
 
 
@@ -117,9 +119,11 @@ def cmd_bench_ssl(args: argparse.Namespace) -> int:
 
     from transfer.bench.ssl import INITS, METHODS, bench_ssl
 
-    command = "medtransfer " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    # the report names the command that trains everything, not a --report-only rebuild of it
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    command = "medtransfer " + shlex.join(argv) if argv[:1] == ["bench"] else ""
     res = bench_ssl(load(args), Path(args.out), methods=tuple(args.methods or METHODS), inits=tuple(args.inits or INITS),
-                    report=Path(args.report) if args.report else None, command=command)
+                    report=Path(args.report) if args.report else None, command=command, train=not args.report_only)
     for row in res["results"]:
         gain = row["linear_gain"]
         print(f"{row['method']:>8} from {row['init']:<8}: linear probe {row['linear_probe_acc']:.3f} "

@@ -72,3 +72,12 @@ def test_bench_ssl_lists_the_runs_not_finished_yet(tiny_npz, tmp_path):
 
     res = collect(tmp_path / "bench", ("simclr", "byol"), ("scratch",), {})
     assert res["pending"] == ["byol from scratch"] and [r["method"] for r in res["results"]] == ["simclr"]
+
+
+def test_bench_ssl_report_only_trains_nothing(tiny_npz, tmp_path, capsys):
+    assert main(_args(tiny_npz, tmp_path, "--methods", "simclr")) == 0
+    report = tmp_path / "only.md"
+    assert main(_args(tiny_npz, tmp_path, "--report-only", "--report", str(report))) == 0
+    assert not (tmp_path / "bench" / "runs" / "byol-scratch").exists()  # listed, not trained
+    text = report.read_text()
+    assert "| simclr | scratch |" in text and "**Not finished yet**" in text and "byol from scratch" in text
