@@ -216,8 +216,9 @@ def render(result: dict[str, Any], cfg: Config, *, command: str = "", plot: Path
                        "kept_epoch", "epochs", "cpu_minutes_to_kept", "cpu_minutes", "embedding_std",
                        "start_embedding_std", "meets_target"]]
         lines += ["## The known answer",  "",
-                  f"Target: from scratch, the kept checkpoint's linear probe at least {MIN_GAIN_FROM_SCRATCH:.0%} "
-                  f"above random init's; from ImageNet, at most {MAX_LOSS_FROM_IMAGENET:.0%} below ImageNet's; within "
+                  f"Target: from scratch, the kept checkpoint's linear probe at least {MIN_GAIN_FROM_SCRATCH * 100:g} "
+                  f"points above random init's; from ImageNet, at most {MAX_LOSS_FROM_IMAGENET * 100:g} point(s) below "
+                  "ImageNet's; within "
                   f"{CPU_MINUTES:g} CPU-minutes up to the kept epoch (`cpu_minutes_to_kept`: the run's CPU time "
                   "times the share of its epochs up to the kept one). `last_linear_gain`: the last epoch's gain, "
                   "for a reader who would not keep the best probe. One seed: a probe differs by about 0.01 between "
