@@ -70,7 +70,7 @@ class MoCo(MomentumTarget):
             return []
         return [f"pretrain.contrastive.queue_size={self.queue_size} holds {share:.0%} of the pool's {pool_size} images: "
                 "each image's own key from the last epoch is among its negatives about that often; keep it under "
-                f"{QUEUE_SHARE_WARNING:.0%} of the pool (e.g. {max(int(pool_size * 0.2) // 128 * 128, 128)})"]
+                f"{QUEUE_SHARE_WARNING:.0%} of the pool (at most {int(pool_size * QUEUE_SHARE_WARNING)})"]
 
     def get_extra_state(self) -> dict[str, Any]:
         """The momentum (see the base) and the queue of past keys with its write pointer (lightly's memory bank)."""

@@ -23,7 +23,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from transfer.api import Batch
-from transfer.config import RuntimeConfig
 from transfer.config.pretrain import method_options_only
 from transfer.distributed import all_gather_object, all_reduce_sum, is_main_process, rank, world_size
 from transfer.errors import MedTransferError, UnsafeCheckpointError
@@ -309,17 +308,6 @@ class Engine:
                 find_unused_parameters=False,
             )
         self.step_module = torch.compile(step) if compile else step
-
-    @classmethod
-    def from_config(cls, model: nn.Module, optimizer: torch.optim.Optimizer, runtime: RuntimeConfig, *,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, grad_clip: float | None = None,
-                    progress: bool = True, train_mode: Callable[[], None] | None = None,
-                    precision: Precision | None = None) -> "Engine":
-        """An engine on the device, precision and memory format of the ``runtime`` section (``precision``: the
-        run's, resolved once; default resolved here from ``runtime``)."""
-        return cls(model, optimizer, scheduler=scheduler, device=resolve_device(runtime.device), amp=runtime.amp,
-                   channels_last=runtime.channels_last, compile=runtime.compile, grad_clip=grad_clip,
-                   progress=progress, train_mode=train_mode, precision=precision)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return self.precision.autocast(self.device.type)

@@ -38,10 +38,9 @@ class RunContext:
     compile: bool = False
 
     @classmethod
-    def resolve(cls, runtime: RuntimeConfig, seed: int, device: str | None = None) -> "RunContext":
-        """The context of a run in this process: ``device`` overrides ``runtime.device`` (``evaluate``/``predict``'s
-        ``--device``)."""
-        dev = resolve_device(device or runtime.device)
+    def resolve(cls, runtime: RuntimeConfig, seed: int) -> "RunContext":
+        """The context of a run of ``runtime`` and ``seed`` in this process."""
+        dev = resolve_device(runtime.device)
         return cls(device=dev, precision=Precision.resolve(dev, runtime.amp, runtime.channels_last),
                    rank=rank(), world_size=world_size(), seed=seed, compile=runtime.compile)
 
