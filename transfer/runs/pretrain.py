@@ -210,15 +210,31 @@ def resolve_pretrain_init(cfg: Config, method: str, root: Path, *, source: str |
                           name: str | None = None) -> Path:
     """For studies: the checkpoint of ``method`` pretrained with this config (run once, then reused), started from
     ``source`` (default: the config's ``init``), in ``<root>/pretrain/<name>`` (default: the method's name)."""
-    name = name or method
-    out = root / "pretrain"
-    ckpt = out / name / "backbone.pt"
-    if not ckpt.is_file():
-        c = dataclasses.replace(cfg, init=source or cfg.init,
-                                pretrain=dataclasses.replace(cfg.pretrain, method=method),
-                                tracking=dataclasses.replace(cfg.tracking, out_dir=str(out), name=name,
-                                                             wandb_group=cfg.tracking.wandb_group or cfg.study.name))
-        print(f"pretraining {method} from {c.init} for the study ...")
-        s = run_pretrain(c, name=name)
-        atomic_write_json(out / name / "pretrain_summary.json", s)
-    return ckpt
+    c = study_pretrain_config(cfg, method, root, source=source, name=name)
+    if (ckpt := finished_study_pretrain(c)) is not None:
+        return ckpt
+    print(f"pretraining {method} from {c.init} for the study ...")
+    s = run_pretrain(c)
+    run_dir = Path(c.tracking.out_dir) / c.tracking.name
+    atomic_write_json(run_dir / "pretrain_summary.json", s)
+    return run_dir / "backbone.pt"
+
+
+def study_pretrain_config(cfg: Config, method: str, root: Path, *, source: str | None = None,
+                          name: str | None = None) -> Config:
+    """The stage-1 config of a study's ``pretrain:<method>[@<source>]`` init: its run in ``<root>/pretrain/<name>``."""
+    return dataclasses.replace(cfg, init=source or cfg.init,
+                               pretrain=dataclasses.replace(cfg.pretrain, method=method),
+                               tracking=dataclasses.replace(cfg.tracking, out_dir=str(root / "pretrain"),
+                                                            name=name or method,
+                                                            wandb_group=cfg.tracking.wandb_group or cfg.study.name))
+
+
+def finished_study_pretrain(c: Config) -> Path | None:
+    """The checkpoint of a finished stage-1 run of config ``c`` (from :func:`study_pretrain_config`), or None when
+    there is none yet. A checkpoint trained with another config is a :class:`RunStateError` naming the changed
+    keys: a study must not fine-tune from another config's stage 1."""
+    run_dir = Path(c.tracking.out_dir) / c.tracking.name
+    if prior_run(run_dir, "backbone.pt", training_config(to_dict(c), "pretrain"), "pretrain") is None:
+        return None
+    return run_dir / "backbone.pt"

@@ -20,14 +20,14 @@ from transfer.backbones.feature_memo import FrozenFeatureMemo
 from transfer.config import Config
 from transfer.config.io import to_dict
 from transfer.runs.finetune import run_finetune
-from transfer.runs.pretrain import resolve_pretrain_init
+from transfer.runs.pretrain import finished_study_pretrain, resolve_pretrain_init, study_pretrain_config
 from transfer.studies.cells import (Cell, StageOne, cell_config, grid_cells, init_label, is_finished, shard_cells,
                                      stage_one)
 from transfer.studies.executors import run_jobs
-from transfer.studies.manifest import check_manifest
+from transfer.studies.manifest import StudyConfigError, check_manifest
 from transfer.studies.plan import print_plan
 from transfer.studies.tables import write_study_outputs
-from transfer.tracking import Run, RunStateError, atomic_write_json
+from transfer.tracking import RESTART_OR_RENAME, Run, RunStateError, atomic_write_json
 
 __all__ = ["Cell", "grid_cells", "init_label", "run_study", "run_cell"]
 
@@ -48,7 +48,7 @@ def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: boo
         return print_plan(cfg, root, mine, progress)
     t0 = time.time()
     stage1 = {one.key: one for c in mine if (one := stage_one(c.init)) is not None
-              and not (root / "pretrain" / one.key / "backbone.pt").is_file()}
+              and not stage_one_finished(cfg, one, root)}
     run_jobs(cfg, root, pretrain_job, [(cfg, stage1[k], str(root)) for k in sorted(stage1)], "pretrain", progress)
     done = {c.name for c in finished}
     numbered = [(k, c) for k, c in enumerate(mine, 1)]
@@ -65,6 +65,19 @@ def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: boo
     if not out["missing"]:
         _log_study_wandb(cfg, root)
     return out
+
+
+def stage_one_finished(cfg: Config, one: StageOne, root: Path) -> bool:
+    """Whether ``one``'s checkpoint is in the study, trained with this config's pretrain section. One of another
+    config stops the study before any cell runs: its cells would otherwise fine-tune from stale weights."""
+    try:
+        c = study_pretrain_config(cfg, one.method, root, source=one.source, name=one.key)
+        return finished_study_pretrain(c) is not None
+    except RunStateError as e:
+        # the run-level way out (--restart / --name) is not the study's: name the study's own
+        raise StudyConfigError(f"{str(e).removesuffix(RESTART_OR_RENAME)}delete {root / 'pretrain' / one.key} to "
+                               "pretrain it again with this config (and the runs/ cells made from it), or set a new "
+                               "study.name (or study.out_dir)") from None
 
 
 def pretrain_job(cfg: Config, one: StageOne, root: str) -> str:

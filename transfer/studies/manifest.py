@@ -72,14 +72,17 @@ def check_manifest(cfg: Config, root: Path, cells: list[Cell], finished: list[Ce
     if path.is_file():
         old = read_manifest(root)
         changes = config_changes(old.get("training_config", {}), new["training_config"])
-        if changes:
-            affected = affected_cells(changes, finished)
+        affected = affected_cells(changes, finished) if changes else []
+        # a change no finished cell was trained under (their runs deleted, or only stage-1 keys changed before any
+        # stage-1 cell finished) mixes nothing: the study goes on under the new config, and a stale stage-1
+        # checkpoint is refused on its own (grid.stage_one_finished)
+        if affected:
             raise StudyConfigError(
                 f"{path}: the config changed since this study ran ({'; '.join(changes)}); "
                 f"{len(affected)} finished cell(s) were trained with the old one ({', '.join(affected[:6])}"
                 f"{', ...' if len(affected) > 6 else ''}): set a new study.name (or study.out_dir), or delete "
                 f"{Path(root) / 'runs'} to start the study over")
-        if old.get("cells") == new["cells"]:
+        if not changes and old.get("cells") == new["cells"]:
             return  # (a grid that grew or shrank under the same training config is this study's new grid)
     if write:
         atomic_write_json(path, new)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,3 +188,28 @@ def test_a_study_pretrains_a_method_from_the_starting_point_its_init_names(tmp_p
     assert pre["init"] == "scratch" and pre["method"] == "cae"
     run = json.loads((root / "runs" / "cae-from-scratch-all-frac1-seed0" / "summary.json").read_text())
     assert run["init"].endswith("pretrain/cae-from-scratch/backbone.pt")
+
+
+def test_a_study_refuses_a_stage1_checkpoint_of_another_pretrain_config(tmp_path, tiny_npz, tiny_cae_study, capsys):
+    """A study whose pretrain section changed must not fine-tune from the old stage-1 checkpoint. With finished
+    cells made from it, the manifest names them; with those cells deleted, the checkpoint itself is refused before
+    any cell runs, naming the changed key and what to delete. The same config reads it back, untrained."""
+    settings = tiny_cae_study(tiny_npz, tmp_path / "studies", "s", steps=1)
+    args = ["study"] + [x for s in settings for x in ("--set", s)]
+    assert main(args) == 0
+    root = tmp_path / "studies" / "s"
+    ckpt = root / "pretrain" / "cae" / "backbone.pt"
+    trained = ckpt.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0 and ckpt.stat().st_mtime_ns == trained
+    assert "pretraining cae" not in capsys.readouterr().out
+    changed = args + ["--set", "pretrain.lr=0.05"]
+    assert main(changed) != 0
+    err = capsys.readouterr().err
+    assert "pretrain.lr" in err and "cae-all-frac1-seed0" in err and "Traceback" not in err
+    shutil.rmtree(root / "runs" / "cae-all-frac1-seed0")
+    assert main(changed) != 0
+    err = capsys.readouterr().err
+    assert "pretrain.lr" in err and "another config" in err and str(root / "pretrain" / "cae") in err
+    assert "--restart" not in err and "Traceback" not in err
+    assert ckpt.stat().st_mtime_ns == trained and not (root / "runs" / "cae-all-frac1-seed0").exists()
