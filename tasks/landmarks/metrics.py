@@ -30,6 +30,9 @@ ISBI2015_LANDMARKS: tuple[str, ...] = (
     "soft tissue pogonion", "posterior nasal spine", "anterior nasal spine", "articulare",
 )
 DEFAULT_RADII_MM: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
+#: radii of the gross-failure shares: the percentage of landmark errors strictly above 4 mm (clinically unusable)
+#: and above 10 mm (the peak on a wrong structure)
+GROSS_RADII_MM: tuple[float, ...] = (4.0, 10.0)
 
 
 def _check_points(
@@ -92,6 +95,11 @@ def _sdr(errors: np.ndarray, radii: Sequence[float]) -> dict[str, float]:
     return {str(float(r)): 100.0 * _mean(errors <= r) for r in radii}
 
 
+def _over(errors: np.ndarray) -> dict[str, float]:
+    # strictly above r: the complement of the SDR at the same radius
+    return {str(float(r)): 100.0 * _mean(errors > r) for r in GROSS_RADII_MM}
+
+
 def landmark_metrics(
     pred_px: np.ndarray,
     true_px: np.ndarray,
@@ -113,8 +121,9 @@ def landmark_metrics(
         visible: optional (N, L) bool; masked landmarks count in no statistic (``n_masked`` says how many).
 
     Returns:
-        ``{"mre_mm", "sd_mm", "sdr": {"2.0": pct, ...}, "n_images", "n_landmarks",
-        "per_landmark": [{"index" (1-based), "name", "mean_mm", "sd_mm", "sdr": {...}}, ...]}``;
+        ``{"mre_mm", "sd_mm", "sdr": {"2.0": pct, ...}, "over": {"4.0": pct, "10.0": pct}, "n_images",
+        "n_landmarks", "per_landmark": [{"index" (1-based), "name", "mean_mm", "sd_mm", "sdr": {...},
+        "over": {...}}, ...]}``; ``over``: the percentage of errors above each of ``GROSS_RADII_MM``;
         plain Python numbers, ready for JSON.
     """
     if len(radii) == 0 or any(not np.isfinite(r) or r <= 0 for r in radii):
@@ -131,7 +140,8 @@ def landmark_metrics(
     if len(names) != n_lm:
         raise ValueError(f"{len(names)} names for {n_lm} landmarks")
     per = [
-        {"index": j + 1, "name": str(names[j]), "mean_mm": _mean(e), "sd_mm": _sd(e, ddof), "sdr": _sdr(e, radii)}
+        {"index": j + 1, "name": str(names[j]), "mean_mm": _mean(e), "sd_mm": _sd(e, ddof), "sdr": _sdr(e, radii),
+         "over": _over(e)}
         for j, e in ((j, err[vis[:, j], j]) for j in range(n_lm))
     ]
     counted = err[vis]
@@ -139,6 +149,7 @@ def landmark_metrics(
         "mre_mm": float(counted.mean()),
         "sd_mm": _sd(counted, ddof),
         "sdr": _sdr(counted, radii),
+        "over": _over(counted),
         "n_images": int(n),
         "n_landmarks": int(n_lm),
         "n_masked": int((~vis).sum()),
@@ -146,16 +157,20 @@ def landmark_metrics(
     }
 
 
-def per_landmark_table(metrics: dict[str, Any], *, include_sdr: bool = False) -> pd.DataFrame:
+def per_landmark_table(metrics: dict[str, Any], *, include_sdr: bool = False,
+                       include_over: bool = False) -> pd.DataFrame:
     """Per-landmark table (the dental seed's Table I): columns ``landmark, mean, sd`` in mm, index 1..L.
 
-    ``include_sdr`` appends one ``sdr_<r>`` column (percent) per radius.
+    ``include_sdr`` appends one ``sdr_<r>`` column (percent) per radius, ``include_over`` one ``over_<r>`` column
+    per gross-failure radius (percent of errors above it; none for metrics computed before it existed).
     """
     rows = []
     for entry in metrics["per_landmark"]:
         row = {"landmark": entry["name"], "mean": entry["mean_mm"], "sd": entry["sd_mm"]}
         if include_sdr:
             row.update({f"sdr_{r}": v for r, v in entry["sdr"].items()})
+        if include_over:
+            row.update({f"over_{r}": v for r, v in (entry.get("over") or {}).items()})
         rows.append(row)
     index = pd.Index([e["index"] for e in metrics["per_landmark"]], name="index")
     return pd.DataFrame(rows, index=index)

@@ -209,8 +209,11 @@ class LandmarkTask(Task):
     mode = "min"
     reads_listing_lists = True  # data.train: [train.csv, test.csv] (cross-validation folds over both)
     stratify_key = None
-    report_metrics = ("mre_mm", "sd_mm", "sdr_2.0mm", "sdr_2.5mm", "sdr_3.0mm", "sdr_4.0mm")
-    metric_ranges = {"mre_mm": (0.0, math.inf), "sd_mm": (0.0, math.inf), "sdr_*": (0.0, 100.0)}  # SDR in percent
+    report_metrics = ("mre_mm", "sd_mm", "sdr_2.0mm", "sdr_2.5mm", "sdr_3.0mm", "sdr_4.0mm", "over_4.0mm",
+                      "over_10.0mm")
+    # SDR and the gross-failure shares (errors above 4 / 10 mm) in percent
+    metric_ranges = {"mre_mm": (0.0, math.inf), "sd_mm": (0.0, math.inf), "sdr_*": (0.0, 100.0),
+                     "over_*": (0.0, 100.0)}
     report_digits = 2  # millimetres and percentages
 
     def load_split(self, spec: str | list[str], which: str) -> ImageDataset:
@@ -506,6 +509,8 @@ class LandmarkTask(Task):
         out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
         for r, v in (metrics.get("sdr") or {}).items():
             out[f"sdr_{r}mm"] = float(v)
+        for r, v in (metrics.get("over") or {}).items():  # absent from runs scored before it was added
+            out[f"over_{r}mm"] = float(v)
         return out
 
     def report_sections(self, runs: dict[str, dict[str, Any]], table: Callable[[pd.DataFrame], str]) -> list[str]:
@@ -532,5 +537,24 @@ class LandmarkTask(Task):
             return []
         sdr_note = f"; SDR at {_SDR_SHOWN} mm in parentheses" if with_sdr else ""
         return [f"## Per-landmark radial error on the test split (mm, mean ± SD{sdr_note})",
-                "", table(pd.DataFrame({"landmark": names, **cols})), ""]
+                "", table(pd.DataFrame({"landmark": names, **cols})), "", *self._gross_section(runs, names, table)]
+
+    @staticmethod
+    def _gross_section(runs: dict[str, dict[str, Any]], names: list[str],
+                       table: Callable[[pd.DataFrame], str]) -> list[str]:
+        """Per landmark, the share of test errors above 4 and above 10 mm: where a detector fails grossly (the
+        peak on a wrong structure), which the mean hides. Only for runs whose metrics have it."""
+        from tasks.landmarks.metrics import GROSS_RADII_MM, per_landmark_table
+
+        keys = [f"over_{float(r)}" for r in GROSS_RADII_MM]
+        cols: dict[str, list[str]] = {}
+        for run, summary in runs.items():
+            per = per_landmark_table(summary["test"], include_over=True)
+            if all(k in per for k in keys):
+                cols[run] = [" / ".join(f"{per[k][i]:.1f}" for k in keys) for i in per.index]
+        if not cols:
+            return []
+        radii = " / ".join(f"> {r:g} mm" for r in GROSS_RADII_MM)
+        return [f"### Per-landmark gross failures on the test split (% of errors {radii})", "",
+                table(pd.DataFrame({"landmark": names, **cols})), ""]
 

@@ -44,6 +44,19 @@ def test_sdr_is_inclusive_and_in_percent() -> None:
     assert landmark_metrics(pred, np.zeros_like(pred), 1.0, ddof=0)["sd_mm"] == pytest.approx(np.std(errs))
 
 
+def test_gross_failure_shares_count_errors_strictly_above_4_and_10_mm() -> None:
+    # an error of exactly 4 mm is a detection at 4 mm, not a failure above it; 10.0 is not above 10
+    errs = np.array([1.0, 4.0, 4.5, 10.0, 10.5, 30.0, 2.0, 3.0])
+    pred = np.stack([errs, np.zeros_like(errs)], -1)[None]
+    m = landmark_metrics(pred, np.zeros_like(pred), 1.0)
+    assert m["over"] == {"4.0": pytest.approx(100 * 4 / 8), "10.0": pytest.approx(100 * 2 / 8)}
+    assert m["over"]["4.0"] == pytest.approx(100.0 - m["sdr"]["4.0"])
+    # per landmark: landmark 6 (30 mm) is the only one above 10 mm
+    assert [e["over"]["10.0"] for e in m["per_landmark"]] == [0, 0, 0, 0, 100.0, 100.0, 0, 0]
+    table = per_landmark_table(m, include_over=True)
+    assert list(table.columns[-2:]) == ["over_4.0", "over_10.0"] and table.loc[6, "over_10.0"] == 100.0
+
+
 def test_per_landmark_entries_and_table() -> None:
     rng = np.random.default_rng(0)
     true = rng.uniform(0, 2000, size=(6, 19, 2))

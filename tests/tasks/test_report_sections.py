@@ -33,6 +33,10 @@ def test_landmark_report_section_is_the_per_landmark_table():
     assert "| sella | 1.00 ± 0.00 (100%) | 2.00 ± 0.00 (100%) |" in text
     assert (f"| nasion | 3.00 ± {np.std([2, 4], ddof=1):.2f} (50%) | 6.00 ± {np.std([4, 8], ddof=1):.2f} (0%) |"
             in text)
+    # the gross failures per landmark, > 4 / > 10 mm: nasion's 4 and 8 mm errors of the second run, one of two
+    # above 4 mm, none above 10
+    assert "### Per-landmark gross failures on the test split (% of errors > 4 mm / > 10 mm)" in text
+    assert "| nasion | 0.0 / 0.0 | 50.0 / 0.0 |" in text
     # a run without per-landmark test metrics (an older summary): no table rather than a partial one
     assert task.report_sections({**runs, "old": {"test": {"mre_mm": 1.0}}}, md_table) == []
     assert task.report_sections({}, md_table) == []
@@ -50,4 +54,6 @@ def test_per_landmark_table_without_a_2mm_radius_shows_no_sdr():
     true = np.array([[[10.0, 10.0], [20.0, 30.0]], [[12.0, 14.0], [25.0, 28.0]]])
     summary = {"test": landmark_metrics(true + 10.0, true, 0.1, radii=(2.5,), names=["sella", "nasion"])}
     text = "\n".join(_task("task.name=landmarks", "data.format=landmark_csv").report_sections({"r": summary}, md_table))
-    assert f"| sella | {np.hypot(1, 1):.2f} ± 0.00 |" in text and "%" not in text and "SDR" not in text
+    errors_table = text.split("### Per-landmark gross failures")[0]
+    assert f"| sella | {np.hypot(1, 1):.2f} ± 0.00 |" in errors_table
+    assert "%" not in errors_table and "SDR" not in errors_table
