@@ -141,6 +141,20 @@ def collect(out: Path, methods: tuple[str, ...], inits: tuple[str, ...], baselin
     return {"baselines": baselines, "results": rows, "curves": curves, "pending": pending}
 
 
+def best_methods(result: dict[str, Any], k: int = 2) -> dict[str, list[str]]:
+    """Per starting point, the ``k`` methods whose kept checkpoint has the best validation linear probe (ties: the
+    better kNN probe), for the unlabelled-data verdict; a start with a method still pending gets no choice yet."""
+    pending_inits = {p.rsplit(" from ", 1)[1] for p in result.get("pending", [])}
+    chosen: dict[str, list[str]] = {}
+    for init in dict.fromkeys(r["init"] for r in result["results"]):
+        if init in pending_inits:
+            continue
+        rows = [r for r in result["results"] if r["init"] == init and r.get("linear_probe_acc") is not None]
+        rows.sort(key=lambda r: (r["linear_probe_acc"], r.get("knn_acc") or 0.0), reverse=True)
+        chosen[init] = [r["method"] for r in rows[:k]]
+    return chosen
+
+
 def meets_target(row: dict[str, Any]) -> bool | None:
     """The known answer's test for one run: from scratch, the kept probe at least ``MIN_GAIN_FROM_SCRATCH`` above
     random init; from ImageNet, at most ``MAX_LOSS_FROM_IMAGENET`` below ImageNet; either within ``CPU_MINUTES`` of
@@ -227,6 +241,13 @@ def render(result: dict[str, Any], cfg: Config, *, command: str = "", plot: Path
                   "## After stage 1 (the kept checkpoint)", "",
                   "`linear_gain` / `knn_gain`: the kept checkpoint's probe minus its starting point's.", "",
                   md_table(res.drop(columns=["meets_target", "start_embedding_std"]), 3), ""]
+        if chosen := best_methods(result):
+            lines += ["## Methods for the unlabelled-data verdict", "",
+                      "Per starting point, the two methods whose kept checkpoint has the best validation linear probe "
+                      "(ties: kNN): the inits `pretrain:<method>@<start>` of the verdict study. Chosen on the validation "
+                      "split alone; no test image is read by stage 1 or by this choice.", "",
+                      *[f"- from {init}: {', '.join(f'`pretrain:{m}@{init}`' for m in methods)}"
+                        for init, methods in chosen.items()], ""]
     if result["curves"]:
         lines += ["## Probe curves", ""]
         if plot is not None:

@@ -37,6 +37,8 @@ def test_bench_ssl_probes_starts_trains_methods_and_reads_back(tiny_npz, tmp_pat
     text = report.read_text()
     assert "## Starting points (no stage 1)" in text and "## After stage 1" in text and "| byol | scratch |" in text
     assert "## The known answer" in text and "![ssl_curves](ssl_curves.png)" in text
+    chosen = sorted(rows, key=lambda m: (rows[m]["linear_probe_acc"], rows[m]["knn_acc"]), reverse=True)
+    assert f"- from scratch: `pretrain:{chosen[0]}@scratch`, `pretrain:{chosen[1]}@scratch`" in text
     assert (report.parent / "ssl_curves.png").stat().st_size > 0
     assert all(isinstance(r["meets_target"], bool) for r in rows.values())
     summary = tmp_path / "bench" / "runs" / "simclr-scratch" / "summary.json"
@@ -64,6 +66,20 @@ def test_the_known_answer_test_per_starting_point():
     assert meets_target(row("imagenet", -0.009)) and meets_target(row("imagenet", 0.02))
     assert not meets_target(row("imagenet", -0.011))  # more than a point below ImageNet
     assert meets_target(row("runs/x/backbone.pt", 0.1)) is None and meets_target(row("scratch", None)) is None
+
+
+def test_the_verdict_takes_the_two_best_validation_probes_per_start_once_every_method_finished():
+    from transfer.bench.ssl import best_methods
+
+    def row(method, init, linear, knn=0.5):
+        return {"method": method, "init": init, "linear_probe_acc": linear, "knn_acc": knn}
+
+    result = {"results": [row("simclr", "scratch", 0.93), row("moco", "scratch", 0.95), row("byol", "scratch", 0.93, 0.9),
+                          row("cae", "imagenet", 0.91), row("moco", "imagenet", 0.96)],
+              "pending": ["augpred from imagenet"]}
+    # byol beats simclr on the kNN tie-break; imagenet waits for its pending run
+    assert best_methods(result) == {"scratch": ["moco", "byol"]}
+    assert best_methods({**result, "pending": []}) == {"scratch": ["moco", "byol"], "imagenet": ["moco", "cae"]}
 
 
 def test_bench_ssl_lists_the_runs_not_finished_yet(tiny_npz, tmp_path):
