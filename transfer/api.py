@@ -239,6 +239,12 @@ class Task(ABC):
         """Scalar metrics for tables and dashboards."""
         return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating, np.integer))}
 
+    def pooled_test_metrics(self, predictions: list[pd.DataFrame]) -> dict[str, Any] | None:
+        """The test metrics of several runs' test predictions (``predictions_test.csv``) on disjoint images taken
+        together, the folds of a cross-validation, in the form :meth:`evaluate` gives them for one split. None (the
+        default) for a task that cannot pool them: a cross-validation report then gives per-fold metrics alone."""
+        return None
+
     def report_sections(self, runs: dict[str, dict[str, Any]], table: Callable[[pd.DataFrame], str]) -> list[str]:
         """Task-specific sections of a study report, as markdown lines (default: none).
 

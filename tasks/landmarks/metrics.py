@@ -126,11 +126,19 @@ def landmark_metrics(
         "over": {...}}, ...]}``; ``over``: the percentage of errors above each of ``GROSS_RADII_MM``;
         plain Python numbers, ready for JSON.
     """
+    return error_metrics(radial_errors_mm(pred_px, true_px, spacing_mm, visible), radii, names, ddof=ddof)
+
+
+def error_metrics(
+    err: np.ndarray, radii: Sequence[float] = DEFAULT_RADII_MM, names: Sequence[str] | None = None, *, ddof: int = 1
+) -> dict[str, Any]:
+    """:func:`landmark_metrics` from the radial errors (N, L) in mm themselves (NaN: masked), e.g. the errors of
+    several runs' predictions on disjoint images pooled (cross-validation folds)."""
     if len(radii) == 0 or any(not np.isfinite(r) or r <= 0 for r in radii):
         raise ValueError(f"radii must be positive finite numbers, got {list(radii)}")
     if ddof < 0:
         raise ValueError(f"ddof must be >= 0, got {ddof}")
-    err = radial_errors_mm(pred_px, true_px, spacing_mm, visible)
+    err = np.asarray(err, dtype=np.float64)
     n, n_lm = err.shape
     vis = np.isfinite(err)
     if n == 0 or n_lm == 0 or not vis.any():

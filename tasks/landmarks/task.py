@@ -505,6 +505,21 @@ class LandmarkTask(Task):
         return paired_errors(a[cols].mean(1).to_numpy(), b[cols].mean(1).to_numpy(), metric="mre_mm",
                              seed=self.seed)
 
+    def pooled_test_metrics(self, predictions: list[pd.DataFrame]) -> dict[str, Any] | None:
+        """MRE, SDR, the gross-failure shares and the per-landmark table over the radial errors (the ``<k>_err_mm``
+        columns) of every fold's test images together: each image counts once, as in one test split of them all."""
+        from tasks.landmarks.metrics import error_metrics
+
+        frames = [df[sorted((c for c in df.columns if c.endswith("_err_mm")), key=lambda c: int(c.split("_")[0]))]
+                  for df in predictions]
+        widths = {f.shape[1] for f in frames}
+        if len(widths) != 1 or not widths.pop():
+            raise DatasetError("pooled landmark metrics need every run's predictions with the same landmarks "
+                               f"(<k>_err_mm columns: {[f.shape[1] for f in frames]})")
+        err = np.concatenate([f.to_numpy(np.float64) for f in frames])
+        names = self.options.names if len(self.options.names) == err.shape[1] else None
+        return error_metrics(err, tuple(self.options.sdr_radii), names)
+
     def summary_metrics(self, metrics: dict[str, Any]) -> dict[str, float]:
         out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))}
         for r, v in (metrics.get("sdr") or {}).items():

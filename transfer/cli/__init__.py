@@ -8,13 +8,14 @@ import warnings
 from PIL.Image import DecompressionBombWarning
 from typing import Sequence
 
-from transfer.cli import bench, config_cmd, doctor, export_cmd, folds_cmd, registry_cmds, stage1, stage2, study
+from transfer.cli import (bench, config_cmd, cv_cmd, doctor, export_cmd, folds_cmd, registry_cmds, stage1, stage2,
+                          study)
 from transfer.config import ConfigError
 from transfer.distributed import process_group_from_env
 from transfer.errors import MedTransferError, RunInterrupted
 
 #: command groups in the order ``--help`` lists them
-GROUPS = (registry_cmds, config_cmd, stage2, stage1, study, folds_cmd, export_cmd, bench, doctor)
+GROUPS = (registry_cmds, config_cmd, stage2, stage1, study, folds_cmd, cv_cmd, export_cmd, bench, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
