@@ -463,6 +463,9 @@ class Engine:
         per_epoch = _steps_per_epoch(loader, max_steps)
         total_steps = per_epoch * epochs if per_epoch else None
         for epoch in range(start, start if stopped else epochs):
+            # the epoch's cost, training and evaluation, kept in its row: a resumed run adds up its earlier
+            # sessions' epochs from the restored history (transfer.runs.timing)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
             stats = self.train_epoch(loader, epoch, max_steps=max_steps, progress_total=per_epoch,
                                      total_steps=total_steps, global_step=(per_epoch or 0) * epoch)
             if self.scheduler is not None and stats.skipped_steps != stats.steps:
@@ -477,6 +480,8 @@ class Engine:
             if monitor is None or measured:
                 selection.update(epoch, _monitored(row, monitor), state_of)
             row["best_epoch"] = selection.best_epoch
+            row["epoch_seconds"] = time.perf_counter() - wall0
+            row["epoch_cpu_seconds"] = time.process_time() - cpu0
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)

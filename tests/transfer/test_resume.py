@@ -66,7 +66,8 @@ def _fit(path, epochs, config=None, on_start=None):
 
 
 def _strip(rows):
-    return [{k: v for k, v in r.items() if k not in ("images_per_s", "data_wait_share")} for r in rows]
+    timing = ("images_per_s", "data_wait_share", "epoch_seconds", "epoch_cpu_seconds")
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
 
 def test_engine_resume_equals_uninterrupted_fit(tmp_path):
@@ -143,6 +144,10 @@ def interrupted(tmp_path, tiny_npz, monkeypatch):
     return run
 
 
+def _all_rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _rows(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -167,6 +172,32 @@ def test_changed_config_is_refused_naming_the_keys_then_restart(tmp_path, tiny_n
     assert summary["resumed_from_epoch"] is None and [r["epoch"] for r in _rows(run)] == [0, 1]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.05
     assert not list(run.glob("last*.pt"))
+
+
+def test_a_resumed_run_counts_the_time_of_the_epochs_it_restored(tmp_path, tiny_npz, interrupted):
+    """Seconds and CPU seconds cover the whole run: this process's clocks plus the restored epochs' own."""
+    assert main(_args(tmp_path, tiny_npz)) == 0
+    s = json.loads((interrupted / "summary.json").read_text())
+    rows = _all_rows(interrupted)
+    assert s["resumed_from_epoch"] == 2 and s["cost"] == "measured"
+    assert all(r["epoch_seconds"] > 0 and r["epoch_cpu_seconds"] >= 0 for r in rows)
+    assert s["seconds"] == pytest.approx(s["seconds_this_process"] + sum(r["epoch_seconds"] for r in rows), abs=0.11)
+    assert s["cpu_seconds"] == pytest.approx(s["cpu_seconds_this_process"] + sum(r["epoch_cpu_seconds"] for r in rows),
+                                             abs=0.11)
+
+
+def test_run_cost_extrapolates_restored_epochs_that_carry_no_clock():
+    from transfer.runs.timing import run_cost
+
+    timed = [{"epoch": e, "epoch_seconds": 10.0, "epoch_cpu_seconds": 8.0} for e in range(4)]
+    assert run_cost(timed, None, 50.0, 40.0)["seconds"] == 50.0  # trained here from the start
+    c = run_cost(timed, 2, 25.0, 20.0)  # epochs 0-1 restored with their clocks
+    assert (c["seconds"], c["cpu_seconds"], c["cost"]) == (45.0, 36.0, "measured")
+    old = [{"epoch": e} for e in range(2)] + timed[2:]  # a resume state written before rows were timed
+    c = run_cost(old, 2, 25.0, 20.0)
+    assert (c["seconds"], c["cpu_seconds"], c["cost"]) == (50.0, 40.0, "extrapolated")
+    assert c["seconds_this_process"] == 25.0
+    assert run_cost([{"epoch": 0}, {"epoch": 1}], 2, 3.0, 2.0)["cost"] == "this process"  # nothing trained here
 
 
 def test_truncated_resume_state_is_a_clear_error(tmp_path, tiny_npz, interrupted, capsys):

@@ -32,6 +32,7 @@ from transfer.markdown import md_table
 from transfer.runs.pretrain import run_pretrain
 from transfer.runs.probe import probe_data, representation_probe
 from transfer.runs.seeding import seed_everything
+from transfer.runs.timing import run_cost
 from transfer.tracking import atomic_write_json, atomic_write_text, read_metrics
 from transfer.weights import backbone_from_config
 
@@ -113,7 +114,11 @@ def collect(out: Path, methods: tuple[str, ...], inits: tuple[str, ...], baselin
                 pending.append(f"{method} from {init}")
                 continue
             summary = json.loads(summary_file.read_text())
-            probes = [r for r in read_metrics(run) if f"val_{PROBE_KEYS[0]}" in r]
+            rows_of_run = read_metrics(run)
+            if "cost" not in summary:  # written before runs added up their sessions' clocks: work it out here
+                summary.update(run_cost(rows_of_run, summary.get("resumed_from_epoch"), summary.get("seconds") or 0,
+                                        summary.get("cpu_seconds") or 0))
+            probes = [r for r in rows_of_run if f"val_{PROBE_KEYS[0]}" in r]
             for r in probes:
                 curves.append({"method": method, "init": init, "epoch": r["epoch"],
                                "train_loss": r.get("train_loss"), "pretext": r.get("train_pretext_acc"),
@@ -129,6 +134,8 @@ def collect(out: Path, methods: tuple[str, ...], inits: tuple[str, ...], baselin
                    # epochs cost alike, so the CPU time up to the end of the kept epoch is its share of the run's
                    "cpu_minutes_to_kept": cpu_minutes * (kept.get("epoch", epochs - 1) + 1) / max(epochs, 1),
                    "wall_minutes": (summary.get("seconds") or math.nan) / 60,
+                   # measured, or extrapolated from this process's epochs for a run resumed from an untimed state
+                   "cost": summary.get("cost"),
                    **{k: kept.get(f"val_{k}") for k in PROBE_KEYS},
                    "last_linear_probe_acc": last.get(f"val_{PROBE_KEYS[0]}"),
                    "start_linear": base.get("linear_probe_acc"), "start_knn": base.get("knn_acc"),
@@ -227,14 +234,16 @@ def render(result: dict[str, Any], cfg: Config, *, command: str = "", plot: Path
     if result["results"]:
         res = pd.DataFrame(result["results"])
         verdict = res[["method", "init", "start_linear", "linear_probe_acc", "linear_gain", "last_linear_gain",
-                       "kept_epoch", "epochs", "cpu_minutes_to_kept", "cpu_minutes", "embedding_std",
+                       "kept_epoch", "epochs", "cpu_minutes_to_kept", "cpu_minutes", "cost", "embedding_std",
                        "start_embedding_std", "meets_target"]]
         lines += ["## The known answer",  "",
                   f"Target: from scratch, the kept checkpoint's linear probe at least {MIN_GAIN_FROM_SCRATCH * 100:g} "
                   f"points above random init's; from ImageNet, at most {MAX_LOSS_FROM_IMAGENET * 100:g} point(s) below "
                   "ImageNet's; within "
                   f"{CPU_MINUTES:g} CPU-minutes up to the kept epoch (`cpu_minutes_to_kept`: the run's CPU time "
-                  "times the share of its epochs up to the kept one). `last_linear_gain`: the last epoch's gain, "
+                  "times the share of its epochs up to the kept one; `cost` `extrapolated`: a run resumed in "
+                  "another process from a state that kept no clock, its earlier epochs costed at this process's "
+                  "mean epoch). `last_linear_gain`: the last epoch's gain, "
                   "for a reader who would not keep the best probe. One seed: a probe differs by about 0.01 between "
                   "neighbouring epochs, so read gains below that as noise.", "",
                   md_table(verdict, 3), "",

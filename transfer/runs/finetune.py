@@ -12,12 +12,13 @@ from transfer.distributed import barrier
 from transfer.finetune import recalibrate_batchnorm
 from transfer.runs.config_checks import check_finetune_config
 from transfer.runs.context import RunContext
-from transfer.runs.depth import auto_depth, fit_depth
+from transfer.runs.depth import DepthFit, auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
 from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.prior_state import claimed_run, prior_run, recorded
 from transfer.runs.splits import Splits, prepare_data
+from transfer.runs.timing import run_cost
 from transfer.tracking import Run, atomic_torch_save, training_config
 from transfer.weights import LoadReport, backbone_from_config
 
@@ -43,7 +44,7 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
     """
     ctx = RunContext.resolve(cfg.runtime, cfg.seed)  # device, precision, rank, seeds: worked out here, once
     ctx.seed_shared()
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     task = make_task(cfg)
     check_finetune_config(cfg)
     task.precision = ctx.precision  # the engine trains and the task scores under the same autocast and memory format
@@ -64,10 +65,11 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
             model, report = _build_model(cfg, ctx, task, splits, run)
             if feature_memo is not None and model.feature_memo is not None:
                 model.feature_memo = feature_memo
-            summary = _train_and_select(cfg, ctx, task, model, splits, run)
+            summary, trained = _train_and_select(cfg, ctx, task, model, splits, run)
             summary.update(_score(cfg, ctx, task, model, splits, run))
             summary.update({"weights": report.source, "missing_keys": report.missing,
-                            "unused_keys": report.unexpected, "seconds": round(time.time() - t0, 1),
+                            "unused_keys": report.unexpected,
+                            **_cost(trained, summary["resumed_from_epoch"], time.time() - t0, time.process_time() - c0),
                             "peak_memory_gib": peak_memory_gib(),
                             "gpu_peak_memory_gib": gpu_peak_memory_gib(ctx.device)})
             return _finish(cfg, task, model, run, summary)
@@ -89,9 +91,18 @@ def _build_model(cfg: Config, ctx: RunContext, task: Task, splits: Splits, run: 
     return model, report
 
 
+def _cost(trained: DepthFit | None, resumed_from: int | None, wall: float, cpu: float) -> dict[str, Any]:
+    """The run's wall and CPU seconds over all its sessions (:func:`run_cost`). A resumed ``auto`` search trained its
+    earlier depths in earlier sessions, whose clocks are not kept: its cost is this process's, and says so."""
+    if trained is None and resumed_from is not None:
+        return {**run_cost([], None, wall, cpu), "cost": "this process"}
+    return run_cost(trained.result.history if trained is not None else [], resumed_from, wall, cpu)
+
+
 def _train_and_select(cfg: Config, ctx: RunContext, task: Task, model: TaskModel, splits: Splits, run: Run
-                      ) -> dict[str, Any]:
-    """Train at the configured depth (or search it); the selected model is left loaded."""
+                      ) -> tuple[dict[str, Any], DepthFit | None]:
+    """Train at the configured depth (or search it); the selected model is left loaded. Returns the summary's
+    training part and, at a fixed depth, its fit (whose history times every epoch, restored ones included)."""
     t = cfg.train
     depth_curve: list[dict[str, Any]] = []
     resumed: dict[str, Any] = {}
@@ -118,7 +129,7 @@ def _train_and_select(cfg: Config, ctx: RunContext, task: Task, model: TaskModel
         "depth_curve": depth_curve, "task_info": task.info,
         # the first epoch trained after continuing from a resume state (None: trained from the start)
         "resumed_from_epoch": resumed.get("epoch"), "resumed_at_depth": resumed.get("depth"),
-    }
+    }, (None if t.depth == "auto" else fit)
 
 
 def _score(cfg: Config, ctx: RunContext, task: Task, model: TaskModel, splits: Splits, run: Run) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
 from transfer.runs.context import RunContext
 from transfer.runs.prior_state import claimed_run, prior_run, recorded
+from transfer.runs.timing import run_cost
 from transfer.tracking import Run, atomic_write_json, training_config
 from transfer.weights import LoadReport, backbone_from_config, save_backbone_checkpoint
 
@@ -80,8 +81,9 @@ def _run(cfg: Config, ctx: RunContext, method_cls: type[PretrainMethod], pool: P
             "run": name, "method": p.method, "backbone": cfg.backbone.name, "init": cfg.init,
             "pool": pool.source, "pool_size": len(pool), "streamed": pool.streamed, "skipped": pool.skipped,
             "data_fingerprint": pool.fingerprint, "epochs": len(history), "final": history[-1],
-            "selection": selection, "checkpoint": str(ckpt), "seconds": round(time.time() - t0, 1),
-            "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "selection": selection, "checkpoint": str(ckpt),
+            # over all the run's sessions: a resumed run adds the restored epochs' own clocks
+            **run_cost(history, res.resumed_from, time.time() - t0, time.process_time() - cpu0),
             "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
             "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(ctx.device),
         }
