@@ -33,6 +33,11 @@ class LandmarkConfig:
     refine_jitter_mm: float = 2.0  #: SD of the training crops' offset from the truth (about the global error)
     refine_per_image: int = 4  #: landmarks cropped per training image and step
     refine_weight: float = 1.0  #: weight of the refinement losses beside the global stage's
+    #: test-time crops of the refinement stage: 0 = one crop centred on each first estimate; s > 0 = also four crops
+    #: shifted by s x refine_crop left, right, up and down, their decoded positions averaged (5x the refinement's
+    #: inference cost). Prediction-time: ``evaluate --split val --set task.landmarks.refine_tta_shift=0.1`` measures
+    #: it on a trained run's validation split, ``predict --set`` uses it
+    refine_tta_shift: float = 0.0
     #: predict flags an image "low_confidence" when its landmarks' mean peak mass is below this
     low_confidence: float = 0.5
     #: predict flags an image "mirrored?" when its left-right flip is decoded this many times more confidently
@@ -71,6 +76,7 @@ class LandmarkConfig:
                                                       and min(self.refine_image_size) >= 16),
              "refine: true needs the (H, W) the crops come from, each >= 16, e.g. the original size"),
             ("refine_crop", self.refine_crop >= 16, "must be >= 16 pixels"),
+            ("refine_tta_shift", 0 <= self.refine_tta_shift < 0.5, "must be in [0, 0.5) (a share of refine_crop)"),
             ("shape_prior", not self.shape_prior or self.head == "decoder",
              f"needs head: decoder (the step picks among the modes of its heatmaps), got head: {self.head}"),
             ("shape_modes", self.shape_modes >= 2,

@@ -77,16 +77,21 @@ class RefinementStage(nn.Module):
 
     def __init__(self, backbone: StagedBackbone, num_landmarks: int, *, crop: int, out_stride: int = 2,
                  radius: int = 3, width: int = 32, sigma_mm: float = 0.5, jitter_mm: float = 2.0,
-                 per_image: int = 4) -> None:
+                 per_image: int = 4, tta_shift: float = 0.0) -> None:
         super().__init__()
         if crop < 16:
             raise ValueError(f"task.landmarks.refine_crop must be >= 16 pixels, got {crop}")
         if per_image < 1:
             raise ValueError(f"task.landmarks.refine_per_image must be >= 1, got {per_image}")
+        if not 0 <= tta_shift < 0.5:
+            raise ValueError(f"task.landmarks.refine_tta_shift must be in [0, 0.5), got {tta_shift}")
         self.backbone = backbone
         self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=out_stride, radius=radius,
                                        width=width)
         self.crop, self.sigma_mm, self.jitter_mm, self.per_image = crop, sigma_mm, jitter_mm, per_image
+        #: test-time crops: 0 = one centred crop per landmark; s > 0 = also four crops shifted by s x crop
+        #: (task.landmarks.refine_tta_shift, a prediction-time option)
+        self.tta_shift = tta_shift
 
     def forward(self, crops: torch.Tensor, landmark: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone.forward_stages(crops, upto=self.head.top_stage)
@@ -133,20 +138,30 @@ class RefinementStage(nn.Module):
 
     @torch.no_grad()
     def refine(self, refine_images: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image-normalised estimates (B, L, 2) -> refined (B, L, 2) and confidence (B, L), one crop each."""
+        """Image-normalised estimates (B, L, 2) -> refined (B, L, 2) and confidence (B, L): one crop centred on each
+        estimate, or with ``tta_shift`` > 0 also four crops shifted by that share of the crop left, right, up and
+        down, each decoded and mapped back to the image, their positions and confidences averaged."""
         b, n = coords.shape[:2]
         hw = (int(refine_images.shape[-2]), int(refine_images.shape[-1]))
         flat = coords.reshape(-1, 2).float()
         image = torch.arange(b, device=coords.device).repeat_interleave(n)
         ids = torch.arange(n, device=coords.device).repeat(b)
-        origins = crop_origins(flat, hw, self.crop)
-        coords, confidence = [], []
-        for i in range(0, len(flat), _CROPS_PER_PASS):  # bounded memory whatever the batch of images
-            part = slice(i, i + _CROPS_PER_PASS)
-            out = self(extract_crops(refine_images, image[part], origins[part], self.crop), ids[part])
-            coords.append(from_crop(out["coords"].float(), origins[part], hw, self.crop))
-            confidence.append(out["confidence"])
-        return torch.cat(coords).view(b, n, 2), torch.cat(confidence).view(b, n)
+        centred = crop_origins(flat, hw, self.crop)
+        refined, confidence = [], []
+        for shift in self._shifts(flat.device):  # in chunks of crops: bounded memory whatever the batch
+            origins = centred + shift
+            parts = [slice(i, i + _CROPS_PER_PASS) for i in range(0, len(flat), _CROPS_PER_PASS)]
+            outs = [self(extract_crops(refine_images, image[p], origins[p], self.crop), ids[p]) for p in parts]
+            refined.append(torch.cat([from_crop(o["coords"].float(), origins[p], hw, self.crop)
+                                      for o, p in zip(outs, parts)]).view(b, n, 2))
+            confidence.append(torch.cat([o["confidence"].float() for o in outs]).view(b, n))
+        return torch.stack(refined).mean(0), torch.stack(confidence).mean(0)
+
+    def _shifts(self, device: torch.device) -> torch.Tensor:
+        """(K, 2) offsets in refinement-image pixels of the test-time crops: (0, 0), then +-x and +-y."""
+        s = self.tta_shift * self.crop
+        offsets = [(0.0, 0.0)] + ([(s, 0.0), (-s, 0.0), (0.0, s), (0.0, -s)] if s > 0 else [])
+        return torch.tensor(offsets, device=device)
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:

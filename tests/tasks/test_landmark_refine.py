@@ -1,6 +1,7 @@
 """The refinement stage: crop geometry at the border, and that training it moves estimates towards the truth."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tasks.landmarks.refine import RefinementStage, crop_origins, extract_crops, from_crop, to_crop
@@ -62,3 +63,54 @@ def test_training_the_refinement_stage_moves_perturbed_estimates_towards_the_tru
     after = (((refined - true) * size).norm(dim=-1)).mean()
     assert after < 0.4 * before, (before.item(), after.item())
     assert confidence.shape == (32, 1) and bool(((confidence > 0) & (confidence <= 1)).all())
+
+
+class _DotFinder(RefinementStage):
+    """A refinement stage that 'decodes' each crop as the centre of its brightest pixel: exact, whatever the crop's
+    offset, so test-time crops shifted off the estimate must map back to the same image position."""
+
+    def forward(self, crops: torch.Tensor, landmark: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = crops[:, 0].flatten(1).argmax(1)
+        y, x = flat // self.crop, flat % self.crop
+        coords = torch.stack([x, y], -1).float().add(0.5) / self.crop
+        return {"coords": coords, "confidence": torch.ones(len(crops)), "heatmaps": crops[:, 0]}
+
+
+def test_test_time_crops_map_each_shifted_crop_back_to_the_same_point() -> None:
+    h, w, crop = 60, 80, 24
+    image = torch.zeros(1, 1, h, w)
+    image[0, 0, 31, 45] = 1.0  # the dot: continuous centre (45.5, 31.5)
+    truth = torch.tensor([45.5 / w, 31.5 / h])
+    # a first estimate off by (2.5, -2.5) px, at whole pixels, so every crop's pixels sample pixel centres exactly
+    estimate = torch.tensor([48.0 / w, 29.0 / h])[None, None]
+    stage = _DotFinder(get_entry("tiny_efficientnet").build(), 1, crop=crop)
+    one, _ = stage.refine(image, estimate)
+    stage.tta_shift = 0.25  # four more crops, 6 px off the estimate each way: the dot stays inside every one
+    assert stage._shifts(torch.device("cpu")).shape == (5, 2)
+    five, confidence = stage.refine(image, estimate)
+    assert torch.allclose(one[0, 0], truth, atol=1e-6) and torch.allclose(five[0, 0], truth, atol=1e-6)
+    assert confidence.shape == (1, 1)
+    # the four shifts cancel in the mean, so also one shift alone: a crop mapped back with the centred crop's origin
+    # would land 6 px off
+    stage._shifts = lambda device: torch.tensor([[0.0, 0.0], [6.0, -6.0]], device=device)
+    two, _ = stage.refine(image, estimate)
+    assert torch.allclose(two[0, 0], truth, atol=1e-6)
+    with pytest.raises(ValueError, match="refine_tta_shift"):
+        _DotFinder(get_entry("tiny_efficientnet").build(), 1, crop=crop, tta_shift=0.5)
+
+
+def test_the_refinement_stage_takes_its_test_time_crops_from_the_task_options() -> None:
+    from transfer.api import TASKS
+    from transfer.config import Config, load_config
+
+    def stage(*more: str) -> RefinementStage:
+        cfg = load_config(Config, None, ["task.name=landmarks", "data.format=landmark_csv", "init=scratch",
+                                         "task.landmarks.head=decoder", "task.landmarks.refine=true",
+                                         "task.landmarks.refine_image_size=[60, 48]", "task.landmarks.refine_crop=32",
+                                         "tracking.progress=false", *more])
+        task = TASKS.get("landmarks")(cfg)
+        task.info["num_landmarks"] = 2
+        return task.build_model(get_entry("tiny_efficientnet").build()).refine_stage
+
+    assert stage().tta_shift == 0.0
+    assert stage("task.landmarks.refine_tta_shift=0.1").tta_shift == 0.1

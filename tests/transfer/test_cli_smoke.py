@@ -93,6 +93,16 @@ def test_landmark_finetune_predict_then_evaluate(tmp_path, tiny_landmarks, capsy
     assert list(pd.read_csv(tmp_path / "ev.csv")["image"]) == list(pred["image"])
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["mre_mm"] == pytest.approx(summary["test"]["mre_mm"], rel=1e-5)
+    # the run's own carved validation split, rebuilt from its config and seed: the summary's validation score
+    assert main(["evaluate", str(run), "--split", "val", "--out", str(tmp_path / "val.csv")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["mre_mm"] == pytest.approx(summary["val"]["mre_mm"], rel=1e-5)
+    assert list(pd.read_csv(tmp_path / "val.csv")["image"]) == list(pd.read_csv(run / "predictions_val.csv")["image"])
+    for bad, why in ((["--split", "val", "--data", "test.csv"], "either --data"), ([], "either --data"),
+                     (["--split", "val", "--set", "train.lr=0.1"], "only task.* options")):
+        assert main(["evaluate", str(run), *bad]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err
 
 
 def test_auto_depth_records_curve(tmp_path, tiny_npz):

@@ -28,13 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("evaluate", help="score a trained model on a labelled set")
     e.add_argument("run", help="run directory or its model.pt")
-    e.add_argument("--data", required=True, help="labelled split: CSV, class folder, or file.npz#key (relative to --root)")
+    e.add_argument("--data", help="labelled split: CSV, class folder, or file.npz#key (relative to --root)")
+    e.add_argument("--split", choices=["val", "test"],
+                   help="instead of --data: the run's own split, rebuilt from its config and seed (the carved "
+                        "validation part, the held-out fold), e.g. to measure a prediction-time option with --set")
     e.add_argument("--format", help="dataset format, if not the run's")
     e.add_argument("--root", help="dataset root (default: the run's data.root)")
     e.add_argument("--image-dir", help="image folder for CSV formats, relative to the root")
     e.add_argument("--out", help="write predictions CSV here (metrics beside it as .metrics.json)")
     e.add_argument("--device", default="auto")
     e.add_argument("--cache-dir", help=_CACHE_HELP)
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="task.KEY=VALUE",
+                   help="change how the task predicts (task.* options only), e.g. task.landmarks.shape_prior=true")
     e.set_defaults(fn=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict on new, unlabelled images")
@@ -79,8 +84,9 @@ def _print_summary(summary: dict, run_dir: Path, report_metrics: tuple[str, ...]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    res = evaluate_run(args.run, args.data, device=args.device, data_format=args.format, root=args.root,
-                       image_dir=args.image_dir, out=Path(args.out) if args.out else None, cache_dir=args.cache_dir)
+    res = evaluate_run(args.run, args.data, split=args.split, device=args.device, data_format=args.format,
+                       root=args.root, image_dir=args.image_dir, out=Path(args.out) if args.out else None,
+                       cache_dir=args.cache_dir, overrides=args.overrides)
     print(json.dumps(res.metrics, indent=2, default=float))
     return 0
 
