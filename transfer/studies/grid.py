@@ -45,6 +45,10 @@ def run_study(cfg: Config, *, shard: tuple[int, int] | None = None, dry_run: boo
     finished = [c for c in cells if is_finished(root / "runs" / c.name)]
     check_manifest(cfg, root, cells, finished, write=not dry_run)
     if dry_run:
+        for one in {one.key: one for c in mine if (one := stage_one(c.init)) is not None}.values():
+            # a stale checkpoint is refused here too, before a real run would stop on it
+            state = "reuse" if stage_one_finished(cfg, one, root) else "train"
+            progress(f"stage 1 {one.key}: {state} ({root / 'pretrain' / one.key})")
         return print_plan(cfg, root, mine, progress)
     t0 = time.time()
     stage1 = {one.key: one for c in mine if (one := stage_one(c.init)) is not None

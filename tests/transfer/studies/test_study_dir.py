@@ -196,13 +196,16 @@ def test_a_study_refuses_a_stage1_checkpoint_of_another_pretrain_config(tmp_path
     any cell runs, naming the changed key and what to delete. The same config reads it back, untrained."""
     settings = tiny_cae_study(tiny_npz, tmp_path / "studies", "s", steps=1)
     args = ["study"] + [x for s in settings for x in ("--set", s)]
-    assert main(args) == 0
     root = tmp_path / "studies" / "s"
+    assert main(args + ["--dry-run"]) == 0
+    assert f"stage 1 cae: train ({root / 'pretrain' / 'cae'})" in capsys.readouterr().out
+    assert main(args) == 0
     ckpt = root / "pretrain" / "cae" / "backbone.pt"
     trained = ckpt.stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0 and ckpt.stat().st_mtime_ns == trained
     assert "pretraining cae" not in capsys.readouterr().out
+    assert main(args + ["--dry-run"]) == 0 and "stage 1 cae: reuse" in capsys.readouterr().out
     changed = args + ["--set", "pretrain.lr=0.05"]
     assert main(changed) != 0
     err = capsys.readouterr().err
@@ -212,4 +215,5 @@ def test_a_study_refuses_a_stage1_checkpoint_of_another_pretrain_config(tmp_path
     err = capsys.readouterr().err
     assert "pretrain.lr" in err and "another config" in err and str(root / "pretrain" / "cae") in err
     assert "--restart" not in err and "Traceback" not in err
+    assert main(changed + ["--dry-run"]) == 2 and "pretrain.lr" in capsys.readouterr().err  # the plan says so too
     assert ckpt.stat().st_mtime_ns == trained and not (root / "runs" / "cae-all-frac1-seed0").exists()
