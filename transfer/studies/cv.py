@@ -56,12 +56,12 @@ def run_cv(cfg: Config, name: str, folds: list[int] | None = None, *, train: boo
     folds = list(range(k)) if folds is None else folds
     if bad := [f for f in folds if not 0 <= f < k]:
         raise CrossValidationError(f"--folds {bad}: {cfg.data.folds} has folds 0..{k - 1}")
+    task = make_task(cfg)
     if train:
         for f in folds:
             progress(f"fold {f} of {k}: training (or reading back) {Path(cfg.tracking.out_dir) / f'{name}-fold{f}'}")
             summary = run_finetune(fold_config(cfg, name, f))
-            progress(f"fold {f}: test {_headline(make_task(cfg), summary)}")
-    task = make_task(cfg)
+            progress(f"fold {f}: test {_headline(task, summary)}")
     result = collect_cv(task, cfg, name, k)
     out = Path(cfg.tracking.out_dir)
     atomic_write_text(out / f"{name}-cv.json", json.dumps(result, indent=1, default=str))
@@ -100,12 +100,11 @@ def collect_cv(task: Task, cfg: Config, name: str, k: int) -> dict[str, Any]:
         predictions.append(pred)
     per_fold = pd.DataFrame(rows)
     over = {}
-    if len(rows) > 0:
-        for m in task.report_metrics:
-            values = per_fold[m].dropna() if m in per_fold else pd.Series(dtype=float)
-            if len(values):
-                over[m] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
-                           "min": float(values.min()), "max": float(values.max()), "folds": int(len(values))}
+    for m in (m for m in task.report_metrics if m in per_fold):  # an empty frame (no fold finished) has no column
+        values = per_fold[m].dropna()
+        if len(values):
+            over[m] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+                       "min": float(values.min()), "max": float(values.max()), "folds": int(len(values))}
     pooled = task.pooled_test_metrics(predictions) if predictions else None
     return {"k": k, "folds": rows, "over_folds": over, "pooled": pooled, "pooled_images": len(images),
             "pending": pending}
