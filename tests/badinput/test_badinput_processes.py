@@ -54,9 +54,16 @@ def _finetune(tmp: Path, *sets: str) -> list[str]:
     return [sys.executable, "-m", "transfer.cli", "finetune", "--name", "r", *[a for s in sets for a in ("--set", s)]]
 
 
+def _as_at_a_terminal() -> None:
+    """SIGINT back to its default in the child, as for a command typed at a terminal. A background job of a
+    non-interactive shell (``bash -c 'pytest ... &'``, as CI runners and nohup'd runs start) inherits SIGINT
+    *ignored*, and Python keeps an ignored SIGINT ignored: the child would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(argv: list[str], tmp: Path, log: str) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=REPO, env=_env(tmp), stdout=open(tmp / f"{log}.out", "w"),
-                            stderr=open(tmp / f"{log}.err", "w"))
+                            stderr=open(tmp / f"{log}.err", "w"), preexec_fn=_as_at_a_terminal)
 
 
 def _run(argv: list[str], tmp: Path) -> subprocess.CompletedProcess:
@@ -90,9 +97,13 @@ def test_ctrl_c_then_resume_on_changed_data(tmp_path):
     _class_folders(tmp_path / "train", 6)
     argv, run = _finetune(tmp_path), tmp_path / "runs" / "r"
     proc = _start(argv, tmp_path, "first")
-    _wait_for_saved_epoch(proc, run, tmp_path, "first")
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, (tmp_path / "first.err").read_text()[-3000:]
+    try:
+        _wait_for_saved_epoch(proc, run, tmp_path, "first")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, (tmp_path / "first.err").read_text()[-3000:]
+    finally:  # a run that missed its Ctrl-C would otherwise train on after the test, for 100,000 epochs
+        if proc.poll() is None:
+            proc.kill()
     err = (tmp_path / "first.err").read_text()
     line = _one_error_line(err)
     failed = json.loads((run / "failed.json").read_text())
