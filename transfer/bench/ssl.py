@@ -91,14 +91,15 @@ def _baselines(cfg: Config, inits: tuple[str, ...], out: Path, progress: Callabl
     device = resolve_device(cfg.runtime.device)
     for init in inits:
         if init in done:
+            done[init].setdefault("n_images", len(labels))  # probed before the count was kept: the same images
             continue
         seed_everything(cfg.seed)  # the same random network the scratch runs start from
         backbone, _ = backbone_from_config(cfg.backbone, init)
         t0 = time.process_time()
         done[init] = {**representation_probe(backbone.to(device), images, labels, device),
-                      "cpu_seconds": round(time.process_time() - t0, 1)}
+                      "cpu_seconds": round(time.process_time() - t0, 1), "n_images": len(labels)}
         progress(f"{init} weights, before stage 1: " + _scores(done[init]))
-        atomic_write_json(path, done)
+    atomic_write_json(path, done)
     return done
 
 
@@ -201,6 +202,22 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def probe_noise(result: dict[str, Any]) -> str:
+    """The sampling error of one probe, to read the target's few points against: the binomial standard error of an
+    accuracy on the probe's images (cross-validation scores each image once), at the starting points' accuracy."""
+    base = [b for b in result["baselines"].values() if b.get("n_images") and b.get("linear_probe_acc") is not None]
+    if not base:
+        return ""
+    n, acc = base[0]["n_images"], sum(float(b["linear_probe_acc"]) for b in base) / len(base)
+    se = math.sqrt(acc * (1 - acc) / n)
+    if se == 0:  # a perfect (or null) probe: nothing to gain, no spread to read a gain against
+        return ""
+    return (f" Sampling error of one probe: {n} images at accuracy {acc:.3f} give a binomial standard error of "
+            f"{se:.3f}, so a {MIN_GAIN_FROM_SCRATCH * 100:g}-point gain is {MIN_GAIN_FROM_SCRATCH / se:.1f} SE; and "
+            "the kept checkpoint is the best of a run's probes, which favours it by the noise (compare "
+            "`last_linear_gain`).")
+
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else float(a) - float(b)
 
@@ -245,7 +262,7 @@ def render(result: dict[str, Any], cfg: Config, *, command: str = "", plot: Path
                   "another process from a state that kept no clock, its earlier epochs costed at this process's "
                   "mean epoch). `last_linear_gain`: the last epoch's gain, "
                   "for a reader who would not keep the best probe. One seed: a probe differs by about 0.01 between "
-                  "neighbouring epochs, so read gains below that as noise.", "",
+                  f"neighbouring epochs, so read gains below that as noise.{probe_noise(result)}", "",
                   md_table(verdict, 3), "",
                   "## After stage 1 (the kept checkpoint)", "",
                   "`linear_gain` / `knn_gain`: the kept checkpoint's probe minus its starting point's.", "",

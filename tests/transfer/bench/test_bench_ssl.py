@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from transfer.bench.ssl import probe_noise
 from transfer.cli import main
 
 
@@ -37,6 +38,7 @@ def test_bench_ssl_probes_starts_trains_methods_and_reads_back(tiny_npz, tmp_pat
     text = report.read_text()
     assert "## Starting points (no stage 1)" in text and "## After stage 1" in text and "| byol | scratch |" in text
     assert "## The known answer" in text and "![ssl_curves](ssl_curves.png)" in text
+    assert res["baselines"]["scratch"]["n_images"] == 12  # the probe's images: tiny.npz#val
     chosen = sorted(rows, key=lambda m: (rows[m]["linear_probe_acc"], rows[m]["knn_acc"]), reverse=True)
     assert f"- from scratch: `pretrain:{chosen[0]}@scratch`, `pretrain:{chosen[1]}@scratch`" in text
     assert (report.parent / "ssl_curves.png").stat().st_size > 0
@@ -52,6 +54,16 @@ def test_bench_ssl_without_a_probe_is_one_line(tiny_npz, tmp_path, capsys):
     assert main(_args(tiny_npz, tmp_path, "--set", "pretrain.monitor_every=0")) != 0
     err = capsys.readouterr().err
     assert "bench ssl needs the probe" in err and "Traceback" not in err
+
+
+def test_the_report_reads_the_target_against_the_probes_sampling_error():
+    """524 validation images at 0.912: binomial SE sqrt(0.912 * 0.088 / 524) = 0.0124, a 3-point gain 2.4 SE; the
+    mean of the starting points' accuracies is the one read, and a perfect probe has no spread to state."""
+    two = {"scratch": {"n_images": 524, "linear_probe_acc": 0.902}, "imagenet": {"n_images": 524, "linear_probe_acc": 0.922}}
+    text = probe_noise({"baselines": two})
+    assert "524 images at accuracy 0.912 give a binomial standard error of 0.012, so a 3-point gain is 2.4 SE" in text
+    assert probe_noise({"baselines": {"scratch": {"n_images": 12, "linear_probe_acc": 1.0}}}) == ""
+    assert probe_noise({"baselines": {"scratch": {"linear_probe_acc": 0.9}}}) == ""  # probed before counts were kept
 
 
 def test_the_known_answer_test_per_starting_point():
