@@ -16,6 +16,21 @@ def test_defaults_and_overrides(tmp_path):
     assert to_dict(cfg)["data"]["image_size"] == [64, 48]
 
 
+def test_a_float_written_with_an_exponent_and_no_dot_is_a_number(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-4`` as a string; in the file and on the command line it is the number meant."""
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 1e-4\n  weight_decay: 5E-5\n")
+    cfg = load_config(Config, p, ["pretrain.lr=1e-9", "data.augment.noise=.5e-1"])
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 5e-5 and cfg.data.augment.noise == 0.05
+    assert cfg.pretrain.lr == 1e-9
+    with pytest.raises(ConfigError, match="pretrain.lr: must be > 0, got -1e-09"):  # a number: its range is checked
+        load_config(Config, p, ["pretrain.lr=-1e-9"])
+    with pytest.raises(ConfigError, match="train.lr.*expected a number, got '1e-4x'"):
+        load_config(Config, None, ["train.lr=1e-4x"])
+    with pytest.raises(ConfigError, match="train.epochs.*expected an integer"):  # integers stay integers
+        load_config(Config, None, ["train.epochs=1e3"])
+
+
 def test_unknown_key_names_key_file_and_choices(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("train:\n  epohcs: 3\n")

@@ -116,6 +116,11 @@ def _coerce_sequence(value: Any, tp: Any, key: str, source: str) -> Any:
     return tuple(items) if origin is tuple else items
 
 
+#: ``1e-4``, ``5E-3``: numbers to a reader (and to YAML 1.2, JSON, Python), strings to PyYAML's YAML 1.1 resolver,
+#: which wants a dot (``1.0e-4``); a float field takes them as the number they are
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
     """bool, int, float (ints accepted), str (environment variables expanded); bools are never numbers."""
     if tp is bool:
@@ -127,6 +132,8 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
