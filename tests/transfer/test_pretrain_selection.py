@@ -77,3 +77,20 @@ def test_keep_last_saves_the_last_epoch_and_says_so(tiny_npz, tmp_path, scripted
 def test_patience_without_a_probe_is_a_config_error(tiny_npz, tmp_path, capsys):
     assert main(_args(tiny_npz, tmp_path, "--set", "pretrain.monitor_patience=2")) != 0
     assert "pretrain.monitor_patience" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freeze_bn_stats_keeps_the_running_statistics_the_encoder_started_with(tiny_npz, tmp_path, frozen):
+    """``pretrain.freeze_bn_stats``: every BatchNorm of the saved encoder holds its starting statistics (a random
+    init's mean 0 / var 1, no batch counted) while its weights (affine ones included) trained; without it they moved."""
+    assert main(_args(tiny_npz, tmp_path, "--set", "pretrain.epochs=2", "--set", "pretrain.max_steps=2",
+                      "--set", "pretrain.monitor_every=1", "--set", f"pretrain.freeze_bn_stats={str(frozen).lower()}")) == 0
+    start, _ = build_backbone("tiny_resnet", "scratch", in_chans=1)
+    kept, _ = build_backbone("tiny_resnet", str(tmp_path / "runs" / "sel" / "backbone.pt"), in_chans=1)
+    norms = [n for n, m in kept.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    before, after = start.state_dict(), kept.state_dict()
+    for n in norms:
+        for stat in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(after[f"{n}.{stat}"], before[f"{n}.{stat}"]) == frozen, (n, stat)
+    assert any(not torch.equal(after[f"{n}.weight"], before[f"{n}.weight"]) for n in norms)  # BN's affine trained

@@ -83,6 +83,10 @@ class PretrainConfig:
     #: with checks on: save the encoder of the best check (``best``, recorded in the checkpoint's provenance) or the
     #: last epoch's (``last``)
     keep: Literal["best", "last"] = "best"
+    #: keep the encoder's BatchNorm running statistics as they start (eval-mode BatchNorm; its affine weights still
+    #: train), as detection fine-tuning freezes BN. From ImageNet, re-estimating them on the pool alone costs the
+    #: known answer's probe 8 points (reports/ssl_known_answer_bn_only.md); from scratch the start is mean 0 / var 1
+    freeze_bn_stats: bool = False
 
     def __post_init__(self) -> None:
         _check(self.method.strip() != "", "pretrain.method", "must name a registered method (medtransfer pretrain --help lists them)")

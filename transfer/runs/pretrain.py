@@ -122,7 +122,8 @@ def _train(cfg: Config, ctx: RunContext, method: PretrainMethod, pool: Pool, run
     p = cfg.pretrain
     opt = build_pretrain_optimizer(method, p)
     engine = ctx.engine(method, opt, scheduler=warmup_cosine(opt, p.warmup_epochs, p.epochs), grad_clip=p.grad_clip,
-                        progress=cfg.tracking.progress)
+                        progress=cfg.tracking.progress,
+                        train_mode=(lambda: train_with_frozen_bn_stats(method)) if p.freeze_bn_stats else None)
     loader = ctx.train_loader(pool.dataset(), p.batch_size, num_workers=cfg.data.workers(pool.streamed),
                               drop_last=True)
     sample = {"image": pool.sample(8).to(ctx.device)}
@@ -137,6 +138,15 @@ def _train(cfg: Config, ctx: RunContext, method: PretrainMethod, pool: Pool, run
     if monitored and p.keep == "best" and res.best_state is not None:
         method.encoder.load_state_dict(res.best_state)  # the encoder of the best check, not of the last epoch
     return res
+
+
+def train_with_frozen_bn_stats(method: PretrainMethod) -> None:
+    """Train mode for the method, eval mode for its encoder's BatchNorm layers (``pretrain.freeze_bn_stats``): they
+    normalise with the statistics the encoder started with, which no batch moves, while their affine weights train."""
+    method.train()
+    for m in method.encoder.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def selection_record(cfg: Config, res: FitResult) -> dict[str, Any]:
