@@ -99,7 +99,8 @@ def _baselines(cfg: Config, inits: tuple[str, ...], out: Path, progress: Callabl
         done[init] = {**representation_probe(backbone.to(device), images, labels, device),
                       "cpu_seconds": round(time.process_time() - t0, 1), "n_images": len(labels)}
         progress(f"{init} weights, before stage 1: " + _scores(done[init]))
-    atomic_write_json(path, done)
+        atomic_write_json(path, done)  # each start as soon as it is probed: an interrupted bench keeps it
+    atomic_write_json(path, done)  # the image counts filled in above for starts probed before they were kept
     return done
 
 
