@@ -77,7 +77,8 @@ class TaskModel(nn.Module, ABC):
         """Further (backbone, head) pairs the fine-tuning depth applies to, by name (default: none).
 
         A model with a second stage (the landmark task's refinement) returns it here, so
-        ``depth`` freezes the same stages of each backbone, and each head trains at the head's rate.
+        ``depth`` freezes the same stages of each backbone (unless the stage names its own depth), and each head
+        trains at the head's rate.
         """
         return {}
 
@@ -95,6 +96,9 @@ class ExtraStage:
     head: nn.Module
     unused_stages: tuple[str, ...] = ()
     reads_stage_outputs: bool = True  #: as :attr:`TaskModel.reads_stage_outputs`
+    #: this stage's own fixed fine-tuning depth (e.g. ``"all"`` for a refinement backbone on small crops, cheap to
+    #: train, beside a frozen global one); None: the run's depth. An ``auto`` search varies only the run's depth
+    depth: str | None = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,10 @@ class LandmarkConfig:
     refine_jitter_mm: float = 2.0  #: SD of the training crops' offset from the truth (about the global error)
     refine_per_image: int = 4  #: landmarks cropped per training image and step
     refine_weight: float = 1.0  #: weight of the refinement losses beside the global stage's
+    #: the refinement backbone's own fine-tuning depth (``head``, ``<stage>-head`` or ``all``), e.g. ``all`` beside a
+    #: frozen global backbone: its inputs are small crops at a resolution ImageNet never saw, and cheap to train on;
+    #: None: ``train.depth`` for both backbones (an ``auto`` depth search then varies the global one only)
+    refine_depth: str | None = None
     #: test-time crops of the refinement stage: 0 = one crop centred on each first estimate; s > 0 = also four crops
     #: shifted by s x refine_crop left, right, up and down, their decoded positions averaged (5x the refinement's
     #: inference cost). Prediction-time: ``evaluate --split val --set task.landmarks.refine_tta_shift=0.1`` measures
@@ -76,6 +80,10 @@ class LandmarkConfig:
                                                       and min(self.refine_image_size) >= 16),
              "refine: true needs the (H, W) the crops come from, each >= 16, e.g. the original size"),
             ("refine_crop", self.refine_crop >= 16, "must be >= 16 pixels"),
+            ("refine_depth", self.refine_depth is None or self.refine, "needs refine: true (it is the refinement "
+             "backbone's depth)"),
+            ("refine_depth", self.refine_depth != "auto", "must be a fixed depth (head, <stage>-head or all); "
+             "train.depth: auto searches the global backbone's"),
             ("refine_tta_shift", 0 <= self.refine_tta_shift < 0.5, "must be in [0, 0.5) (a share of refine_crop)"),
             ("shape_prior", not self.shape_prior or self.head == "decoder",
              f"needs head: decoder (the step picks among the modes of its heatmaps), got head: {self.head}"),

@@ -25,7 +25,8 @@ from transfer.data.augment import BatchAugment
 from transfer.backbones import StagedBackbone
 from transfer.data.datasets import ImageDataset, LoadedImages, load_images
 from transfer.config.io import ConfigError
-from transfer.errors import DatasetError
+from transfer.errors import DatasetError, UnknownNameError
+from transfer.finetune import trainable_stages
 from transfer.api import EvalResult, ExtraStage, Task, TaskModel
 
 
@@ -68,8 +69,8 @@ class LandmarkModel(TaskModel):
                  heatmap_stage: str | None, heatmap_weight: float, heatmap_sigma: float,
                  augment: BatchAugment | None, heatmap_stride: int = 4, sigma_mm: float = 2.0,
                  decode_radius: int = 3, decoder_width: int = 32, refine: nn.Module | None = None,
-                 refine_weight: float = 1.0, shape_prior: nn.Module | None = None, use_shape_prior: bool = False
-                 ) -> None:
+                 refine_weight: float = 1.0, refine_depth: str | None = None, shape_prior: nn.Module | None = None,
+                 use_shape_prior: bool = False) -> None:
         super().__init__()
         from tasks.landmarks.dense_head import DecoderHeatmapHead
         from tasks.landmarks.heads import HeatmapHead, RegressionHead
@@ -82,6 +83,7 @@ class LandmarkModel(TaskModel):
         self.sigma_mm = sigma_mm
         self.refine_stage = refine  #: a :class:`~tasks.landmarks.refine.RefinementStage`, or None
         self.refine_weight = refine_weight
+        self.refine_depth = refine_depth  #: the refinement backbone's own depth (None: the run's)
         #: a :class:`~tasks.landmarks.shape_prior.ShapePrior` (its shape model saved with the model whether used or
         #: not), applied in inference when ``use_shape_prior``
         self.shape_prior = shape_prior
@@ -120,7 +122,8 @@ class LandmarkModel(TaskModel):
         r = self.refine_stage
         names = list(r.backbone.stage_names)
         # the refinement decoder reads stages up to its top stage only: those above get no gradient
-        return {"refine": ExtraStage(r.backbone, r.head, tuple(names[names.index(r.head.top_stage) + 1 :]))}
+        return {"refine": ExtraStage(r.backbone, r.head, tuple(names[names.index(r.head.top_stage) + 1 :]),
+                                     depth=self.refine_depth)}
 
     def forward_all(self, images: torch.Tensor, refine_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every output of the global stage; with ``refine_images`` and a refinement stage, "coords" and
@@ -310,6 +313,7 @@ class LandmarkTask(Task):
                              heatmap_sigma=c.heatmap_sigma, augment=aug, heatmap_stride=c.heatmap_stride,
                              sigma_mm=c.sigma_mm, decode_radius=c.decode_radius, decoder_width=c.decoder_width,
                              refine=self._refinement_stage(backbone), refine_weight=c.refine_weight,
+                             refine_depth=c.refine_depth,
                              shape_prior=self._shape_prior(train), use_shape_prior=c.shape_prior)
 
     def _shape_prior(self, train: ImageDataset | None) -> nn.Module | None:
@@ -341,12 +345,18 @@ class LandmarkTask(Task):
         c = self.options
         if not c.refine:
             return None
-        if self.setup.init == "scratch" and self.setup.depth != "all":
+        if c.refine_depth is not None:
+            try:
+                trainable_stages(c.refine_depth, backbone.stage_names)
+            except UnknownNameError as e:
+                raise ConfigError(f"task.landmarks.refine_depth: {e}") from None
+        depth = c.refine_depth or self.setup.depth
+        if self.setup.init == "scratch" and depth != "all":
             # frozen random stages get BatchNorm statistics from whole training images (recalibrate_batchnorm),
             # which are not what the refinement backbone sees
-            raise ConfigError("task.landmarks.refine with init: scratch needs train.depth: all (frozen random "
-                              f"stages of the refinement backbone would have no BatchNorm statistics), got "
-                              f"{self.setup.depth!r}")
+            raise ConfigError("task.landmarks.refine with init: scratch needs the refinement backbone trained whole "
+                              "(train.depth: all, or task.landmarks.refine_depth: all): frozen random stages of it "
+                              f"would have no BatchNorm statistics; got {depth!r}")
         from tasks.landmarks.refine import RefinementStage
 
         return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,

@@ -94,3 +94,54 @@ def test_the_depth_freezes_the_same_stages_of_both_stages_backbones():
         return {m.training for m in view.modules() if isinstance(m, torch.nn.BatchNorm2d)}
 
     assert bn_training("blocks0") == {False} and bn_training("blocks6") == {True}
+
+
+def test_refine_depth_trains_the_refinement_backbone_at_its_own_depth_beside_a_frozen_global_one():
+    import copy
+
+    import torch
+
+    from tasks.landmarks.refine import RefinementStage
+    from tasks.landmarks.task import LandmarkModel
+    from transfer.backbones import get_entry
+    from transfer.config import Config
+    from transfer.runs.depth import setup_depth_stages
+
+    backbone = get_entry("tiny_efficientnet").build()
+    refine = RefinementStage(copy.deepcopy(backbone), 2, crop=16, width=8)
+    model = LandmarkModel(backbone, 2, head="decoder", hidden=8, dropout=0.0, heatmap_stage=None, heatmap_weight=1.0,
+                          heatmap_sigma=1.0, augment=None, decoder_width=8, refine=refine, refine_depth="all")
+    stages, opt, train_mode, extra = setup_depth_stages(model, Config(), "head")
+    assert stages == []
+    assert extra["refine"] and extra["refine"][0] == "stem"  # from the bottom: every stage the decoder reads
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    trained = {stage for stage, params in refine.backbone.stage_parameters().items()
+               if all(p.requires_grad for _, p in params)}
+    assert trained == set(extra["refine"])
+    train_mode()
+    assert {m.training for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {False}
+    assert {m.training for m in refine.backbone.stages()["stem"].modules()
+            if isinstance(m, torch.nn.BatchNorm2d)} == {True}
+
+
+def test_refine_depth_is_checked_and_reported(tmp_path, tiny_landmarks, capsys):
+    import pytest
+
+    from transfer.config import Config, load_config
+    from transfer.config.io import ConfigError
+
+    with pytest.raises(ConfigError, match="refine_depth: needs refine: true"):
+        load_config(Config, None, ["task.name=landmarks", "task.landmarks.refine_depth=all"])
+    runs = tmp_path / "runs"
+    refine = ["task.landmarks.refine=true", "task.landmarks.refine_image_size=[60, 48]", "task.landmarks.refine_crop=16"]
+    assert main(_finetune("bad", runs, tiny_landmarks, *refine, "task.landmarks.refine_depth=blocks9-head")) == 2
+    assert "task.landmarks.refine_depth: unknown fine-tuning depth 'blocks9-head'" in capsys.readouterr().err
+    # from scratch a frozen refinement backbone has no BatchNorm statistics: refused, naming the option to set
+    assert main(_finetune("frozen", runs, tiny_landmarks, *refine, "train.depth=all",
+                          "task.landmarks.refine_depth=head")) == 2
+    assert "task.landmarks.refine_depth: all" in capsys.readouterr().err
+    assert main(_finetune("own", runs, tiny_landmarks, *refine, "train.depth=blocks6-head",
+                          "task.landmarks.refine_depth=all")) == 0
+    summary = json.loads((runs / "own" / "summary.json").read_text())
+    assert summary["trainable_stages"] == ["blocks6", "conv_head"]
+    assert summary["extra_trainable_stages"]["refine"] == ["stem", *(f"blocks{i}" for i in range(7)), "conv_head"]

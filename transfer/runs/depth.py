@@ -1,7 +1,7 @@
 """Training at a fine-tuning depth: freezing and LR groups for a depth, one fit, and the ``auto`` depth search."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,16 +20,25 @@ from transfer.tracking import Run, training_config
 def setup_depth(model: TaskModel, cfg: Config, depth: str
                 ) -> tuple[list[str], torch.optim.Optimizer, Callable[[], None]]:
     """Freeze for ``depth``; return the trained stages, the optimiser over their LR groups, and the train-mode hook."""
+    stages, opt, train_mode, _ = setup_depth_stages(model, cfg, depth)
+    return stages, opt, train_mode
+
+
+def setup_depth_stages(model: TaskModel, cfg: Config, depth: str
+                       ) -> tuple[list[str], torch.optim.Optimizer, Callable[[], None], dict[str, list[str]]]:
+    """:func:`setup_depth`, and also the trained stages of each further stage (:meth:`TaskModel.extra_stages`) by
+    name: at ``depth``, or at the stage's own depth when it names one."""
     bb = model.backbone
     # only stages that get a gradient: those a head never reads stay frozen (a trainable parameter without a gradient
     # stops DDP with "Expected to have finished reduction")
     stages = [s for s in trainable_stages(depth, bb.stage_names) if s not in model.unused_stages]
     t = cfg.train
     spec = LRSpec(t.lr, t.head_lr_mult, t.bias_lr_mult, t.layer_decay, t.weight_decay)
-    # the model's own stage, then any further stage (same depth, its own backbone and head)
+    extra = {name: [s for s in trainable_stages(x.depth or depth, x.backbone.stage_names) if s not in x.unused_stages]
+             for name, x in model.extra_stages().items()}
+    # the model's own stage, then any further stage (its own backbone, head and trained stages)
     pairs = [("", bb, model.head, stages, model.reads_stage_outputs)] + [
-        (f"{name}.", x.backbone, x.head, [s for s in trainable_stages(depth, x.backbone.stage_names)
-                                          if s not in x.unused_stages], x.reads_stage_outputs)
+        (f"{name}.", x.backbone, x.head, extra[name], x.reads_stage_outputs)
         for name, x in model.extra_stages().items()]
     groups: list[dict] = []
     for prefix, b, head, trained, dense in pairs:
@@ -49,7 +58,7 @@ def setup_depth(model: TaskModel, cfg: Config, depth: str
         for _, b, _, trained, _ in pairs:
             set_train_mode(b, trained)  # frozen stages keep BatchNorm in eval mode
 
-    return stages, opt, train_mode
+    return stages, opt, train_mode, extra
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class DepthFit:
     best_epoch: int
     trained_stages: list[str]
     result: FitResult
+    #: the trained stages of each further (backbone, head) pair by name, e.g. {"refine": [...]}
+    extra_trained_stages: dict[str, list[str]] = field(default_factory=dict)
 
 
 def fit_depth(task: Task, model: TaskModel, cfg: Config, ctx: RunContext, splits: Splits, depth: str, run: Run,
@@ -70,7 +81,7 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, ctx: RunContext, splits
     ``rows_before``: rows of ``metrics.jsonl`` written before this depth (``auto``); rows past them and the
     resumed history are dropped before training, so each epoch is in the file once.
     """
-    stages, opt, train_mode = setup_depth(model, cfg, depth)
+    stages, opt, train_mode, extra = setup_depth_stages(model, cfg, depth)
     t = cfg.train
     engine = ctx.engine(model, opt, grad_clip=t.grad_clip, progress=cfg.tracking.progress,
                         scheduler=torch.optim.lr_scheduler.ExponentialLR(opt, gamma=t.gamma), train_mode=train_mode)
@@ -106,9 +117,9 @@ def fit_depth(task: Task, model: TaskModel, cfg: Config, ctx: RunContext, splits
         print(line)
     if res.best_metric is None:  # no finite validation value: nothing to select on, keep the last epoch
         run.warn(f"every validation {task.monitor} at depth {depth} was NaN; kept the last epoch's weights")
-        return DepthFit(float("nan"), res.epochs_run - 1, stages, res)
+        return DepthFit(float("nan"), res.epochs_run - 1, stages, res, extra)
     model.load_state_dict(res.best_state)
-    return DepthFit(res.best_metric, res.best_epoch, stages, res)
+    return DepthFit(res.best_metric, res.best_epoch, stages, res, extra)
 
 
 def auto_depth(task: Task, model: TaskModel, cfg: Config, ctx: RunContext, splits: Splits, run: Run,

@@ -118,6 +118,8 @@ def _train_and_select(cfg: Config, ctx: RunContext, task: Task, model: TaskModel
         "depth": t.depth, "selected_depth": chosen,
         # what was trained: stages a head never uses (above a heatmap head's feature map) get no gradient
         "trainable_stages": fit.trained_stages,
+        # a further stage's own (e.g. the landmark refinement backbone's), when the model has one
+        **({"extra_trainable_stages": fit.extra_trained_stages} if fit.extra_trained_stages else {}),
         "label_fraction": cfg.data.label_fraction, "seed": cfg.seed, "image_size": list(cfg.data.image_size),
         "channels": cfg.backbone.in_chans, "channel_policy": cfg.backbone.channels,
         "device": str(ctx.device), "device_name": ctx.device_name,
