@@ -224,6 +224,13 @@ class Task(ABC):
         Called on train (at its label fraction), val and test before training, so no run fails after it.
         """
 
+    def for_training(self, train: ImageDataset) -> ImageDataset:
+        """The final training split (after the validation carve and the label fraction) with whatever training reads
+        beyond what scoring reads (default: nothing more). Called once per training run, before the model is built;
+        scoring never needs it, so validation, test and ``evaluate`` stay without it (the landmark refinement's
+        full-resolution copies: in memory for the training rows only, read a batch at a time for the others)."""
+        return train
+
     def epoch_warnings(self, history: list[dict[str, Any]]) -> list[str]:
         """Warnings about a fit so far, from its epoch rows (``metrics.jsonl``: ``train_<key>`` for each scalar a
         ``training_step`` returns, ``val_<metric>``), checked after every epoch; the run gives each distinct warning

@@ -243,11 +243,22 @@ class LandmarkTask(Task):
             "spacing": torch.from_numpy(spacing.astype(np.float32)),
         }
         kept = [paths[r] for r in loaded.kept]
-        if self.options.refine and which == "train":  # cropped in every training step: held in memory
-            targets["refine_image"] = self._refine_images(kept)
-        # every other split is only scored, a batch at a time: its full-resolution images are read then
-        # (see _refine_source), so memory holds one batch of them, not the split
-        return ImageDataset(loaded.images, targets, [p.name for p in kept], meta={"paths": kept})
+        # the refinement's full-resolution copies are read later: for the final training rows only (for_training),
+        # and for a scored split a batch at a time (_refine_source)
+        return ImageDataset(loaded.images, targets, [p.name for p in kept], sources=kept)
+
+    def for_training(self, train: ImageDataset) -> ImageDataset:
+        """With the refinement stage: the training rows' full-resolution copies, cropped in every training step, so
+        held in memory (uint8). Decoded here, once the split is final, and only for its rows: decoded in
+        ``load_split``, every subset (fold, validation carve, label fraction) copied them, and validation and test
+        rows, which scoring reads a batch at a time, were held too (a cross-validation fold peaked at 4.0 GiB, 2.2
+        after loading)."""
+        if not self.options.refine:
+            return train
+        if train.sources is None:
+            raise RuntimeError("landmark training split without the source path of each row (the refinement stage "
+                               "crops from the files)")
+        return train.with_targets(refine_image=self._refine_images(train.sources))
 
     @staticmethod
     def _check_inside(parts: list[LandmarkRows], loaded: LoadedImages) -> None:
@@ -370,12 +381,14 @@ class LandmarkTask(Task):
         data, setup = self.data, self.setup
         size = tuple(self.options.refine_image_size)
         options = {**data.decode_options(), "size": size}
-        chunks = []
+        out: torch.Tensor | None = None
         for i in range(0, len(paths), 8):  # 8 at a time: never the whole split as float
             loaded = load_images(paths[i : i + 8], **options, gray=setup.gray, on_bad="error",
                                  progress=False)
-            chunks.append((loaded.images * 255).round().to(torch.uint8))
-        return torch.cat(chunks)
+            if out is None:  # filled in place: a list of chunks and their concatenation would be twice the split
+                out = torch.empty((len(paths), *loaded.images.shape[1:]), dtype=torch.uint8)
+            out[i : i + len(loaded.images)] = (loaded.images * 255).round()
+        return out if out is not None else torch.empty((0, 1, *size), dtype=torch.uint8)
 
     def _refine_source(self, dataset: ImageDataset) -> torch.Tensor | ImagesOnDemand | None:
         """What the refinement stage of a scoring pass crops from: the split's images in memory (training), else
@@ -384,12 +397,10 @@ class LandmarkTask(Task):
             return None
         if "refine_image" in dataset.targets:
             return dataset.targets["refine_image"]
-        paths = [Path(p) for p in dataset.meta.get("paths", [])]
-        # ids are file names (splits) or paths (predict); a subset keeps its parent's meta, whose paths then no
-        # longer line up with its rows: refuse rather than crop from the wrong image
-        if len(paths) != len(dataset) or any(i not in (str(p), p.name) for i, p in zip(dataset.ids, paths)):
-            raise RuntimeError("landmark dataset without row-aligned source paths for the refinement stage")
-        return ImagesOnDemand(paths, self._refine_images)
+        if dataset.sources is None:
+            raise RuntimeError("landmark dataset without the source path of each row (the refinement stage crops "
+                               "from the files)")
+        return ImagesOnDemand(dataset.sources, self._refine_images)
 
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -472,11 +483,7 @@ class LandmarkTask(Task):
         centres, see the module's coordinate convention)."""
         from tasks.landmarks.inference import landmark_outputs
 
-        paths = dataset.meta.get("paths")
-        sub = ImageDataset(dataset.images[torch.as_tensor(rows)],
-                           {k: v[torch.as_tensor(rows)] for k, v in dataset.targets.items()},
-                           [dataset.ids[int(i)] for i in rows],
-                           meta={"paths": [paths[int(i)] for i in rows]} if paths is not None else {})
+        sub = dataset.subset(rows)
         flip = landmark_outputs(model, sub.images, device, batch_size, flip=True, refine_images=self._refine_source(sub),
                                 precision=self.precision)
         coords = flip.coords.copy()

@@ -114,3 +114,37 @@ def test_the_refinement_stage_takes_its_test_time_crops_from_the_task_options() 
 
     assert stage().tta_shift == 0.0
     assert stage("task.landmarks.refine_tta_shift=0.1").tta_shift == 0.1
+
+
+def test_only_the_final_training_rows_hold_full_resolution_copies_each_of_its_own_file(tiny_landmarks) -> None:
+    """The refinement's full-resolution copies are decoded for the training rows once the split is final (after the
+    fold, the validation carve and the label fraction), never for validation or test, and row i's copy is row i's
+    image: subsets keep each row's source file."""
+    import numpy as np
+    from PIL import Image
+
+    from transfer.api import TASKS
+    from transfer.config import Config, load_config
+    from transfer.runs.splits import prepare_data
+
+    cfg = load_config(Config, None, ["task.name=landmarks", "data.format=landmark_csv", "init=scratch",
+                                     f"data.root={tiny_landmarks}", "data.train=[train.csv, test.csv]",
+                                     "data.image_dir=images", "data.folds=folds.csv", "data.fold=1",
+                                     "data.val_fraction=0.25", "data.label_fraction=0.5", "backbone.in_chans=1",
+                                     "task.landmarks.head=decoder", "task.landmarks.refine=true",
+                                     "task.landmarks.refine_image_size=[60, 48]", "tracking.progress=false"])
+    folds = "".join(f"{i:03d}.png,{i % 3}\n" for i in range(12))
+    (tiny_landmarks / "folds.csv").write_text("image,fold\n" + folds)
+    cfg.data.folds = str(tiny_landmarks / "folds.csv")
+    task = TASKS.get("landmarks")(cfg)
+    splits = prepare_data(task, cfg)
+    assert all("refine_image" not in ds.targets for ds in (splits.train, splits.val, splits.test))
+    train = task.for_training(splits.train)
+    copies = train.targets["refine_image"]
+    assert copies.dtype == torch.uint8 and len(copies) == len(train) == len(splits.train) < 8
+    assert train.images is splits.train.images  # the same working-size tensor, not a copy
+    for i, name in enumerate(train.ids):
+        own = np.asarray(Image.open(tiny_landmarks / "images" / name))
+        assert np.array_equal(copies[i, 0].numpy(), own), name
+    for ds in (splits.val, splits.test):  # scored a batch at a time, from each row's own file
+        assert [p.name for p in ds.sources] == ds.ids

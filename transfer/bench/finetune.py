@@ -28,6 +28,7 @@ def bench_finetune(cfg: Config, steps: int = 20, warmup: int = 3, rounds: int = 
     task = make_task(cfg)
     task.precision = ctx.precision
     splits = prepare_data(task, cfg)
+    splits.train = task.for_training(splits.train)
     backbone, _ = backbone_from_config(cfg.backbone, cfg.init)
     model = task.build_model(backbone, splits.train).to(device)
     depth = "all" if cfg.train.depth == "auto" else cfg.train.depth

@@ -93,10 +93,16 @@ def load_images(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
 
 
 class ImageDataset(Dataset):
-    """Items ``{"image": (C, H, W) float, "index": int, **targets}`` from in-memory tensors."""
+    """Items ``{"image": (C, H, W) float, "index": int, **targets}`` from in-memory tensors.
+
+    ``sources``: the file each row was decoded from, for a task that reads a row's file again (the landmark
+    refinement's full-resolution crops); kept row-aligned by :meth:`subset`. ``meta``: whole-split facts, shared by
+    subsets as they are.
+    """
 
     def __init__(self, images: torch.Tensor, targets: dict[str, np.ndarray | torch.Tensor] | None = None,
-                 ids: Sequence[str] | None = None, meta: dict[str, Any] | None = None) -> None:
+                 ids: Sequence[str] | None = None, meta: dict[str, Any] | None = None,
+                 sources: Sequence[Path] | None = None) -> None:
         if images.dim() != 4:
             raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
         self.images = images
@@ -106,6 +112,9 @@ class ImageDataset(Dataset):
                 raise ValueError(f"target {k!r} has {len(v)} rows for {len(images)} images")
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
         self.meta = dict(meta or {})
+        self.sources = [Path(p) for p in sources] if sources is not None else None
+        if self.sources is not None and len(self.sources) != len(images):
+            raise ValueError(f"{len(self.sources)} sources for {len(images)} images")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -119,7 +128,12 @@ class ImageDataset(Dataset):
     def subset(self, idx: np.ndarray | Sequence[int]) -> "ImageDataset":
         idx_t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return ImageDataset(self.images[idx_t], {k: v[idx_t] for k, v in self.targets.items()},
-                            [self.ids[int(i)] for i in idx_t], self.meta)
+                            [self.ids[int(i)] for i in idx_t], self.meta,
+                            None if self.sources is None else [self.sources[int(i)] for i in idx_t])
+
+    def with_targets(self, **more: torch.Tensor) -> "ImageDataset":
+        """This dataset (the same tensors, not copies) with ``more`` targets beside its own."""
+        return ImageDataset(self.images, {**self.targets, **more}, self.ids, self.meta, self.sources)
 
     def target_array(self, key: str) -> np.ndarray:
         return self.targets[key].numpy()

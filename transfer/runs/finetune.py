@@ -14,7 +14,7 @@ from transfer.runs.config_checks import check_finetune_config
 from transfer.runs.context import RunContext
 from transfer.runs.depth import DepthFit, auto_depth, fit_depth
 from transfer.runs.image_columns import with_image_columns
-from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
+from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, peak_memory_scope, reset_peak_memory
 from transfer.runs.model_io import model_checkpoint
 from transfer.runs.prior_state import claimed_run, prior_run, recorded
 from transfer.runs.splits import Splits, prepare_data
@@ -48,7 +48,7 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
     task = make_task(cfg)
     check_finetune_config(cfg)
     task.precision = ctx.precision  # the engine trains and the task scores under the same autocast and memory format
-    reset_gpu_peak_memory(ctx.device)  # the peak of this run, not of an earlier one in the same process (a study)
+    reset_peak_memory(ctx.device)  # the peak of this run, not of an earlier one in the same process (a study)
     name = name or cfg.tracking.name or default_run_name(cfg)
     run_dir = Path(cfg.tracking.out_dir) / name
     key = training_config(to_dict(cfg), "finetune")
@@ -62,6 +62,7 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
                               job_type="finetune", tags=[cfg.task.name, cfg.backbone.name, cfg.train.depth])
         barrier()  # no rank reads a resume state before rank 0 has discarded it (--restart)
         with recorded(run):
+            splits.train = task.for_training(splits.train)  # after the fingerprint: what training reads besides
             model, report = _build_model(cfg, ctx, task, splits, run)
             if feature_memo is not None and model.feature_memo is not None:
                 model.feature_memo = feature_memo
@@ -70,7 +71,7 @@ def run_finetune(cfg: Config, *, name: str | None = None, restart: bool = False,
             summary.update({"weights": report.source, "missing_keys": report.missing,
                             "unused_keys": report.unexpected,
                             **_cost(trained, summary["resumed_from_epoch"], time.time() - t0, time.process_time() - c0),
-                            "peak_memory_gib": peak_memory_gib(),
+                            "peak_memory_gib": peak_memory_gib(), "peak_memory_scope": peak_memory_scope(),
                             "gpu_peak_memory_gib": gpu_peak_memory_gib(ctx.device)})
             return _finish(cfg, task, model, run, summary)
 

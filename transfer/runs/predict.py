@@ -75,7 +75,7 @@ def predict_images(run: str | Path, items: list[str], out: Path, *, device: str 
     else:
         sidecar.unlink(missing_ok=True)
     ds = ImageDataset(loaded.images, {"orig_size": torch.from_numpy(loaded.original_sizes.astype("float32"))},
-                      [str(paths[i]) for i in loaded.kept], meta={"paths": [paths[i] for i in loaded.kept]})
+                      [str(paths[i]) for i in loaded.kept], sources=[paths[i] for i in loaded.kept])
     task.output_dir = out.with_name(f"{out.stem}_files")  # files a task writes beside the CSV (masks)
     df = with_image_columns(task.predict(model, ds, dev))
     write_table(df, out)

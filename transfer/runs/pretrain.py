@@ -15,7 +15,7 @@ from transfer.config import Config, PretrainConfig, to_dict
 from transfer.distributed import barrier
 from transfer.engine import FitResult
 from transfer.errors import DatasetError
-from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, reset_gpu_peak_memory
+from transfer.runs.memory import gpu_peak_memory_gib, peak_memory_gib, peak_memory_scope, reset_peak_memory
 from transfer.runs.pool import Pool, load_pool
 from transfer.runs.probe import probe_data, representation_probe
 from transfer.runs.context import RunContext
@@ -60,7 +60,7 @@ def _run(cfg: Config, ctx: RunContext, method_cls: type[PretrainMethod], pool: P
     """The run directory, the fit and the checkpoint (under the run's lock); ``started``: wall and CPU clocks."""
     p = cfg.pretrain
     t0, cpu0 = started
-    reset_gpu_peak_memory(ctx.device)
+    reset_peak_memory(ctx.device)
     run = Run.from_config(cfg.tracking, name, to_dict(cfg), job_type="pretrain",
                           tags=["pretrain", p.method, cfg.backbone.name])
     barrier()  # under torchrun: no rank reads a resume state before rank 0 has discarded it (--restart)
@@ -85,7 +85,8 @@ def _run(cfg: Config, ctx: RunContext, method_cls: type[PretrainMethod], pool: P
             # over all the run's sessions: a resumed run adds the restored epochs' own clocks
             **run_cost(history, res.resumed_from, time.time() - t0, time.process_time() - cpu0),
             "resumed_from_epoch": res.resumed_from,  # the first epoch trained after resuming (None: from the start)
-            "peak_memory_gib": peak_memory_gib(), "gpu_peak_memory_gib": gpu_peak_memory_gib(ctx.device),
+            "peak_memory_gib": peak_memory_gib(), "peak_memory_scope": peak_memory_scope(),
+            "gpu_peak_memory_gib": gpu_peak_memory_gib(ctx.device),
         }
         run.log_summary(summary)  # summary.json + backbone.pt: complete, the resume state is no longer needed
         if run.writes:

@@ -39,3 +39,28 @@ def test_gpu_peak_memory_reads_the_allocator_high_water_mark(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**30 + 2**29)
     assert memory.gpu_peak_memory_gib(torch.device("cuda", 0)) == 3.5
     assert memory.gpu_peak_memory_gib(torch.device("cpu")) is None
+
+
+def test_a_runs_host_peak_counts_from_its_own_start_not_the_processes(monkeypatch):
+    """A study or a cross-validation trains many runs in one process: the second run's peak must not be the first's."""
+    import sys
+
+    import numpy as np
+    import pytest
+
+    from transfer.runs import memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the resident set's high-water mark is reset through /proc (Linux)")
+    monkeypatch.setattr(memory, "_children_peak_kib", lambda: 0)  # earlier tests' subprocesses are not this run
+    big = np.ones(600 * 2**20, dtype=np.uint8)  # an earlier run's 600 MiB, freed before this run starts
+    del big
+    earlier = memory.peak_memory_gib()
+    memory.reset_peak_memory(torch.device("cpu"))
+    if memory.peak_memory_scope() != "run":
+        pytest.skip("this kernel does not reset the high-water mark (/proc/self/clear_refs)")
+    before = memory.peak_memory_gib()
+    assert before <= earlier - 0.5  # the freed 600 MiB no longer counts (the interpreter and torch stay)
+    again = np.ones(300 * 2**20, dtype=np.uint8)
+    assert memory.peak_memory_gib() >= before + 0.25  # this run's own allocation does
+    del again
