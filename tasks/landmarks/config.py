@@ -42,6 +42,9 @@ class LandmarkConfig:
     #: inference cost). Prediction-time: ``evaluate --split val --set task.landmarks.refine_tta_shift=0.1`` measures
     #: it on a trained run's validation split, ``predict --set`` uses it
     refine_tta_shift: float = 0.0
+    #: test-time refinement passes: 2 = crop again around the first pass's estimate (2x the refinement's inference
+    #: cost); prediction-time like ``refine_tta_shift``
+    refine_passes: int = 1
     #: predict flags an image "low_confidence" when its landmarks' mean peak mass is below this
     low_confidence: float = 0.5
     #: predict flags an image "mirrored?" when its left-right flip is decoded this many times more confidently
@@ -85,6 +88,7 @@ class LandmarkConfig:
             ("refine_depth", self.refine_depth != "auto", "must be a fixed depth (head, <stage>-head or all); "
              "train.depth: auto searches the global backbone's"),
             ("refine_tta_shift", 0 <= self.refine_tta_shift < 0.5, "must be in [0, 0.5) (a share of refine_crop)"),
+            ("refine_passes", self.refine_passes >= 1, f"must be >= 1, got {self.refine_passes}"),
             ("shape_prior", not self.shape_prior or self.head == "decoder",
              f"needs head: decoder (the step picks among the modes of its heatmaps), got head: {self.head}"),
             ("shape_modes", self.shape_modes >= 2,

@@ -77,7 +77,7 @@ class RefinementStage(nn.Module):
 
     def __init__(self, backbone: StagedBackbone, num_landmarks: int, *, crop: int, out_stride: int = 2,
                  radius: int = 3, width: int = 32, sigma_mm: float = 0.5, jitter_mm: float = 2.0,
-                 per_image: int = 4, tta_shift: float = 0.0) -> None:
+                 per_image: int = 4, tta_shift: float = 0.0, passes: int = 1) -> None:
         super().__init__()
         if crop < 16:
             raise ValueError(f"task.landmarks.refine_crop must be >= 16 pixels, got {crop}")
@@ -85,6 +85,8 @@ class RefinementStage(nn.Module):
             raise ValueError(f"task.landmarks.refine_per_image must be >= 1, got {per_image}")
         if not 0 <= tta_shift < 0.5:
             raise ValueError(f"task.landmarks.refine_tta_shift must be in [0, 0.5), got {tta_shift}")
+        if passes < 1:
+            raise ValueError(f"task.landmarks.refine_passes must be >= 1, got {passes}")
         self.backbone = backbone
         self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=out_stride, radius=radius,
                                        width=width)
@@ -92,6 +94,9 @@ class RefinementStage(nn.Module):
         #: test-time crops: 0 = one centred crop per landmark; s > 0 = also four crops shifted by s x crop
         #: (task.landmarks.refine_tta_shift, a prediction-time option)
         self.tta_shift = tta_shift
+        #: test-time passes: each after the first crops again around the previous pass's estimate, which is nearer
+        #: the landmark than the global stage's (task.landmarks.refine_passes, a prediction-time option)
+        self.passes = passes
 
     def forward(self, crops: torch.Tensor, landmark: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone.forward_stages(crops, upto=self.head.top_stage)
@@ -138,6 +143,14 @@ class RefinementStage(nn.Module):
 
     @torch.no_grad()
     def refine(self, refine_images: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image-normalised estimates (B, L, 2) -> refined (B, L, 2) and confidence (B, L): :meth:`refine_once`
+        ``passes`` times, each pass from the one before; the confidence is the last pass's."""
+        for _ in range(self.passes):
+            coords, confidence = self.refine_once(refine_images, coords)
+        return coords, confidence
+
+    @torch.no_grad()
+    def refine_once(self, refine_images: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image-normalised estimates (B, L, 2) -> refined (B, L, 2) and confidence (B, L): one crop centred on each
         estimate, or with ``tta_shift`` > 0 also four crops shifted by that share of the crop left, right, up and
         down, each decoded and mapped back to the image, their positions and confidences averaged."""

@@ -373,7 +373,8 @@ class LandmarkTask(Task):
         return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,
                                out_stride=c.refine_stride, radius=c.decode_radius, width=c.decoder_width,
                                sigma_mm=c.refine_sigma_mm, jitter_mm=c.refine_jitter_mm,
-                               per_image=c.refine_per_image, tta_shift=c.refine_tta_shift)
+                               per_image=c.refine_per_image, tta_shift=c.refine_tta_shift,
+                               passes=c.refine_passes)
 
     def _refine_images(self, paths: list[Path]) -> torch.Tensor:
         """The images the refinement stage crops from, at ``refine_image_size``, as uint8: a full-resolution

@@ -99,6 +99,38 @@ def test_test_time_crops_map_each_shifted_crop_back_to_the_same_point() -> None:
         _DotFinder(get_entry("tiny_efficientnet").build(), 1, crop=crop, tta_shift=0.5)
 
 
+class _HalfwayFinder(_DotFinder):
+    """Decodes each crop halfway between its centre and the dot: one pass halves an estimate's error, so a second
+    pass, cropping around the first one's estimate, halves it again. The dot is found as the crop's intensity
+    centroid, exact at any sub-pixel offset (bilinear sampling spreads the dot's pixel without moving its centre)."""
+
+    def forward(self, crops: torch.Tensor, landmark: torch.Tensor) -> dict[str, torch.Tensor]:
+        v = crops[:, 0]
+        centres = (torch.arange(self.crop, dtype=v.dtype) + 0.5) / self.crop
+        mass = v.sum((1, 2))
+        dot = torch.stack([(v.sum(1) * centres).sum(1), (v.sum(2) * centres).sum(1)], -1) / mass[:, None]
+        return {"coords": (dot + 0.5) / 2, "confidence": torch.ones(len(crops)), "heatmaps": v}
+
+
+def test_each_refinement_pass_crops_around_the_previous_passes_estimate() -> None:
+    h, w, crop = 60, 80, 24
+    image = torch.zeros(1, 1, h, w)
+    image[0, 0, 31, 45] = 1.0  # the dot: continuous centre (45.5, 31.5)
+    truth = torch.tensor([45.5, 31.5])
+    estimate = torch.tensor([49.5 / w, 27.5 / h])[None, None]  # (4, -4) px off
+    stage = _HalfwayFinder(get_entry("tiny_efficientnet").build(), 1, crop=crop)
+    errors = []
+    for passes in (1, 2, 3):
+        stage.passes = passes
+        refined, _ = stage.refine(image, estimate)
+        errors.append(refined[0, 0] * torch.tensor([w, h]) - truth)
+    assert torch.allclose(errors[0], torch.tensor([2.0, -2.0]), atol=1e-5)
+    assert torch.allclose(errors[1], torch.tensor([1.0, -1.0]), atol=1e-5)
+    assert torch.allclose(errors[2], torch.tensor([0.5, -0.5]), atol=1e-5)
+    with pytest.raises(ValueError, match="refine_passes"):
+        _DotFinder(get_entry("tiny_efficientnet").build(), 1, crop=crop, passes=0)
+
+
 def test_the_refinement_stage_takes_its_test_time_crops_from_the_task_options() -> None:
     from transfer.api import TASKS
     from transfer.config import Config, load_config
@@ -112,8 +144,9 @@ def test_the_refinement_stage_takes_its_test_time_crops_from_the_task_options() 
         task.info["num_landmarks"] = 2
         return task.build_model(get_entry("tiny_efficientnet").build()).refine_stage
 
-    assert stage().tta_shift == 0.0
+    assert stage().tta_shift == 0.0 and stage().passes == 1
     assert stage("task.landmarks.refine_tta_shift=0.1").tta_shift == 0.1
+    assert stage("task.landmarks.refine_passes=2").passes == 2
 
 
 def test_only_the_final_training_rows_hold_full_resolution_copies_each_of_its_own_file(tiny_landmarks) -> None:
