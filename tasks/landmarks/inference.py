@@ -22,7 +22,7 @@ from tasks.landmarks.decoding import peak_mass
 from tasks.landmarks.on_demand import ImagesOnDemand
 from transfer.precision import Precision, inference_forward
 
-__all__ = ["LandmarkOutputs", "landmark_outputs", "image_flags"]
+__all__ = ["LandmarkOutputs", "landmark_outputs", "image_flags", "refined_from"]
 
 
 @dataclass
@@ -73,6 +73,27 @@ def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.devic
     return LandmarkOutputs(*(torch.cat(x).numpy().astype(np.float64)
                              for x in (coords, conf, global_conf, global_coords)),
                            shape_moved=torch.cat(moved).numpy() if moved else None)
+
+
+@torch.no_grad()
+def refined_from(model: nn.Module, refine_images: torch.Tensor | ImagesOnDemand, start: np.ndarray,
+                 device: torch.device, batch_size: int, precision: Precision | None = None) -> np.ndarray:
+    """The refinement stage alone, from given first estimates: normalised (N, L, 2) ``start`` -> refined (N, L, 2).
+
+    From the true positions this is the refinement's own error, with no global-stage error to correct: the floor
+    that a better global stage could bring the refined error down to (``refine_from_truth_mre_mm``).
+    """
+    stage = model.refine_stage
+    was = model.training
+    model.eval()
+    refine = inference_forward(lambda r, c: stage.refine(r, c)[0], precision)
+    out = []
+    for i in range(0, len(start), batch_size):
+        r = refine_images[i : i + batch_size].to(device)
+        out.append(refine(r, torch.as_tensor(start[i : i + batch_size], dtype=torch.float32, device=device))
+                   .float().cpu())
+    model.train(was)
+    return torch.cat(out).numpy().astype(np.float64)
 
 
 def image_flags(confidence: np.ndarray, flipped_confidence: np.ndarray, *, low: float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from transfer.cli import main
@@ -56,6 +57,9 @@ def test_global_plus_refinement_trains_both_stages_and_predicts_refined_coordina
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("refine_stage.backbone.") for k in state)
     assert summary["test"]["mre_mm"] > 0 and summary["test"]["global_mre_mm"] > 0  # both stages scored
+    # the refinement's own error, from crops centred on the truth: in the final scorings, not in every epoch's
+    assert summary["test"]["refine_from_truth_mre_mm"] >= 0 and summary["val"]["refine_from_truth_mre_mm"] >= 0
+    assert not any("refine_from_truth" in k for row in rows for k in row)
     out = tmp_path / "pred.csv"
     imgs = [tiny_landmarks / "images" / f"{i:03d}.png" for i in (9, 10, 11)]
     assert main(["predict", str(run), *map(str, imgs), "--out", str(out)]) == 0
@@ -145,3 +149,37 @@ def test_refine_depth_is_checked_and_reported(tmp_path, tiny_landmarks, capsys):
     summary = json.loads((runs / "own" / "summary.json").read_text())
     assert summary["trainable_stages"] == ["blocks6", "conv_head"]
     assert summary["extra_trainable_stages"]["refine"] == ["stem", *(f"blocks{i}" for i in range(7)), "conv_head"]
+
+
+def test_refine_from_truth_crops_around_the_true_landmarks_and_the_refined_error_around_the_global_ones(
+        tiny_landmarks):
+    """A refinement stage that answers the centre of every crop: from the truth it is exact (0 mm), from the global
+    estimates it returns them (the refined error is the global one)."""
+    import torch
+
+    from tasks.landmarks.refine import RefinementStage
+    from transfer.api import TASKS
+    from transfer.config import Config, load_config
+    from transfer.weights import backbone_from_config
+
+    class CropCentre(RefinementStage):
+        def forward(self, crops, landmark):
+            return {"coords": torch.full((len(crops), 2), 0.5), "confidence": torch.ones(len(crops)),
+                    "heatmaps": crops[:, 0]}
+
+    cfg = load_config(Config, None, ["task.name=landmarks", "data.format=landmark_csv", "init=scratch",
+                                     "backbone.name=tiny_efficientnet", f"data.root={tiny_landmarks}",
+                                     "data.image_dir=images", "backbone.in_chans=1", "data.image_size=[32, 24]",
+                                     "task.landmarks.head=decoder", "task.landmarks.refine=true",
+                                     "task.landmarks.refine_image_size=[60, 48]", "task.landmarks.refine_crop=16",
+                                     "tracking.progress=false"])
+    task = TASKS.get("landmarks")(cfg)
+    ds = task.load_split("train.csv", "test")
+    torch.manual_seed(0)
+    model = task.build_model(backbone_from_config(cfg.backbone, cfg.init)[0])
+    model.refine_stage = CropCentre(backbone_from_config(cfg.backbone, cfg.init)[0], 2, crop=16)
+    m = task.evaluate(model, ds, torch.device("cpu"), with_ci=True).metrics
+    assert m["global_mre_mm"] > 0.5  # 0.1 mm pixels: the untrained global stage is several pixels off
+    assert m["mre_mm"] == pytest.approx(m["global_mre_mm"], abs=1e-4)
+    assert m["refine_from_truth_mre_mm"] == pytest.approx(0.0, abs=1e-4)
+    assert "refine_from_truth_mre_mm" not in task.evaluate(model, ds, torch.device("cpu")).metrics  # epoch scoring
