@@ -428,10 +428,16 @@ class LandmarkTask(Task):
                              names=self.info["landmark_names"], visible=visible)
         err = radial_errors_mm(pred, true, spacing, visible)
         if getattr(model, "refine_stage", None) is not None:  # what the refinement stage adds, on the same images
-            m["global_mre_mm"] = float(np.nanmean(radial_errors_mm(global_pred, true, spacing, visible)))
+            stages = {"global": radial_errors_mm(global_pred, true, spacing, visible)}
             if with_ci:  # a final scoring, not every epoch's validation: one more refinement pass
-                m["refine_from_truth_mre_mm"] = self._refine_from_truth(model, dataset, device, batch_size,
-                                                                        global_pred, true, spacing, visible)
+                stages["refine_from_truth"] = self._refine_from_truth(model, dataset, device, batch_size,
+                                                                      global_pred, true, spacing, visible)
+            for key, errors in stages.items():  # overall and per landmark, beside the refined mean_mm
+                m[f"{key}_mre_mm"] = float(np.nanmean(errors))
+                for entry in m["per_landmark"]:  # NaN for a landmark masked on every image, as its mean_mm
+                    column = errors[:, entry["index"] - 1]
+                    entry[f"{key}_mean_mm"] = float(column[np.isfinite(column)].mean()) if np.isfinite(column).any() \
+                        else float("nan")
         if moved is not None:  # landmarks the shape step moved, over the split
             m["shape_moved"] = int(moved.sum())
         df = self._frame(dataset, pred, moved)
@@ -443,9 +449,9 @@ class LandmarkTask(Task):
 
     def _refine_from_truth(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int,
                            global_pred: np.ndarray, true: np.ndarray, spacing: np.ndarray, visible: np.ndarray
-                           ) -> float:
-        """MRE of the refinement stage with each crop centred on the true landmark (a masked one: on the global
-        estimate, and left out of the mean): the refinement's own error, against which ``global_mre_mm`` and
+                           ) -> np.ndarray:
+        """(N, L) radial errors (mm) of the refinement stage with each crop centred on the true landmark (a masked
+        one: on the global estimate, its error NaN): the refinement's own error, against which ``global_mre_mm`` and
         ``mre_mm`` say how much of the refined error comes from the global stage's estimates."""
         from tasks.landmarks.inference import refined_from
         from tasks.landmarks.metrics import radial_errors_mm
@@ -454,7 +460,7 @@ class LandmarkTask(Task):
         start = np.where(visible[..., None], true, global_pred)
         refined = refined_from(model, self._refine_source(dataset), to_normalised(start, sizes), device,
                                _inference_batch(batch_size, dataset.images), self.precision)
-        return float(np.nanmean(radial_errors_mm(to_pixels(refined, sizes), true, spacing, visible)))
+        return radial_errors_mm(to_pixels(refined, sizes), true, spacing, visible)
 
     def _frame(self, dataset: ImageDataset, pred: np.ndarray, shape_moved: np.ndarray | None = None) -> pd.DataFrame:
         """Image and coordinates, and with the shape step ``shape_moved``: how many landmarks of the image it moved."""

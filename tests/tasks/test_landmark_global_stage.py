@@ -182,4 +182,7 @@ def test_refine_from_truth_crops_around_the_true_landmarks_and_the_refined_error
     assert m["global_mre_mm"] > 0.5  # 0.1 mm pixels: the untrained global stage is several pixels off
     assert m["mre_mm"] == pytest.approx(m["global_mre_mm"], abs=1e-4)
     assert m["refine_from_truth_mre_mm"] == pytest.approx(0.0, abs=1e-4)
+    for entry in m["per_landmark"]:  # and landmark by landmark
+        assert entry["mean_mm"] == pytest.approx(entry["global_mean_mm"], abs=1e-4)
+        assert entry["refine_from_truth_mean_mm"] == pytest.approx(0.0, abs=1e-4)
     assert "refine_from_truth_mre_mm" not in task.evaluate(model, ds, torch.device("cpu")).metrics  # epoch scoring
