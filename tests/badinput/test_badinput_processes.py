@@ -123,6 +123,27 @@ def test_ctrl_c_then_resume_on_changed_data(tmp_path):
     assert not (run / "summary.json").exists()
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """kill / a batch scheduler's SIGTERM: the run records failed.json ('interrupted', the epochs saved) and says so
+    in one line, exit 143 (128 + SIGTERM), instead of vanishing with a resume state and no word."""
+    _class_folders(tmp_path / "train", 6)
+    argv, run = _finetune(tmp_path), tmp_path / "runs" / "r"
+    proc = _start(argv, tmp_path, "first")
+    try:
+        _wait_for_saved_epoch(proc, run, tmp_path, "first")
+        proc.terminate()
+        assert proc.wait(timeout=120) == 143, (tmp_path / "first.err").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    line = _one_error_line((tmp_path / "first.err").read_text())
+    failed = json.loads((run / "failed.json").read_text())
+    n = failed["epochs_saved"]
+    assert failed["status"] == "interrupted" and n >= 1
+    assert line == (f"medtransfer: interrupted after epoch {n} (saved in '{run / 'last.pt'}'); rerun the same "
+                    "command to resume")
+
+
 def test_two_starts_of_one_run(tmp_path):
     """A second start of a running run is refused in one line naming the holder, and writes nothing; once the
     holder is killed (SIGKILL: no chance to clean up), its lock file is stale and the next start takes it."""
