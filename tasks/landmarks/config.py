@@ -45,6 +45,11 @@ class LandmarkConfig:
     #: test-time refinement passes: 2 = crop again around the first pass's estimate (2x the refinement's inference
     #: cost); prediction-time like ``refine_tta_shift``
     refine_passes: int = 1
+    #: test-time averaging of the global stage ("decoder" head; tasks/landmarks/shift_averaging.py): 0 = one pass;
+    #: k > 0 = also four copies of the input shifted by k heatmap cells (k x heatmap_stride pixels) left, right, up
+    #: and down, their heatmaps moved back and averaged as probabilities (5x the global stage's inference cost).
+    #: Prediction-time like ``refine_tta_shift``
+    global_tta_shift: int = 0
     #: predict flags an image "low_confidence" when its landmarks' mean peak mass is below this
     low_confidence: float = 0.5
     #: predict flags an image "mirrored?" when its left-right flip is decoded this many times more confidently
@@ -89,6 +94,9 @@ class LandmarkConfig:
              "train.depth: auto searches the global backbone's"),
             ("refine_tta_shift", 0 <= self.refine_tta_shift < 0.5, "must be in [0, 0.5) (a share of refine_crop)"),
             ("refine_passes", self.refine_passes >= 1, f"must be >= 1, got {self.refine_passes}"),
+            ("global_tta_shift", self.global_tta_shift >= 0, f"must be >= 0 heatmap cells, got {self.global_tta_shift}"),
+            ("global_tta_shift", self.global_tta_shift == 0 or self.head == "decoder",
+             f"needs head: decoder (it averages heatmaps), got head: {self.head}"),
             ("shape_prior", not self.shape_prior or self.head == "decoder",
              f"needs head: decoder (the step picks among the modes of its heatmaps), got head: {self.head}"),
             ("shape_modes", self.shape_modes >= 2,

@@ -70,7 +70,7 @@ class LandmarkModel(TaskModel):
                  augment: BatchAugment | None, heatmap_stride: int = 4, sigma_mm: float = 2.0,
                  decode_radius: int = 3, decoder_width: int = 32, refine: nn.Module | None = None,
                  refine_weight: float = 1.0, refine_depth: str | None = None, shape_prior: nn.Module | None = None,
-                 use_shape_prior: bool = False) -> None:
+                 use_shape_prior: bool = False, global_tta_shift: int = 0) -> None:
         super().__init__()
         from tasks.landmarks.dense_head import DecoderHeatmapHead
         from tasks.landmarks.heads import HeatmapHead, RegressionHead
@@ -90,6 +90,11 @@ class LandmarkModel(TaskModel):
         self.use_shape_prior = use_shape_prior
         if use_shape_prior and shape_prior is None:
             raise ValueError("use_shape_prior needs a shape_prior module")
+        if global_tta_shift and head != "decoder":
+            raise ValueError(f"global_tta_shift needs the decoder head (it averages heatmaps), got head {head!r}")
+        #: inference: the global stage averaged over copies shifted by this many heatmap cells (0: one pass; see
+        #: tasks/landmarks/shift_averaging.py)
+        self.global_tta_shift = global_tta_shift
         self.unused_stages: list[str] = []
         self.reads_stage_outputs = head != "regression"  # the heatmap heads read stage outputs, not pooled features
         if head == "decoder":
@@ -130,7 +135,8 @@ class LandmarkModel(TaskModel):
         "confidence" are the refined ones and "global_coords" the first estimates. In inference with the shape step,
         the global stage's coordinates are those after it (the refinement crops around them) and "shape_moved"
         (B, L) says which landmarks it moved; training never uses it (the losses are on the arg-max decoding)."""
-        out = self._forward_global(images)
+        out = self._forward_global(images) if self.training or not self.global_tta_shift \
+            else self._shift_averaged_global(images)
         if self.use_shape_prior and not self.training:
             coords, moved = self.shape_prior(out["heatmaps"], out["coords"], out["confidence"])
             out = {**out, "coords": coords, "shape_moved": moved}
@@ -147,6 +153,15 @@ class LandmarkModel(TaskModel):
         if self.kind == "decoder":
             return self.head(feats, (int(images.shape[-2]), int(images.shape[-1])))
         return self.head(feats[self.stage])
+
+    def _shift_averaged_global(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        from tasks.landmarks.decoding import decode_heatmaps
+        from tasks.landmarks.shift_averaging import shift_averaged_logits
+
+        logits = shift_averaged_logits(lambda x: self._forward_global(x)["heatmaps"], images, self.global_tta_shift,
+                                       self.head.heatmap_stride)
+        coords, confidence = decode_heatmaps(logits, self.head.radius)
+        return {"heatmaps": logits, "coords": coords, "confidence": confidence}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> normalised landmarks (B, L, 2) as (u, v)."""
@@ -325,7 +340,8 @@ class LandmarkTask(Task):
                              sigma_mm=c.sigma_mm, decode_radius=c.decode_radius, decoder_width=c.decoder_width,
                              refine=self._refinement_stage(backbone), refine_weight=c.refine_weight,
                              refine_depth=c.refine_depth,
-                             shape_prior=self._shape_prior(train), use_shape_prior=c.shape_prior)
+                             shape_prior=self._shape_prior(train), use_shape_prior=c.shape_prior,
+                             global_tta_shift=c.global_tta_shift)
 
     def _shape_prior(self, train: ImageDataset | None) -> nn.Module | None:
         """The shape step of a decoder head, its shape model fitted on ``train``'s landmarks when training (left to
