@@ -109,3 +109,32 @@ def test_global_tta_shift_reaches_the_model_and_is_checked(tmp_path, tiny_landma
     assert main(["evaluate", str(runs / "g"), "--split", "val", "--out", str(out_csv),
                  "--set", "task.landmarks.global_tta_shift=1"]) == 0
     assert json.loads(out_csv.with_suffix(".metrics.json").read_text())["mre_mm"] > 0
+
+
+def test_the_test_time_report_compares_each_variant_with_the_model_as_trained_on_validation(tmp_path, tiny_landmarks):
+    import importlib.util
+    from pathlib import Path
+
+    from transfer.cli import main
+
+    runs = tmp_path / "runs"
+    fixed = ["backbone.name=tiny_efficientnet", "init=scratch", "backbone.in_chans=1", "train.max_steps=2",
+             "train.epochs=1", "train.batch_size=4", f"tracking.out_dir={runs}", "tracking.wandb_mode=disabled",
+             "tracking.progress=false", "data.format=landmark_csv", f"data.root={tiny_landmarks}",
+             "data.train=train.csv", "data.test=test.csv", "data.image_dir=images", "task.name=landmarks",
+             "task.landmarks.head=decoder", "data.image_size=[32, 24]", "data.val_fraction=0.34"]
+    for seed in (0, 1):
+        assert main(["finetune", "--name", f"s{seed}", *(a for kv in (*fixed, f"seed={seed}")
+                                                        for a in ("--set", kv))]) == 0
+    script = Path(__file__).parents[2] / "scripts" / "landmark_test_time.py"
+    spec = importlib.util.spec_from_file_location("landmark_test_time", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "report.md"
+    assert module.main([str(runs / "s0"), str(runs / "s1"), "--out", str(out),
+                        "--variant", "shift1=task.landmarks.global_tta_shift=1"]) == 0
+    text = out.read_text()
+    assert "| as trained |" in text and "| shift1 |" in text and "of 2" in text
+    scores, _ = module._score([runs / "s0"], {"same": ["task.landmarks.global_tta_shift=0"]})
+    # a variant that changes nothing scores exactly as the model as trained
+    assert scores["mre_mm"].nunique() == 1
