@@ -1,6 +1,7 @@
 """Prediction-time options of trained landmark models, measured on each run's own validation part.
 
     python scripts/landmark_test_time.py RUN [RUN ...] --out reports/NAME.md [--variant NAME=KEY=VALUE[,KEY=VALUE]]
+    python scripts/landmark_test_time.py RUN RUN [RUN ...] --ensemble --out reports/NAME.md
 
 Each run (e.g. the folds of ``medtransfer cv``) is scored on its carved validation part (``medtransfer evaluate RUN
 --split val``) as trained and with each variant's ``task.landmarks`` settings (the test-time crops of the
@@ -9,6 +10,9 @@ trained on the same images, paired per image over all runs' validation parts poo
 per-image MRE, bootstrap 95% interval, Wilcoxon signed-rank, Holm over the variants), and fold by fold: a
 prediction-time option is worth its inference cost where it helps on every fold, not on average over one lucky one.
 No test split is read. Without --variant: the built-in list below.
+
+With --ensemble, the runs are seeds of one model trained on the same split (one ``data.split_seed``): their refined
+coordinates, combined per landmark (mean, median), are scored as one model against each run alone, paired per image.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.landmarks.metrics import radial_errors_mm
 from transfer.markdown import md_table
 from transfer.runs.evaluate import evaluate_run
 from transfer.stats import paired_errors
@@ -127,11 +132,67 @@ inference time of `predict`.
 """
 
 
+def _ensemble(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs' validation predictions combined per landmark (mean and median of the coordinates), against each
+    run alone on the same images: (one row per model, comparisons)."""
+    members = {run.name: evaluate_run(run, split="val") for run in runs}
+    first = next(iter(members.values()))
+    for name, res in members.items():
+        print(f"{name}: val MRE {res.metrics['mre_mm']:.4f} mm", file=sys.stderr)
+        if list(res.predictions["image"]) != list(first.predictions["image"]):
+            raise SystemExit(f"{name}: its validation part is not the other runs' images (train them with the same "
+                             "data.split_seed)")
+    true, spacing = first.outputs["true"], first.outputs["spacing"]
+    stacked = np.stack([res.outputs["pred"] for res in members.values()])  # (runs, N, L, 2) original pixels
+    errors = {name: res.outputs["err"] for name, res in members.items()}  # (N, L) mm each
+    for how, combine in (("ensemble (mean)", np.mean), ("ensemble (median)", np.median)):
+        errors[how] = radial_errors_mm(combine(stacked, axis=0), true, spacing)
+    per_image = {name: np.nanmean(e, axis=1) for name, e in errors.items()}
+    models = pd.DataFrame([{"model": k, "val MRE (mm)": float(np.nanmean(e)),
+                            "SDR@2 (%)": float(100 * np.mean(e[np.isfinite(e)] <= 2.0)),
+                            "% > 10 mm": float(100 * np.mean(e[np.isfinite(e)] > 10.0))} for k, e in errors.items()])
+    rows = []
+    for how in ("ensemble (mean)", "ensemble (median)"):
+        for name in members:
+            paired = paired_errors(per_image[how], per_image[name], metric="mre_mm")
+            rows.append({"model": how, "vs": name, "difference": paired["difference"], "ci95_lo": paired["ci95"][0],
+                         "ci95_hi": paired["ci95"][1], "p_value": paired["p_value"]})
+    comparisons = pd.DataFrame(rows)
+    comparisons["p_holm"] = holm(comparisons["p_value"].tolist())
+    return models, comparisons
+
+
+def _ensemble_report(argv: list[str], runs: list[Path], models: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+    return f"""# A seed ensemble of the landmark model, on the validation part its {len(runs)} members share
+
+Regenerate (from the project root; the members trained first with one `data.split_seed`):
+
+    python scripts/landmark_test_time.py {" ".join(shlex.quote(a) for a in argv)}
+
+Each member scored on the shared carved validation part (`medtransfer evaluate RUN --split val`); the ensemble's
+answer for a landmark is the mean, or the median, of the members' refined coordinates; no test split was read. The
+ensemble costs the sum of its members, in training and in inference.
+
+## Validation MRE
+
+{md_table(models, digits=4)}
+
+## Ensemble against each member, paired per image
+
+Difference of the per-image MRE (ensemble - member; negative is better), bootstrap 95% interval, Wilcoxon
+signed-rank p, Holm over the {len(comparisons)} comparisons.
+
+{md_table(comparisons, digits=4)}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="trained landmark run directories")
     parser.add_argument("--out", type=Path, required=True, help="the markdown report to write")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="score the runs (seeds of one split_seed) combined as one model against each alone")
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME=KEY=VALUE[,KEY=VALUE]: a variant instead of the built-in list (repeatable)")
     args = parser.parse_args(argv)
@@ -146,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(r) for r in args.runs if not (r / "model.pt").is_file()]
     if missing:
         parser.error(f"not trained runs (no model.pt): {', '.join(missing)}")
+    if args.ensemble:
+        if len(args.runs) < 2 or args.variant:
+            parser.error("--ensemble takes two or more runs and no --variant")
+        args.out.write_text(_ensemble_report(argv, args.runs, *_ensemble(args.runs)))
+        print(f"wrote {args.out}")
+        return 0
     scores, per_image = _score(args.runs, variants)
     args.out.write_text(_report(argv, args.runs, variants, scores, _comparisons(scores, per_image)))
     print(f"wrote {args.out}")

@@ -461,7 +461,7 @@ class LandmarkTask(Task):
             df[f"{k + 1}_x_true"] = true[:, k, 0]
             df[f"{k + 1}_y_true"] = true[:, k, 1]
             df[f"{k + 1}_err_mm"] = err[:, k]
-        return EvalResult(m, df, {"pred": pred, "true": true, "err": err})
+        return EvalResult(m, df, {"pred": pred, "true": true, "err": err, "spacing": spacing})
 
     def _refine_from_truth(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int,
                            global_pred: np.ndarray, true: np.ndarray, spacing: np.ndarray, visible: np.ndarray

@@ -112,24 +112,9 @@ def test_global_tta_shift_reaches_the_model_and_is_checked(tmp_path, tiny_landma
 
 
 def test_the_test_time_report_compares_each_variant_with_the_model_as_trained_on_validation(tmp_path, tiny_landmarks):
-    import importlib.util
-    from pathlib import Path
-
-    from transfer.cli import main
-
     runs = tmp_path / "runs"
-    fixed = ["backbone.name=tiny_efficientnet", "init=scratch", "backbone.in_chans=1", "train.max_steps=2",
-             "train.epochs=1", "train.batch_size=4", f"tracking.out_dir={runs}", "tracking.wandb_mode=disabled",
-             "tracking.progress=false", "data.format=landmark_csv", f"data.root={tiny_landmarks}",
-             "data.train=train.csv", "data.test=test.csv", "data.image_dir=images", "task.name=landmarks",
-             "task.landmarks.head=decoder", "data.image_size=[32, 24]", "data.val_fraction=0.34"]
-    for seed in (0, 1):
-        assert main(["finetune", "--name", f"s{seed}", *(a for kv in (*fixed, f"seed={seed}")
-                                                        for a in ("--set", kv))]) == 0
-    script = Path(__file__).parents[2] / "scripts" / "landmark_test_time.py"
-    spec = importlib.util.spec_from_file_location("landmark_test_time", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    _tiny_runs(runs, tiny_landmarks, {"s0": ["seed=0"], "s1": ["seed=1"]})
+    module = _script()
     out = tmp_path / "report.md"
     assert module.main([str(runs / "s0"), str(runs / "s1"), "--out", str(out),
                         "--variant", "shift1=task.landmarks.global_tta_shift=1"]) == 0
@@ -138,3 +123,48 @@ def test_the_test_time_report_compares_each_variant_with_the_model_as_trained_on
     scores, _ = module._score([runs / "s0"], {"same": ["task.landmarks.global_tta_shift=0"]})
     # a variant that changes nothing scores exactly as the model as trained
     assert scores["mre_mm"].nunique() == 1
+
+
+def test_the_ensemble_report_combines_runs_of_one_split_and_refuses_runs_of_others(tmp_path, tiny_landmarks):
+    import numpy as np
+
+    runs = tmp_path / "runs"
+    _tiny_runs(runs, tiny_landmarks, {"a": ["seed=1", "data.split_seed=0"], "b": ["seed=2", "data.split_seed=0"],
+                                      "other": ["seed=3"]})
+    module = _script()
+    models, comparisons = module._ensemble([runs / "a", runs / "b"])
+    mre = models.set_index("model")["val MRE (mm)"]
+    # two members: the median is the mean, and the mean of two points is no farther than the farther of them
+    assert np.isclose(mre["ensemble (mean)"], mre["ensemble (median)"])
+    assert mre["ensemble (mean)"] <= max(mre["a"], mre["b"]) + 1e-9
+    assert len(comparisons) == 4 and comparisons["p_holm"].between(0, 1).all()
+    out = tmp_path / "ens.md"
+    assert module.main([str(runs / "a"), str(runs / "b"), "--ensemble", "--out", str(out)]) == 0
+    assert "| ensemble (mean) |" in out.read_text()
+    with pytest.raises(SystemExit, match="other: its validation part is not the other runs' images"):
+        module._ensemble([runs / "a", runs / "other"])
+
+
+def _tiny_runs(runs, data_root, named: dict[str, list[str]]) -> None:
+    """Decoder-head landmark runs of two steps on the tiny set, one per name, each with its own settings."""
+    from transfer.cli import main
+
+    fixed = ["backbone.name=tiny_efficientnet", "init=scratch", "backbone.in_chans=1", "train.max_steps=2",
+             "train.epochs=1", "train.batch_size=4", f"tracking.out_dir={runs}", "tracking.wandb_mode=disabled",
+             "tracking.progress=false", "data.format=landmark_csv", f"data.root={data_root}",
+             "data.train=train.csv", "data.test=test.csv", "data.image_dir=images", "task.name=landmarks",
+             "task.landmarks.head=decoder", "data.image_size=[32, 24]", "data.val_fraction=0.34"]
+    for name, more in named.items():
+        assert main(["finetune", "--name", name, *(a for kv in (*fixed, *more) for a in ("--set", kv))]) == 0
+
+
+def _script():
+    """scripts/landmark_test_time.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "landmark_test_time", Path(__file__).parents[2] / "scripts" / "landmark_test_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -96,6 +96,10 @@ class DataConfig:
     image_size: tuple[int, int] = (224, 224)  #: (height, width) the network sees
     val_fraction: float = 0.2
     label_fraction: float = 1.0
+    #: the seed of the validation carve and of the label fraction's subset; None: the run's ``seed``. Fixed, runs of
+    #: several seeds train on the same images and are selected on the same validation part (a seed ensemble scored
+    #: on it, the training seed's own variance apart from the split's)
+    split_seed: int | None = None
     #: decode cache folder; None: $MEDTRANSFER_CACHE, else ~/.cache/medtransfer. Resolved when a command runs
     #: (predict/evaluate take --cache-dir), never taken from a trained run: the cache belongs to the machine
     cache_dir: str | None = None

@@ -45,6 +45,7 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
     split, so every fraction is selected on the same validation images.
     """
     d = cfg.data
+    split_seed = cfg.seed if d.split_seed is None else d.split_seed
     if not d.train:
         raise DatasetError("data.train is empty: name the training split in the config or with --set data.train=...")
     full = load_listed(task, d.train, "train")
@@ -56,12 +57,12 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
         carved = False
     else:
         groups = full.meta.get("groups")
-        tr, va = validation_split(len(full), d.val_fraction, cfg.seed, task.label_array(full), groups,
+        tr, va = validation_split(len(full), d.val_fraction, split_seed, task.label_array(full), groups,
                                   task.info.get("class_names"), source=str(d.train))
         train, val = full.subset(tr), full.subset(va)
         carved = True
     n_before = len(train)
-    keep = nested_fraction(len(train), d.label_fraction, cfg.seed, task.label_array(train),
+    keep = nested_fraction(len(train), d.label_fraction, split_seed, task.label_array(train),
                            task.info.get("class_names"), source=f"training split {d.train}")
     train = train.subset(keep)
     test = task.load_split(d.test, "test") if d.test else fold_test
@@ -72,7 +73,8 @@ def prepare_data(task: Task, cfg: Config) -> Splits:
         if ds is not None:
             task.check_split(ds, which, str(source))
     info = {"n_train": len(train), "n_train_before_fraction": n_before, "n_val": len(val),
-            "n_test": len(test) if test is not None else 0, "val_carved_from_train": carved, **fold_info,
+            "n_test": len(test) if test is not None else 0, "val_carved_from_train": carved, "split_seed": split_seed,
+            **fold_info,
             **_overlaps(train, {"val": val, "test": test}), **task.data_report,
             "skipped_counts": dict(Counter(s.kind for s in task.skipped)),
             "skipped": [vars(s) for s in task.skipped]}

@@ -185,3 +185,19 @@ def test_a_study_report_says_the_test_split_is_a_fold():
     assert "`a.csv`, `b.csv` dealt into the folds of `f.csv`" in desc and "None" not in desc
     plain = _data_desc(load_config(Config, None, ["data.train=a.csv", "data.test=t.csv"]).data, "v")
     assert plain == "`a.csv` (train), v (validation), `t.csv`"
+
+
+def test_split_seed_fixes_the_validation_part_and_the_fraction_across_training_seeds(tiny_landmarks):
+    def splits(*more: str):
+        cfg = load_config(Config, None, [
+            "task.name=landmarks", "data.format=landmark_csv", f"data.root={tiny_landmarks}", "data.train=train.csv",
+            "data.image_dir=images", "data.image_size=[32, 32]", "backbone.in_chans=1", "tracking.progress=false",
+            "data.val_fraction=0.34", "data.label_fraction=0.5", *more])
+        s = prepare_data(TASKS.get("landmarks")(cfg), cfg)
+        return list(s.val.ids), list(s.train.ids), s.info["split_seed"]
+
+    by_seed = {seed: splits(f"seed={seed}") for seed in range(4)}
+    assert len({tuple(v) for v, _, _ in by_seed.values()}) > 1  # without it, each seed carves its own part
+    assert [s for _, _, s in by_seed.values()] == [0, 1, 2, 3]
+    fixed = [splits(f"seed={seed}", "data.split_seed=0") for seed in range(4)]
+    assert all(f == (*by_seed[0][:2], 0) for f in fixed)  # seed 0's validation part and training subset, every seed
