@@ -132,6 +132,18 @@ inference time of `predict`.
 """
 
 
+def _seeds(runs: list[Path], name: str) -> dict[str, object]:
+    """A member's training seed and split seed (from its summary.json); "-" for a combination of members."""
+    import json
+
+    run = next((r for r in runs if r.name == name), None)
+    if run is None:
+        return {"seed": "-", "split_seed": "-"}
+    summary = json.loads((run / "summary.json").read_text())
+    # a run from before data.split_seed existed carved with its own seed
+    return {"seed": summary.get("seed", "-"), "split_seed": summary.get("split_seed", summary.get("seed", "-"))}
+
+
 def _ensemble(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The runs' validation predictions combined per landmark (mean and median of the coordinates), against each
     run alone on the same images: (one row per model, comparisons)."""
@@ -148,7 +160,7 @@ def _ensemble(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for how, combine in (("ensemble (mean)", np.mean), ("ensemble (median)", np.median)):
         errors[how] = radial_errors_mm(combine(stacked, axis=0), true, spacing)
     per_image = {name: np.nanmean(e, axis=1) for name, e in errors.items()}
-    models = pd.DataFrame([{"model": k, "val MRE (mm)": float(np.nanmean(e)),
+    models = pd.DataFrame([{"model": k, **_seeds(runs, k), "val MRE (mm)": float(np.nanmean(e)),
                             "SDR@2 (%)": float(100 * np.mean(e[np.isfinite(e)] <= 2.0)),
                             "% > 10 mm": float(100 * np.mean(e[np.isfinite(e)] > 10.0))} for k, e in errors.items()])
     rows = []
