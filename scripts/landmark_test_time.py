@@ -47,25 +47,36 @@ def _per_image_mre(predictions: pd.DataFrame) -> np.ndarray:
     return predictions.filter(regex=r"^\d+_err_mm$").mean(axis=1).to_numpy()
 
 
-def _score(runs: list[Path], variants: dict[str, list[str]]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def _score_one(name: str, settings: list[str], run: Path) -> tuple[dict[str, object], np.ndarray]:
+    """One run scored on its validation part with one variant's settings: its row, and its per-image MRE."""
+    start = time.perf_counter()
+    res = evaluate_run(run, split="val", overrides=settings)
+    seconds = time.perf_counter() - start
+    m = res.metrics
+    print(f"{name:45s} {run.name}: val MRE {m['mre_mm']:.4f} mm ({seconds:.0f} s)", file=sys.stderr)
+    return ({"variant": name, "run": run.name, "n_images": m["n_images"], "mre_mm": m["mre_mm"],
+             "global_mre_mm": m.get("global_mre_mm", float("nan")), "sdr_2.0mm": m["sdr"]["2.0"],
+             "over_10.0mm": m["over"]["10.0"], "shape_moved": m.get("shape_moved", 0), "evaluate_s": seconds},
+            _per_image_mre(res.predictions))
+
+
+def _score(runs: list[Path], variants: dict[str, list[str]], jobs: int = 1
+           ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per (variant, run): its validation metrics and the wall time; and per variant the per-image MRE
-    of all runs' validation parts, concatenated in run order."""
-    rows, per_image = [], {}
-    for name, settings in {AS_TRAINED: [], **variants}.items():
-        errors = []
-        for run in runs:
-            start = time.perf_counter()
-            res = evaluate_run(run, split="val", overrides=settings)
-            seconds = time.perf_counter() - start
-            m = res.metrics
-            rows.append({"variant": name, "run": run.name, "n_images": m["n_images"], "mre_mm": m["mre_mm"],
-                         "global_mre_mm": m.get("global_mre_mm", float("nan")), "sdr_2.0mm": m["sdr"]["2.0"],
-                         "over_10.0mm": m["over"]["10.0"], "shape_moved": m.get("shape_moved", 0),
-                         "evaluate_s": seconds})
-            errors.append(_per_image_mre(res.predictions))
-            print(f"{name:45s} {run.name}: val MRE {m['mre_mm']:.4f} mm ({seconds:.0f} s)", file=sys.stderr)
-        per_image[name] = np.concatenate(errors)
-    return pd.DataFrame(rows), per_image
+    of all runs' validation parts, concatenated in run order. ``jobs`` > 1: that many processes, each scoring
+    one (variant, run) at a time (a CPU's cores; each evaluate is one-threaded work)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cells = [(name, settings, run) for name, settings in {AS_TRAINED: [], **variants}.items() for run in runs]
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(_score_one, *zip(*cells)))
+    else:
+        results = [_score_one(*cell) for cell in cells]
+    per_image = {}
+    for (name, _, _), (_, errors) in zip(cells, results):
+        per_image.setdefault(name, []).append(errors)
+    return pd.DataFrame([row for row, _ in results]), {k: np.concatenate(v) for k, v in per_image.items()}
 
 
 def _comparisons(scores: pd.DataFrame, per_image: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -203,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="trained landmark run directories")
     parser.add_argument("--out", type=Path, required=True, help="the markdown report to write")
+    parser.add_argument("--jobs", type=int, default=1, help="processes scoring at once (default 1)")
     parser.add_argument("--ensemble", action="store_true",
                         help="score the runs (seeds of one split_seed) combined as one model against each alone")
     parser.add_argument("--variant", action="append", default=[],
@@ -225,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(_ensemble_report(argv, args.runs, *_ensemble(args.runs)))
         print(f"wrote {args.out}")
         return 0
-    scores, per_image = _score(args.runs, variants)
+    scores, per_image = _score(args.runs, variants, args.jobs)
     args.out.write_text(_report(argv, args.runs, variants, scores, _comparisons(scores, per_image)))
     print(f"wrote {args.out}")
     return 0

@@ -116,7 +116,7 @@ def test_the_test_time_report_compares_each_variant_with_the_model_as_trained_on
     _tiny_runs(runs, tiny_landmarks, {"s0": ["seed=0"], "s1": ["seed=1"]})
     module = _script()
     out = tmp_path / "report.md"
-    assert module.main([str(runs / "s0"), str(runs / "s1"), "--out", str(out),
+    assert module.main([str(runs / "s0"), str(runs / "s1"), "--out", str(out), "--jobs", "2",
                         "--variant", "shift1=task.landmarks.global_tta_shift=1"]) == 0
     text = out.read_text()
     assert "| as trained |" in text and "| shift1 |" in text and "of 2" in text
@@ -161,10 +161,13 @@ def _tiny_runs(runs, data_root, named: dict[str, list[str]]) -> None:
 def _script():
     """scripts/landmark_test_time.py as a module."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
         "landmark_test_time", Path(__file__).parents[2] / "scripts" / "landmark_test_time.py")
     module = importlib.util.module_from_spec(spec)
+    # registered, as `python scripts/...` registers __main__, so that --jobs can send its functions to workers
+    sys.modules["landmark_test_time"] = module
     spec.loader.exec_module(module)
     return module
