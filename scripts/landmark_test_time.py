@@ -87,7 +87,7 @@ def _comparisons(scores: pd.DataFrame, per_image: dict[str, np.ndarray]) -> pd.D
             continue
         paired = paired_errors(errors, per_image[AS_TRAINED], metric="mre_mm")
         by_run = scores[scores["variant"] == name].set_index("run")["mre_mm"] - base
-        rows.append({"variant": name, "val MRE (pooled)": float(np.nanmean(errors)),
+        rows.append({"variant": name, "metric": "mre_mm", "val MRE (pooled)": float(np.nanmean(errors)),
                      "difference": paired["difference"], "ci95_lo": paired["ci95"][0], "ci95_hi": paired["ci95"][1],
                      "p_value": paired["p_value"], "runs better": f"{int((by_run < 0).sum())} of {len(by_run)}",
                      "runs worse": f"{int((by_run > 0).sum())} of {len(by_run)}"})
@@ -178,7 +178,7 @@ def _ensemble(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for how in ("ensemble (mean)", "ensemble (median)"):
         for name in members:
             paired = paired_errors(per_image[how], per_image[name], metric="mre_mm")
-            rows.append({"model": how, "vs": name, "difference": paired["difference"], "ci95_lo": paired["ci95"][0],
+            rows.append({"model": how, "vs": name, "metric": "mre_mm", "difference": paired["difference"], "ci95_lo": paired["ci95"][0],
                          "ci95_hi": paired["ci95"][1], "p_value": paired["p_value"]})
     comparisons = pd.DataFrame(rows)
     comparisons["p_holm"] = holm(comparisons["p_value"].tolist())

@@ -105,7 +105,7 @@ def bounded_interval_violations(markdown: str, bounds: dict[str, tuple[float, fl
                 break
             cells = [c.strip() for c in row.strip("|").split("|")]
             metric = cells[metric_col] if metric_col is not None else named
-            if metric not in bounds:
+            if metric is None or metric not in bounds:  # a table that names no metric has no range to hold
                 continue
             lo, hi = bounds[metric]
             lo, hi = (-(hi - lo), hi - lo) if difference else (lo, hi)
