@@ -17,9 +17,11 @@ coordinates, combined per landmark (mean, median), are scored as one model again
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,8 @@ from transfer.runs.evaluate import evaluate_run
 from transfer.stats import paired_errors
 from transfer.studies.seed_stats import holm
 
-#: name -> task.landmarks settings; the inference cost each adds, in units of one pass of the stage it repeats
+#: name -> the task.landmarks settings of a variant (refine_tta_shift: 5x the refinement's inference; global_tta_shift:
+#: 5x the global stage's; the shape step: a few matrix products)
 VARIANTS = {
     "refine_tta_shift=0.1": ["task.landmarks.refine_tta_shift=0.1"],
     "global_tta_shift=1": ["task.landmarks.global_tta_shift=1"],
@@ -41,10 +44,6 @@ VARIANTS = {
                                                   "task.landmarks.refine_tta_shift=0.1"],
 }
 AS_TRAINED = "as trained"
-
-
-def _per_image_mre(predictions: pd.DataFrame) -> np.ndarray:
-    return predictions.filter(regex=r"^\d+_err_mm$").mean(axis=1).to_numpy()
 
 
 def _score_one(name: str, settings: list[str], run: Path) -> tuple[dict[str, object], np.ndarray]:
@@ -57,7 +56,7 @@ def _score_one(name: str, settings: list[str], run: Path) -> tuple[dict[str, obj
     return ({"variant": name, "run": run.name, "n_images": m["n_images"], "mre_mm": m["mre_mm"],
              "global_mre_mm": m.get("global_mre_mm", float("nan")), "sdr_2.0mm": m["sdr"]["2.0"],
              "over_10.0mm": m["over"]["10.0"], "shape_moved": m.get("shape_moved", 0), "evaluate_s": seconds},
-            _per_image_mre(res.predictions))
+            np.nanmean(res.outputs["err"], axis=1))
 
 
 def _score(runs: list[Path], variants: dict[str, list[str]], jobs: int = 1
@@ -65,8 +64,6 @@ def _score(runs: list[Path], variants: dict[str, list[str]], jobs: int = 1
     """One row per (variant, run): its validation metrics and the wall time; and per variant the per-image MRE
     of all runs' validation parts, concatenated in run order. ``jobs`` > 1: that many processes, each scoring
     one (variant, run) at a time (a CPU's cores; each evaluate is one-threaded work)."""
-    from concurrent.futures import ProcessPoolExecutor
-
     cells = [(name, settings, run) for name, settings in {AS_TRAINED: [], **variants}.items() for run in runs]
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -145,8 +142,6 @@ inference time of `predict`.
 
 def _seeds(runs: list[Path], name: str) -> dict[str, object]:
     """A member's training seed and split seed (from its summary.json); "-" for a combination of members."""
-    import json
-
     run = next((r for r in runs if r.name == name), None)
     if run is None:
         return {"seed": "-", "split_seed": "-"}
@@ -178,8 +173,8 @@ def _ensemble(runs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for how in ("ensemble (mean)", "ensemble (median)"):
         for name in members:
             paired = paired_errors(per_image[how], per_image[name], metric="mre_mm")
-            rows.append({"model": how, "vs": name, "metric": "mre_mm", "difference": paired["difference"], "ci95_lo": paired["ci95"][0],
-                         "ci95_hi": paired["ci95"][1], "p_value": paired["p_value"]})
+            rows.append({"model": how, "vs": name, "metric": "mre_mm", "difference": paired["difference"],
+                         "ci95_lo": paired["ci95"][0], "ci95_hi": paired["ci95"][1], "p_value": paired["p_value"]})
     comparisons = pd.DataFrame(rows)
     comparisons["p_holm"] = holm(comparisons["p_value"].tolist())
     return models, comparisons
