@@ -33,6 +33,13 @@ class LandmarkConfig:
     refine_jitter_mm: float = 2.0  #: SD of the training crops' offset from the truth (about the global error)
     refine_per_image: int = 4  #: landmarks cropped per training image and step
     refine_weight: float = 1.0  #: weight of the refinement losses beside the global stage's
+    #: a coarse refinement stage between the global and the refinement stage (0: none): the same model on windows
+    #: ``refine_coarse_zoom`` times wider than ``refine_crop``, shrunk to it (e.g. 3: 384 px of a 0.1-mm image, +-19 mm
+    #: at 0.3 mm per pixel). The fine crops (+-6.4 mm at the defaults) cannot pull back a global estimate more than
+    #: ~2 mm off; the coarse stage's wider view can, and the fine stage then crops around its estimate. Its target
+    #: Gaussians are ``refine_sigma_mm`` x zoom wide (the fine stage's width in heatmap cells); same depth as the fine
+    refine_coarse_zoom: float = 0.0
+    refine_coarse_jitter_mm: float = 4.0  #: SD of the coarse stage's training crops' offset from the truth, mm
     #: the refinement backbone's own fine-tuning depth (``head``, ``<stage>-head`` or ``all``), e.g. ``all`` beside a
     #: frozen global backbone: its inputs are small crops at a resolution ImageNet never saw, and cheap to train on;
     #: None: ``train.depth`` for both backbones (an ``auto`` depth search then varies the global one only)
@@ -92,6 +99,11 @@ class LandmarkConfig:
              "backbone's depth)"),
             ("refine_depth", self.refine_depth != "auto", "must be a fixed depth (head, <stage>-head or all); "
              "train.depth: auto searches the global backbone's"),
+            ("refine_coarse_zoom", self.refine_coarse_zoom == 0 or self.refine_coarse_zoom > 1,
+             f"must be 0 (no coarse stage) or > 1 (its window's width in refine_crops), got {self.refine_coarse_zoom}"),
+            ("refine_coarse_zoom", self.refine_coarse_zoom == 0 or self.refine, "needs refine: true (the coarse stage "
+             "crops the refinement image, and the fine stage refines its estimate)"),
+            ("refine_coarse_jitter_mm", self.refine_coarse_jitter_mm >= 0, "must be >= 0"),
             ("refine_tta_shift", 0 <= self.refine_tta_shift < 0.5, "must be in [0, 0.5) (a share of refine_crop)"),
             ("refine_passes", self.refine_passes >= 1, f"must be >= 1, got {self.refine_passes}"),
             ("global_tta_shift", self.global_tta_shift >= 0,

@@ -33,6 +33,8 @@ class LandmarkOutputs:
     global_coords: np.ndarray  #: (N, L, 2) the global stage's (= ``coords`` without refinement)
     #: (N, L) bool: the landmarks the shape step moved (None without it, see tasks/landmarks/shape_prior.py)
     shape_moved: np.ndarray | None = None
+    #: (N, L, 2) the coarse refinement stage's, where the fine stage crops (None without one)
+    coarse_coords: np.ndarray | None = None
 
 
 def _confidence(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -56,7 +58,7 @@ def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.devic
     was = model.training
     model.eval()
     forward_all = inference_forward(model.forward_all, precision)
-    coords, conf, global_conf, global_coords, moved = [], [], [], [], []
+    coords, conf, global_conf, global_coords, moved, coarse = [], [], [], [], [], []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(device)
         r = None if refine_images is None else refine_images[i : i + batch_size].to(device)
@@ -69,10 +71,13 @@ def landmark_outputs(model: nn.Module, images: torch.Tensor, device: torch.devic
         global_coords.append(out.get("global_coords", out["coords"]).float().cpu())
         if "shape_moved" in out:
             moved.append(out["shape_moved"].cpu())
+        if "coarse_coords" in out:
+            coarse.append(out["coarse_coords"].float().cpu())
     model.train(was)
     return LandmarkOutputs(*(torch.cat(x).numpy().astype(np.float64)
                              for x in (coords, conf, global_conf, global_coords)),
-                           shape_moved=torch.cat(moved).numpy() if moved else None)
+                           shape_moved=torch.cat(moved).numpy() if moved else None,
+                           coarse_coords=torch.cat(coarse).numpy().astype(np.float64) if coarse else None)
 
 
 @torch.no_grad()

@@ -18,8 +18,18 @@ of size c centred at X spans [X - c/2, X + c/2]; its pixel i samples the image a
 continuous x0 + i + 0.5 (torchvision's ``roi_align`` with ``aligned=True`` and one
 sample per bin, bilinear between pixels), and a point at crop-normalised v is at
 image-normalised u = (x0 + v c) / W. Outside the image the crop reads zeros.
+
+A coarse stage (``task.landmarks.refine_coarse_zoom``) is the same model on a
+window ``zoom`` times wider, shrunk to the same ``crop`` pixels: it sees more
+context at lower resolution and can pull back an estimate that the fine crop's
++-crop/2 cannot reach. Its window of side w = zoom x crop is sampled at
+``crop`` bins, each the mean of ceil(zoom)^2 bilinear samples (roi_align's
+``sampling_ratio``): a box filter before the shrink, so that it does not alias.
+All the geometry above holds with w in place of c.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -40,16 +50,20 @@ def crop_origins(coords: torch.Tensor, image_hw: tuple[int, int], crop: int) -> 
     return coords * wh - crop / 2
 
 
-def extract_crops(images: torch.Tensor, image_index: torch.Tensor, origins: torch.Tensor, crop: int) -> torch.Tensor:
-    """(B, C, H, W) images (uint8 or float in [0, 1]), (N,) image of each crop, (N, 2) corners -> (N, C, crop, crop)
-    float crops. One image is made float at a time: a batch of full-resolution cephalograms as float is GBs."""
-    out = torch.empty(len(origins), images.shape[1], crop, crop, device=images.device)
+def extract_crops(images: torch.Tensor, image_index: torch.Tensor, origins: torch.Tensor, crop: float,
+                  size: int | None = None) -> torch.Tensor:
+    """(B, C, H, W) images (uint8 or float in [0, 1]), (N,) image of each crop, (N, 2) corners -> (N, C, size, size)
+    float crops of ``crop``-pixel windows (``size``: ``crop`` when None; a wider window is box-filtered down to it).
+    One image is made float at a time: a batch of full-resolution cephalograms as float is GBs."""
+    size = int(crop) if size is None else size
+    samples = max(1, math.ceil(crop / size - 1e-6))  # per bin and axis: 1 for an unscaled crop
+    out = torch.empty(len(origins), images.shape[1], size, size, device=images.device)
     for b in image_index.unique().tolist():
         sel = (image_index == b).nonzero().flatten()
         boxes = torch.cat([torch.zeros(len(sel), 1, dtype=origins.dtype, device=origins.device), origins[sel],
                            origins[sel] + crop], dim=1)
-        out[sel] = roi_align(_as_float(images[b : b + 1]), boxes.float(), output_size=crop, spatial_scale=1.0,
-                             sampling_ratio=1, aligned=True)
+        out[sel] = roi_align(_as_float(images[b : b + 1]), boxes.float(), output_size=size, spatial_scale=1.0,
+                             sampling_ratio=samples, aligned=True)
     return out
 
 
@@ -71,14 +85,18 @@ class RefinementStage(nn.Module):
     Args:
         backbone: the stage's own backbone (same architecture and init as the global stage's).
         num_landmarks: L output maps, one per landmark.
-        crop: crop size in pixels of the refinement image.
+        crop: crop size in pixels of the network's input.
+        zoom: the window's side in refinement-image pixels is ``zoom * crop`` (1: full resolution; > 1: a coarse
+            stage, see the module docstring).
         out_stride, radius, width: the decoder's heatmap stride, soft-argmax window and width.
     """
 
     def __init__(self, backbone: StagedBackbone, num_landmarks: int, *, crop: int, out_stride: int = 2,
                  radius: int = 3, width: int = 32, sigma_mm: float = 0.5, jitter_mm: float = 2.0,
-                 per_image: int = 4, tta_shift: float = 0.0, passes: int = 1) -> None:
+                 per_image: int = 4, tta_shift: float = 0.0, passes: int = 1, zoom: float = 1.0) -> None:
         super().__init__()
+        if zoom < 1:
+            raise ValueError(f"zoom must be >= 1 (a window at least as wide as the crop), got {zoom}")
         if crop < 16:
             raise ValueError(f"task.landmarks.refine_crop must be >= 16 pixels, got {crop}")
         if per_image < 1:
@@ -91,6 +109,7 @@ class RefinementStage(nn.Module):
         self.head = DecoderHeatmapHead(backbone.feature_info, num_landmarks, out_stride=out_stride, radius=radius,
                                        width=width)
         self.crop, self.sigma_mm, self.jitter_mm, self.per_image = crop, sigma_mm, jitter_mm, per_image
+        self.window = crop * zoom  #: the crop's side in refinement-image pixels
         #: test-time crops: 0 = one centred crop per landmark; s > 0 = also four crops shifted by s x crop
         #: (task.landmarks.refine_tta_shift, a prediction-time option)
         self.tta_shift = tta_shift
@@ -128,14 +147,14 @@ class RefinementStage(nn.Module):
         scale = mm_per_pixel[image]  # (N, 2)
         jitter = torch.randn_like(target) * (self.jitter_mm / scale)  # continuous pixels
         wh = torch.tensor(hw[::-1], dtype=target.dtype, device=target.device)
-        origins = target * wh + jitter - self.crop / 2
-        crops = extract_crops(refine_images, image, origins, self.crop)
+        origins = target * wh + jitter - self.window / 2
+        crops = extract_crops(refine_images, image, origins, self.window, self.crop)
         out = self(crops, ids)
-        target_crop = to_crop(target, origins, hw, self.crop)
-        units = (scale * self.crop)[:, None, :]
+        target_crop = to_crop(target, origins, hw, self.window)
+        units = (scale * self.window)[:, None, :]
         keep = None if visible is None else visible[image, ids][:, None]
         euclid = euclidean_loss(out["coords"][:, None].float() * units, target_crop[:, None] * units, keep)
-        cell_mm = scale * self.crop / torch.tensor(out["heatmaps"].shape[-1:-3:-1], dtype=scale.dtype,
+        cell_mm = scale * self.window / torch.tensor(out["heatmaps"].shape[-1:-3:-1], dtype=scale.dtype,
                                                    device=scale.device)
         sigma = (self.sigma_mm / cell_mm)[:, None, :]
         hm = heatmap_loss(out["heatmaps"][:, None].float(), target_crop[:, None], sigma, keep)
@@ -159,20 +178,21 @@ class RefinementStage(nn.Module):
         flat = coords.reshape(-1, 2).float()
         image = torch.arange(b, device=coords.device).repeat_interleave(n)
         ids = torch.arange(n, device=coords.device).repeat(b)
-        centred = crop_origins(flat, hw, self.crop)
+        centred = crop_origins(flat, hw, self.window)
         refined, confidence = [], []
         for shift in self._shifts(flat.device):  # in chunks of crops: bounded memory whatever the batch
             origins = centred + shift
             parts = [slice(i, i + _CROPS_PER_PASS) for i in range(0, len(flat), _CROPS_PER_PASS)]
-            outs = [self(extract_crops(refine_images, image[p], origins[p], self.crop), ids[p]) for p in parts]
-            refined.append(torch.cat([from_crop(o["coords"].float(), origins[p], hw, self.crop)
+            outs = [self(extract_crops(refine_images, image[p], origins[p], self.window, self.crop), ids[p])
+                    for p in parts]
+            refined.append(torch.cat([from_crop(o["coords"].float(), origins[p], hw, self.window)
                                       for o, p in zip(outs, parts)]).view(b, n, 2))
             confidence.append(torch.cat([o["confidence"].float() for o in outs]).view(b, n))
         return torch.stack(refined).mean(0), torch.stack(confidence).mean(0)
 
     def _shifts(self, device: torch.device) -> torch.Tensor:
         """(K, 2) offsets in refinement-image pixels of the test-time crops: (0, 0), then +-x and +-y."""
-        s = self.tta_shift * self.crop
+        s = self.tta_shift * self.window
         offsets = [(0.0, 0.0)] + ([(s, 0.0), (-s, 0.0), (0.0, s), (0.0, -s)] if s > 0 else [])
         return torch.tensor(offsets, device=device)
 

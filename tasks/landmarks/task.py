@@ -70,7 +70,7 @@ class LandmarkModel(TaskModel):
                  augment: BatchAugment | None, heatmap_stride: int = 4, sigma_mm: float = 2.0,
                  decode_radius: int = 3, decoder_width: int = 32, refine: nn.Module | None = None,
                  refine_weight: float = 1.0, refine_depth: str | None = None, shape_prior: nn.Module | None = None,
-                 use_shape_prior: bool = False, global_tta_shift: int = 0) -> None:
+                 use_shape_prior: bool = False, global_tta_shift: int = 0, coarse: nn.Module | None = None) -> None:
         super().__init__()
         from tasks.landmarks.dense_head import DecoderHeatmapHead
         from tasks.landmarks.heads import HeatmapHead, RegressionHead
@@ -84,6 +84,10 @@ class LandmarkModel(TaskModel):
         self.refine_stage = refine  #: a :class:`~tasks.landmarks.refine.RefinementStage`, or None
         self.refine_weight = refine_weight
         self.refine_depth = refine_depth  #: the refinement backbone's own depth (None: the run's)
+        #: a coarse :class:`~tasks.landmarks.refine.RefinementStage` (wider windows) between the two, or None
+        if coarse is not None and refine is None:
+            raise ValueError("a coarse refinement stage needs the refinement stage (it refines the coarse estimate)")
+        self.coarse_stage = coarse
         #: a :class:`~tasks.landmarks.shape_prior.ShapePrior` (its shape model saved with the model whether used or
         #: not), applied in inference when ``use_shape_prior``
         self.shape_prior = shape_prior
@@ -122,17 +126,20 @@ class LandmarkModel(TaskModel):
             self.unused_stages = names[names.index(heatmap_stage) + 1 :]
 
     def extra_stages(self) -> dict[str, ExtraStage]:
-        if self.refine_stage is None:
-            return {}
-        r = self.refine_stage
-        names = list(r.backbone.stage_names)
-        # the refinement decoder reads stages up to its top stage only: those above get no gradient
-        return {"refine": ExtraStage(r.backbone, r.head, tuple(names[names.index(r.head.top_stage) + 1 :]),
-                                     depth=self.refine_depth)}
+        stages = {}
+        for name, r in (("refine", self.refine_stage), ("refine_coarse", self.coarse_stage)):
+            if r is None:
+                continue
+            names = list(r.backbone.stage_names)
+            # the refinement decoder reads stages up to its top stage only: those above get no gradient
+            stages[name] = ExtraStage(r.backbone, r.head, tuple(names[names.index(r.head.top_stage) + 1 :]),
+                                      depth=self.refine_depth)
+        return stages
 
     def forward_all(self, images: torch.Tensor, refine_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every output of the global stage; with ``refine_images`` and a refinement stage, "coords" and
-        "confidence" are the refined ones and "global_coords" the first estimates. In inference with the shape step,
+        "confidence" are the refined ones, "global_coords" the first estimates and, with a coarse stage,
+        "coarse_coords" its estimates (the fine stage crops around them). In inference with the shape step,
         the global stage's coordinates are those after it (the refinement crops around them) and "shape_moved"
         (B, L) says which landmarks it moved; training never uses it (the losses are on the arg-max decoding)."""
         out = self._forward_global(images) if self.training or not self.global_tta_shift \
@@ -141,7 +148,11 @@ class LandmarkModel(TaskModel):
             coords, moved = self.shape_prior(out["heatmaps"], out["coords"], out["confidence"])
             out = {**out, "coords": coords, "shape_moved": moved}
         if self.refine_stage is not None and refine_images is not None:
-            coords, confidence = self.refine_stage.refine(refine_images, out["coords"])
+            start = out["coords"]
+            if self.coarse_stage is not None:
+                start, _ = self.coarse_stage.refine(refine_images, start)
+                out = {**out, "coarse_coords": start}
+            coords, confidence = self.refine_stage.refine(refine_images, start)
             out = {**out, "global_coords": out["coords"], "coords": coords, "confidence": confidence,
                    "global_confidence": out.get("confidence", torch.full_like(confidence, float("nan")))}
         return out
@@ -198,16 +209,21 @@ class LandmarkModel(TaskModel):
             refined = self._refinement_loss(batch)
             loss = loss + self.refine_weight * (refined["euclidean"] + self.heatmap_weight * refined["heatmap"])
             logs.update({f"refine_{k}": v.detach() for k, v in refined.items()})
+        if self.coarse_stage is not None:
+            coarse = self._refinement_loss(batch, self.coarse_stage)
+            loss = loss + self.refine_weight * (coarse["euclidean"] + self.heatmap_weight * coarse["heatmap"])
+            logs.update({f"coarse_{k}": v.detach() for k, v in coarse.items()})
         return {"loss": loss, **logs}
 
-    def _refinement_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The refinement stage's losses on the un-augmented refinement images (the crops' jitter is their
-        augmentation)."""
+    def _refinement_loss(self, batch: dict[str, Any], stage: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The refinement stage's (or ``stage``'s) losses on the un-augmented refinement images (the crops' jitter is
+        their augmentation)."""
         images, true = batch["refine_image"], batch["landmarks"].float()
         refine_wh = torch.tensor(images.shape[-1:-3:-1], dtype=true.dtype, device=true.device)
         mm_per_pixel = batch["spacing"].float() * batch["orig_size"].float().flip(-1) / refine_wh
         visible = torch.isfinite(true).all(-1)
-        return self.refine_stage.training_loss(images, torch.nan_to_num(true, nan=0.5), mm_per_pixel, visible)
+        stage = self.refine_stage if stage is None else stage
+        return stage.training_loss(images, torch.nan_to_num(true, nan=0.5), mm_per_pixel, visible)
 
     def _target_sigma(self, batch: dict[str, Any], heatmaps: torch.Tensor) -> float | torch.Tensor:
         """The target Gaussians' SD in heatmap pixels: fixed for the coarse head, from mm for the decoder head."""
@@ -341,7 +357,7 @@ class LandmarkTask(Task):
                              refine=self._refinement_stage(backbone), refine_weight=c.refine_weight,
                              refine_depth=c.refine_depth,
                              shape_prior=self._shape_prior(train), use_shape_prior=c.shape_prior,
-                             global_tta_shift=c.global_tta_shift)
+                             global_tta_shift=c.global_tta_shift, coarse=self._coarse_stage(backbone))
 
     def _shape_prior(self, train: ImageDataset | None) -> nn.Module | None:
         """The shape step of a decoder head, its shape model fitted on ``train``'s landmarks when training (left to
@@ -392,6 +408,19 @@ class LandmarkTask(Task):
                                per_image=c.refine_per_image, tta_shift=c.refine_tta_shift,
                                passes=c.refine_passes)
 
+    def _coarse_stage(self, backbone: StagedBackbone) -> nn.Module | None:
+        """The coarse refinement stage (``refine_coarse_zoom``), also on a copy of ``backbone`` as initialised."""
+        c = self.options
+        if not c.refine_coarse_zoom:
+            return None
+        from tasks.landmarks.refine import RefinementStage
+
+        # the target Gaussians are as many heatmap cells wide as the fine stage's: its cells are zoom times wider
+        return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,
+                               out_stride=c.refine_stride, radius=c.decode_radius, width=c.decoder_width,
+                               sigma_mm=c.refine_sigma_mm * c.refine_coarse_zoom, jitter_mm=c.refine_coarse_jitter_mm,
+                               per_image=c.refine_per_image, zoom=c.refine_coarse_zoom)
+
     def _refine_images(self, paths: list[Path]) -> torch.Tensor:
         """The images the refinement stage crops from, at ``refine_image_size``, as uint8: a full-resolution
         cephalogram is 4.6 MB so, 18.6 MB as float (8-bit sources lose nothing; 16-bit ones keep 8 bits)."""
@@ -420,21 +449,23 @@ class LandmarkTask(Task):
         return ImagesOnDemand(dataset.sources, self._refine_images)
 
     def _pixels(self, model: TaskModel, dataset: ImageDataset, device: torch.device,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Final and global-stage predictions (the same without refinement), original pixels (N, L, 2), and the
-        landmarks the shape step moved (N, L) (None without it)."""
+                batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Final and global-stage predictions (the same without refinement), original pixels (N, L, 2), the
+        landmarks the shape step moved (N, L) (None without it) and the coarse stage's predictions (None without
+        one)."""
         from tasks.landmarks.inference import landmark_outputs
 
         out = landmark_outputs(model, dataset.images, device, _inference_batch(batch_size, dataset.images),
                                refine_images=self._refine_source(dataset), precision=self.precision)
         sizes = dataset.target_array("orig_size")
-        return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes), out.shape_moved
+        coarse = None if out.coarse_coords is None else to_pixels(out.coarse_coords, sizes)
+        return to_pixels(out.coords, sizes), to_pixels(out.global_coords, sizes), out.shape_moved, coarse
 
     def evaluate(self, model: TaskModel, dataset: ImageDataset, device: torch.device, batch_size: int = 64,
                  *, with_ci: bool = False) -> EvalResult:
         from tasks.landmarks.metrics import landmark_metrics, radial_errors_mm
 
-        pred, global_pred, moved = self._pixels(model, dataset, device, batch_size)
+        pred, global_pred, moved, coarse_pred = self._pixels(model, dataset, device, batch_size)
         sizes = dataset.target_array("orig_size")
         true = to_pixels(dataset.target_array("landmarks").astype(np.float64), sizes)
         true = np.round(true, 3)
@@ -445,6 +476,8 @@ class LandmarkTask(Task):
         err = radial_errors_mm(pred, true, spacing, visible)
         if getattr(model, "refine_stage", None) is not None:  # what the refinement stage adds, on the same images
             stages = {"global": radial_errors_mm(global_pred, true, spacing, visible)}
+            if coarse_pred is not None:
+                stages["coarse"] = radial_errors_mm(coarse_pred, true, spacing, visible)
             if with_ci:  # a final scoring, not every epoch's validation: one more refinement pass
                 stages["refine_from_truth"] = self._refine_from_truth(model, dataset, device, batch_size,
                                                                       global_pred, true, spacing, visible)

@@ -186,3 +186,20 @@ def test_refine_from_truth_crops_around_the_true_landmarks_and_the_refined_error
         assert entry["mean_mm"] == pytest.approx(entry["global_mean_mm"], abs=1e-4)
         assert entry["refine_from_truth_mean_mm"] == pytest.approx(0.0, abs=1e-4)
     assert "refine_from_truth_mre_mm" not in task.evaluate(model, ds, torch.device("cpu")).metrics  # epoch scoring
+
+
+def test_a_coarse_refinement_stage_trains_scores_and_predicts_end_to_end(tmp_path, tiny_landmarks):
+    runs = tmp_path / "runs"
+    refine = ["task.landmarks.refine=true", "task.landmarks.refine_image_size=[60, 48]", "task.landmarks.refine_crop=16",
+              "task.landmarks.refine_coarse_zoom=2.5", "train.epochs=1"]
+    assert main(_finetune("coarse", runs, tiny_landmarks, *refine)) == 0
+    summary = json.loads((runs / "coarse" / "summary.json").read_text())
+    test = summary["test"]
+    assert all(np.isfinite(test[k]) for k in ("mre_mm", "global_mre_mm", "coarse_mre_mm", "refine_from_truth_mre_mm"))
+    assert all("coarse_mean_mm" in row for row in test["per_landmark"])
+    assert set(summary["extra_trainable_stages"]) == {"refine", "refine_coarse"}
+    rows = [json.loads(x) for x in (runs / "coarse" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train_coarse_euclidean" in r and "train_refine_euclidean" in r for r in rows)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(runs / "coarse"), str(tiny_landmarks / "images"), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) > 0

@@ -181,3 +181,77 @@ def test_only_the_final_training_rows_hold_full_resolution_copies_each_of_its_ow
         assert np.array_equal(copies[i, 0].numpy(), own), name
     for ds in (splits.val, splits.test):  # scored a batch at a time, from each row's own file
         assert [p.name for p in ds.sources] == ds.ids
+
+
+def test_a_zoomed_crop_is_the_box_filtered_window_and_maps_back_exactly() -> None:
+    """A coarse-stage crop (zoom 2): a 16-px window read into 8 px, each pixel the mean of its 2 x 2 image pixels
+    (no aliasing), and a point maps into the window and back exactly."""
+    h, w, zoom, size = 40, 50, 2, 8
+    image = torch.rand(1, 1, h, w, generator=torch.Generator().manual_seed(0))
+    origins = torch.tensor([[10.0, 6.0]])  # whole pixels: the 2 x 2 samples of each bin sit on pixel centres
+    crop = extract_crops(image, torch.tensor([0]), origins, size * zoom, size)[0, 0]
+    block_means = image[0, 0, 6 : 6 + size * zoom, 10 : 10 + size * zoom].reshape(size, zoom, size, zoom).mean((1, 3))
+    assert crop.shape == (size, size) and torch.allclose(crop, block_means, atol=1e-6)
+    point = torch.tensor([[0.33, 0.41]])
+    in_window = to_crop(point, origins, (h, w), size * zoom)
+    assert torch.allclose(from_crop(in_window, origins, (h, w), size * zoom), point, atol=1e-7)
+    with pytest.raises(ValueError, match="zoom"):
+        RefinementStage(get_entry("tiny_efficientnet").build(), 1, crop=16, zoom=0.5)
+
+
+def test_the_coarse_stage_finds_what_the_fine_crop_cannot_see_and_the_fine_stage_crops_around_it() -> None:
+    """Global estimate 20 px off: out of the fine crop (+-12 px) but in the coarse window (+-36 px). The model's
+    chain is global -> coarse -> fine; the fine stage alone stays wherever its crop has no dot."""
+    from tasks.landmarks.task import LandmarkModel
+
+    h, w, crop = 90, 120, 24
+    image = torch.zeros(1, 1, h, w)
+    image[0, 0, 45, 60] = 1.0  # the dot: continuous centre (60.5, 45.5)
+    truth = torch.tensor([60.5 / w, 45.5 / h])
+    start = torch.tensor([80.0 / w, 45.0 / h])[None, None]
+    backbone = get_entry("tiny_efficientnet").build()
+    fine = _HalfwayFinder(backbone, 1, crop=crop)
+    coarse = _HalfwayFinder(backbone, 1, crop=crop, zoom=3)
+    assert coarse.window == 72
+    model = LandmarkModel(backbone, 1, head="decoder", hidden=8, dropout=0.0, heatmap_stage=None, heatmap_weight=1.0,
+                          heatmap_sigma=1.0, augment=None, decoder_width=8, refine=fine, coarse=coarse).eval()
+    model._forward_global = lambda images: {"coords": start.expand(len(images), -1, -1),
+                                             "confidence": torch.ones(len(images), 1)}
+    out = model.forward_all(torch.zeros(1, 3, 30, 40), image)
+    px = torch.tensor([w, h])
+    assert torch.allclose(out["global_coords"], start)
+    # the coarse stage (halfway to the dot it sees) leaves 10 px of the 20, the fine one halves that again. In y the
+    # coarse stage sees the dot at its 3-px bin's centre (46.5, 1 px low): halfway from 45.0 is 45.75
+    assert torch.allclose((out["coarse_coords"][0, 0] - truth) * px, torch.tensor([9.75, 0.25]), atol=1e-3)
+    assert torch.allclose((out["coords"][0, 0] - truth) * px, torch.tensor([4.875, 0.125]), atol=1e-3)
+    alone, _ = fine.refine(image, start)  # no dot in the fine crop: the centroid of nothing
+    assert not torch.isfinite(alone).all() or ((alone[0, 0] - truth) * px).norm() > 9
+    with pytest.raises(ValueError, match="needs the refinement stage"):
+        LandmarkModel(backbone, 1, head="decoder", hidden=8, dropout=0.0, heatmap_stage=None, heatmap_weight=1.0,
+                      heatmap_sigma=1.0, augment=None, decoder_width=8, coarse=coarse)
+
+
+def test_the_coarse_stage_is_built_from_the_task_options_and_checked() -> None:
+    from transfer.api import TASKS
+    from transfer.config import Config, load_config
+    from transfer.config.io import ConfigError
+
+    base = ["task.name=landmarks", "data.format=landmark_csv", "init=scratch", "task.landmarks.head=decoder",
+            "task.landmarks.refine=true", "task.landmarks.refine_image_size=[60, 48]", "task.landmarks.refine_crop=32",
+            "task.landmarks.refine_sigma_mm=0.5", "tracking.progress=false"]
+
+    def model(*more: str):
+        task = TASKS.get("landmarks")(load_config(Config, None, [*base, *more]))
+        task.info["num_landmarks"] = 2
+        return task.build_model(get_entry("tiny_efficientnet").build())
+
+    assert model().coarse_stage is None
+    m = model("task.landmarks.refine_coarse_zoom=3", "task.landmarks.refine_coarse_jitter_mm=5")
+    c = m.coarse_stage
+    assert (c.window, c.crop, c.jitter_mm, c.sigma_mm) == (96, 32, 5.0, 1.5)
+    assert m.refine_stage.window == 32 and c.backbone is not m.refine_stage.backbone
+    assert set(m.extra_stages()) == {"refine", "refine_coarse"}
+    with pytest.raises(ConfigError, match="refine_coarse_zoom: must be 0"):
+        load_config(Config, None, [*base, "task.landmarks.refine_coarse_zoom=0.5"])
+    with pytest.raises(ConfigError, match="refine_coarse_zoom: needs refine: true"):
+        load_config(Config, None, ["task.name=landmarks", "task.landmarks.refine_coarse_zoom=3"])
