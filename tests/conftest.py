@@ -158,3 +158,20 @@ def four_tasks(tiny_npz, tiny_landmarks, tiny_segmentation, tiny_voc):
             "task.detection.max_detections=5", "data.augment.hflip=true"],
     }
 
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("landmark_compare")``: scripts/<name>.py as a module, registered in ``sys.modules`` (as
+    ``python scripts/...`` registers ``__main__``) so that a process pool can send its functions to workers."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

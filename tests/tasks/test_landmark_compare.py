@@ -1,23 +1,12 @@
 """scripts/landmark_compare.py: two trainings compared per image on the validation parts they share."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from transfer.cli import main as cli
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "landmark_compare", Path(__file__).parents[2] / "scripts" / "landmark_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["landmark_compare"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _train(runs: Path, data_root: Path, name: str, *more: str) -> Path:
@@ -30,12 +19,13 @@ def _train(runs: Path, data_root: Path, name: str, *more: str) -> Path:
     return runs / name
 
 
-def test_the_comparison_pairs_images_and_refuses_runs_of_other_validation_parts(tmp_path, tiny_landmarks):
+def test_the_comparison_pairs_images_and_refuses_runs_of_other_validation_parts(tmp_path, tiny_landmarks,
+                                                                                 load_script):
     runs = tmp_path / "runs"
     a = _train(runs, tiny_landmarks, "a", "seed=1", "data.split_seed=0")
     b = _train(runs, tiny_landmarks, "b", "seed=2", "data.split_seed=0", "task.landmarks.sigma_mm=1.0")
     other = _train(runs, tiny_landmarks, "other", "seed=3")
-    module = _script()
+    module = load_script("landmark_compare")
     # a model against itself: no difference on any image, and no test can call one
     _, same, landmarks = module.compare([a], [a])
     assert (same["difference"] == 0).all() and (same["p_value"] == 1).all()

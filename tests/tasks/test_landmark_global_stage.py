@@ -190,8 +190,8 @@ def test_refine_from_truth_crops_around_the_true_landmarks_and_the_refined_error
 
 def test_a_coarse_refinement_stage_trains_scores_and_predicts_end_to_end(tmp_path, tiny_landmarks):
     runs = tmp_path / "runs"
-    refine = ["task.landmarks.refine=true", "task.landmarks.refine_image_size=[60, 48]", "task.landmarks.refine_crop=16",
-              "task.landmarks.refine_coarse_zoom=2.5", "train.epochs=1"]
+    refine = ["task.landmarks.refine=true", "task.landmarks.refine_image_size=[60, 48]",
+              "task.landmarks.refine_crop=16", "task.landmarks.refine_coarse_zoom=2.5", "train.epochs=1"]
     assert main(_finetune("coarse", runs, tiny_landmarks, *refine)) == 0
     summary = json.loads((runs / "coarse" / "summary.json").read_text())
     test = summary["test"]

@@ -111,10 +111,11 @@ def test_global_tta_shift_reaches_the_model_and_is_checked(tmp_path, tiny_landma
     assert json.loads(out_csv.with_suffix(".metrics.json").read_text())["mre_mm"] > 0
 
 
-def test_the_test_time_report_compares_each_variant_with_the_model_as_trained_on_validation(tmp_path, tiny_landmarks):
+def test_the_test_time_report_compares_each_variant_with_the_model_as_trained_on_validation(tmp_path, tiny_landmarks,
+                                                                                            load_script):
     runs = tmp_path / "runs"
     _tiny_runs(runs, tiny_landmarks, {"s0": ["seed=0"], "s1": ["seed=1"]})
-    module = _script()
+    module = load_script("landmark_test_time")
     out = tmp_path / "report.md"
     assert module.main([str(runs / "s0"), str(runs / "s1"), "--out", str(out), "--jobs", "2",
                         "--variant", "shift1=task.landmarks.global_tta_shift=1"]) == 0
@@ -125,13 +126,14 @@ def test_the_test_time_report_compares_each_variant_with_the_model_as_trained_on
     assert scores["mre_mm"].nunique() == 1
 
 
-def test_the_ensemble_report_combines_runs_of_one_split_and_refuses_runs_of_others(tmp_path, tiny_landmarks):
+def test_the_ensemble_report_combines_runs_of_one_split_and_refuses_runs_of_others(tmp_path, tiny_landmarks,
+                                                                                   load_script):
     import numpy as np
 
     runs = tmp_path / "runs"
     _tiny_runs(runs, tiny_landmarks, {"a": ["seed=1", "data.split_seed=0"], "b": ["seed=2", "data.split_seed=0"],
                                       "other": ["seed=3"]})
-    module = _script()
+    module = load_script("landmark_test_time")
     models, comparisons = module._ensemble([runs / "a", runs / "b"])
     mre = models.set_index("model")["val MRE (mm)"]
     # two members: the median is the mean, and the mean of two points is no farther than the farther of them
@@ -157,17 +159,3 @@ def _tiny_runs(runs, data_root, named: dict[str, list[str]]) -> None:
     for name, more in named.items():
         assert main(["finetune", "--name", name, *(a for kv in (*fixed, *more) for a in ("--set", kv))]) == 0
 
-
-def _script():
-    """scripts/landmark_test_time.py as a module."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "landmark_test_time", Path(__file__).parents[2] / "scripts" / "landmark_test_time.py")
-    module = importlib.util.module_from_spec(spec)
-    # registered, as `python scripts/...` registers __main__, so that --jobs can send its functions to workers
-    sys.modules["landmark_test_time"] = module
-    spec.loader.exec_module(module)
-    return module
