@@ -55,8 +55,8 @@ def compare(baseline: list[Path], candidate: list[Path], split: str = "val"
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(per-run metrics, the paired comparison pooled and per pair, per-landmark means) of candidate vs baseline."""
     pairs = [_pair(a, b, split) for a, b in zip(baseline, candidate)]
-    runs = pd.DataFrame([_row(str(path), res) for (a, b), paths in zip(pairs, zip(baseline, candidate))
-                         for res, path in ((a, paths[0]), (b, paths[1]))])
+    runs = pd.DataFrame([row for (a, b), base, cand in zip(pairs, baseline, candidate)
+                         for row in (_row(str(base), a), _row(str(cand), b))])
     rows = []
     for label, chosen in [(f"pooled ({len(pairs)} pairs)", pairs), *((cand.name, [p]) for cand, p in
                                                                       zip(candidate, pairs))]:

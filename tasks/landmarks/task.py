@@ -205,24 +205,20 @@ class LandmarkModel(TaskModel):
             hl = heatmap_loss(out["heatmaps"].float(), target, self._target_sigma(batch, out["heatmaps"]), visible)
             loss = loss + self.heatmap_weight * hl
             logs["heatmap"] = hl.detach()
-        if self.refine_stage is not None:
-            refined = self._refinement_loss(batch)
-            loss = loss + self.refine_weight * (refined["euclidean"] + self.heatmap_weight * refined["heatmap"])
-            logs.update({f"refine_{k}": v.detach() for k, v in refined.items()})
-        if self.coarse_stage is not None:
-            coarse = self._refinement_loss(batch, self.coarse_stage)
-            loss = loss + self.refine_weight * (coarse["euclidean"] + self.heatmap_weight * coarse["heatmap"])
-            logs.update({f"coarse_{k}": v.detach() for k, v in coarse.items()})
+        for prefix, stage in (("refine", self.refine_stage), ("coarse", self.coarse_stage)):
+            if stage is not None:
+                part = self._refinement_loss(batch, stage)
+                loss = loss + self.refine_weight * (part["euclidean"] + self.heatmap_weight * part["heatmap"])
+                logs.update({f"{prefix}_{k}": v.detach() for k, v in part.items()})
         return {"loss": loss, **logs}
 
-    def _refinement_loss(self, batch: dict[str, Any], stage: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """The refinement stage's (or ``stage``'s) losses on the un-augmented refinement images (the crops' jitter is
+    def _refinement_loss(self, batch: dict[str, Any], stage: nn.Module) -> dict[str, torch.Tensor]:
+        """A refinement stage's (fine or coarse) losses on the un-augmented refinement images (the crops' jitter is
         their augmentation)."""
         images, true = batch["refine_image"], batch["landmarks"].float()
         refine_wh = torch.tensor(images.shape[-1:-3:-1], dtype=true.dtype, device=true.device)
         mm_per_pixel = batch["spacing"].float() * batch["orig_size"].float().flip(-1) / refine_wh
         visible = torch.isfinite(true).all(-1)
-        stage = self.refine_stage if stage is None else stage
         return stage.training_loss(images, torch.nan_to_num(true, nan=0.5), mm_per_pixel, visible)
 
     def _target_sigma(self, batch: dict[str, Any], heatmaps: torch.Tensor) -> float | torch.Tensor:
@@ -357,7 +353,7 @@ class LandmarkTask(Task):
                              refine=self._refinement_stage(backbone), refine_weight=c.refine_weight,
                              refine_depth=c.refine_depth,
                              shape_prior=self._shape_prior(train), use_shape_prior=c.shape_prior,
-                             global_tta_shift=c.global_tta_shift, coarse=self._coarse_stage(backbone))
+                             global_tta_shift=c.global_tta_shift, coarse=self._refinement_stage(backbone, coarse=True))
 
     def _shape_prior(self, train: ImageDataset | None) -> nn.Module | None:
         """The shape step of a decoder head, its shape model fitted on ``train``'s landmarks when training (left to
@@ -383,10 +379,11 @@ class LandmarkTask(Task):
                                f"(images with every landmark placed); the shape model needs {MIN_SHAPES} or more")
         return prior
 
-    def _refinement_stage(self, backbone: StagedBackbone) -> nn.Module | None:
-        """The second stage, on a copy of ``backbone`` as initialised (the same ``init`` for both stages)."""
+    def _refinement_stage(self, backbone: StagedBackbone, *, coarse: bool = False) -> nn.Module | None:
+        """The second stage, on a copy of ``backbone`` as initialised (the same ``init`` for both stages); with
+        ``coarse``, the coarse stage between the two (``refine_coarse_zoom``), on a copy of its own."""
         c = self.options
-        if not c.refine:
+        if not c.refine or (coarse and not c.refine_coarse_zoom):
             return None
         if c.refine_depth is not None:
             try:
@@ -402,24 +399,15 @@ class LandmarkTask(Task):
                               f"would have no BatchNorm statistics; got {depth!r}")
         from tasks.landmarks.refine import RefinementStage
 
+        # the coarse stage's target Gaussians are as many heatmap cells wide as the fine stage's (its cells are zoom
+        # times wider); the test-time crops and passes are the fine stage's options
+        zoom = c.refine_coarse_zoom if coarse else 1.0
         return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,
                                out_stride=c.refine_stride, radius=c.decode_radius, width=c.decoder_width,
-                               sigma_mm=c.refine_sigma_mm, jitter_mm=c.refine_jitter_mm,
-                               per_image=c.refine_per_image, tta_shift=c.refine_tta_shift,
-                               passes=c.refine_passes)
-
-    def _coarse_stage(self, backbone: StagedBackbone) -> nn.Module | None:
-        """The coarse refinement stage (``refine_coarse_zoom``), also on a copy of ``backbone`` as initialised."""
-        c = self.options
-        if not c.refine_coarse_zoom:
-            return None
-        from tasks.landmarks.refine import RefinementStage
-
-        # the target Gaussians are as many heatmap cells wide as the fine stage's: its cells are zoom times wider
-        return RefinementStage(copy.deepcopy(backbone), self.info["num_landmarks"], crop=c.refine_crop,
-                               out_stride=c.refine_stride, radius=c.decode_radius, width=c.decoder_width,
-                               sigma_mm=c.refine_sigma_mm * c.refine_coarse_zoom, jitter_mm=c.refine_coarse_jitter_mm,
-                               per_image=c.refine_per_image, zoom=c.refine_coarse_zoom)
+                               sigma_mm=c.refine_sigma_mm * zoom,
+                               jitter_mm=c.refine_coarse_jitter_mm if coarse else c.refine_jitter_mm,
+                               per_image=c.refine_per_image, tta_shift=0.0 if coarse else c.refine_tta_shift,
+                               passes=1 if coarse else c.refine_passes, zoom=zoom)
 
     def _refine_images(self, paths: list[Path]) -> torch.Tensor:
         """The images the refinement stage crops from, at ``refine_image_size``, as uint8: a full-resolution
